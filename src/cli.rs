@@ -1,0 +1,263 @@
+//! The command line: clap types, and the dispatch of each command to its job.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use color_eyre::eyre::{eyre, Result};
+use color_eyre::Section;
+
+use crate::reference::{ImageReference, StashRef, Tag};
+use crate::stash::human_size;
+use crate::store::{self, Store};
+use crate::tools::kiwi::Globals;
+use crate::workflow::{self, Rebuild};
+
+/// Store KIWI root trees as OCI images and build images from them again.
+///
+/// Arguments after `--` go to kiwi-ng (`system build` when a description is
+/// in play, otherwise `system create`) and are checked against kiwi-ng's
+/// own options before anything slow starts.
+#[derive(Debug, Parser)]
+#[command(name = "kiwi-stackbuild", version, max_term_width = 80)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The local stash store (an OCI image layout)
+    #[arg(long, global = true, env = "KIWI_STACKBUILD_HOME", default_value = store::DEFAULT_HOME, value_name = "DIR")]
+    pub stash_home: PathBuf,
+    /// kiwi-ng profile to build; repeat for several
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Vec<String>,
+    /// kiwi-ng image type to build
+    #[arg(long = "type", global = true, value_name = "TYPE")]
+    pub image_type: Option<String>,
+    /// Image architecture handed to kiwi-ng
+    #[arg(long, global = true, value_name = "ARCH")]
+    pub target_arch: Option<String>,
+    /// kiwi-ng's shared cache directory
+    #[arg(long, global = true, value_name = "DIR")]
+    pub shared_cache_dir: Option<PathBuf>,
+    /// kiwi-ng runtime config file (kiwi-ng --config)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kiwi_config: Option<PathBuf>,
+    /// Log every step and child command, and run kiwi-ng with --debug
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from stored roots and/or a description
+    ///
+    /// W1: --description D --keep-root REF -- --target-dir T
+    ///     builds D and stores the root at REF.
+    /// W2: --root REF -- --target-dir T
+    ///     unpacks REF and runs kiwi-ng system create with its /image.
+    /// W3: --root REF -- --description D --target-dir T
+    ///     unpacks REF and builds D on it (no bootstrap).
+    Rebuild(RebuildArgs),
+    /// Store a KIWI root tree in the local store, list or remove stashes
+    Stash(StashArgs),
+    /// Build from stashes, as kiwi-ng system stackbuild does
+    Stackbuild(StackbuildArgs),
+}
+
+/// `rebuild`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Image to build on; repeat to stack several (lowest first)
+    #[arg(long, value_name = "REF")]
+    pub root: Vec<ImageReference>,
+    /// Description to build (W1)
+    #[arg(long, value_name = "DIR")]
+    pub description: Option<PathBuf>,
+    /// Store the resulting root tree as REF (NAME[:TAG])
+    #[arg(long, value_name = "REF")]
+    pub keep_root: Option<ImageReference>,
+    /// Build even when package manager, architecture or distribution differ
+    #[arg(long)]
+    pub force: bool,
+    /// Arguments for kiwi-ng system build/create (--target-dir is required)
+    #[arg(last = true, value_name = "KIWI ARGS")]
+    pub kiwi_args: Vec<OsString>,
+}
+
+/// `stash`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm"])))]
+pub struct StashArgs {
+    /// Root tree of a KIWI build (TARGET/build/image-root)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Tag of the stash
+    #[arg(long, value_name = "TAG", default_value = "latest", requires = "root")]
+    pub tag: Tag,
+    /// Name of the stash (default: <image name> of the description)
+    #[arg(long, value_name = "NAME", requires = "root")]
+    pub container_name: Option<String>,
+    /// List the stashes
+    #[arg(long)]
+    pub list: bool,
+    /// With --list: print JSON
+    #[arg(long, requires = "list")]
+    pub json: bool,
+    /// Remove NAME:TAG, or every tag of NAME, and free unused blobs
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub rm: Option<StashRef>,
+}
+
+/// `stackbuild`.
+#[derive(Debug, Args)]
+#[command(override_usage = "kiwi-stackbuild stackbuild [OPTIONS] --stash NAME... --target-dir DIR\n       [-- KIWI ARGS...]")]
+pub struct StackbuildArgs {
+    /// Stashes to build on, stacked in order
+    #[arg(long, required = true, num_args = 1.., value_name = "NAME")]
+    pub stash: Vec<StashRef>,
+    /// Where kiwi-ng puts the result
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// Description to build on the stashes
+    #[arg(long, value_name = "DIR")]
+    pub description: Option<PathBuf>,
+    /// Build even when package manager, architecture or distribution differ
+    #[arg(long)]
+    pub force: bool,
+    /// More arguments for kiwi-ng system build/create
+    #[arg(last = true, value_name = "KIWI ARGS")]
+    pub kiwi_args: Vec<OsString>,
+}
+
+impl GlobalArgs {
+    fn kiwi(&self) -> Globals {
+        Globals {
+            profiles: self.profile.clone(),
+            image_type: self.image_type.clone(),
+            target_arch: self.target_arch.clone(),
+            shared_cache_dir: self.shared_cache_dir.clone(),
+            config: self.kiwi_config.clone(),
+            debug: self.debug,
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    store::check_home(&cli.global.stash_home)?;
+    let store = Store::new(&cli.global.stash_home);
+    match cli.command {
+        Command::Rebuild(a) => workflow::rebuild(
+            &store,
+            &Rebuild { roots: a.root, description: a.description, keep_root: a.keep_root, force: a.force, globals: cli.global.kiwi(), kiwi_args: a.kiwi_args },
+        ),
+        Command::Stackbuild(a) => {
+            let mut kiwi_args: Vec<OsString> = vec!["--target-dir".into(), a.target_dir.into()];
+            if let Some(d) = a.description {
+                kiwi_args.extend(["--description".into(), d.into()]);
+            }
+            kiwi_args.extend(a.kiwi_args);
+            let roots = a.stash.into_iter().map(ImageReference::Stash).collect();
+            workflow::rebuild(&store, &Rebuild { roots, description: None, keep_root: None, force: a.force, globals: cli.global.kiwi(), kiwi_args })
+        }
+        Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
+    }
+}
+
+fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
+    if a.list {
+        return list(store, a.json);
+    }
+    if let Some(r) = a.rm {
+        let keys: Vec<String> = match &r.tag {
+            Some(_) => vec![r.key()],
+            None => {
+                let index = store.index()?;
+                let prefix = format!("{}:", r.name);
+                let keys: Vec<String> = index.manifests.iter().filter_map(|d| d.annotations.get(crate::oci::REF_NAME)).filter(|k| k.starts_with(&prefix)).cloned().collect();
+                if keys.is_empty() {
+                    return Err(eyre!("no stash named {} in {}", r.name, store.root().display())).suggestion("see kiwi-stackbuild stash --list");
+                }
+                keys
+            }
+        };
+        for key in keys {
+            let freed = store.remove(&key)?;
+            eprintln!("removed {key} ({freed} unused blobs freed)");
+        }
+        return Ok(());
+    }
+    let root = a.root.ok_or_else(|| eyre!("stash needs --root, --list or --rm"))?;
+    let done = workflow::stash(store, &root, Some(&a.tag), a.container_name.as_deref(), target_arch)?;
+    eprintln!(
+        "stashed {} as {} ({} layers, new layer {}{})",
+        root.display(),
+        done.key,
+        done.layers,
+        human_size(done.layer.size),
+        done.base.as_ref().map(|b| format!(", on {b}")).unwrap_or_default()
+    );
+    println!("{}", done.key);
+    Ok(())
+}
+
+fn list(store: &Store, json: bool) -> Result<()> {
+    let entries = match store.lock_shared()? {
+        Some(_lock) => store.list()?,
+        None => Vec::new(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        eprintln!("no stashes in {}", store.root().display());
+        return Ok(());
+    }
+    println!("{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE", "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED");
+    for e in entries {
+        let base = e.base.as_deref().and_then(|b| b.split(' ').next_back()).map(|b| b.split('@').next().unwrap_or(b)).unwrap_or("-");
+        println!(
+            "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}",
+            e.reference,
+            e.digest.short(),
+            e.layers,
+            human_size(e.size),
+            e.created.as_deref().unwrap_or("-"),
+            base
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_help_line_fits_80_columns() {
+        let mut cmd = Cli::command();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            helps.push(sub.render_long_help().to_string());
+        }
+        for help in helps {
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "too long: {line:?}");
+            }
+        }
+    }
+}

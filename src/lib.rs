@@ -1,0 +1,15 @@
+//! kiwi-stackbuild: store KIWI root trees as OCI images and build images
+//! from them again. The binary is a thin layer over this library.
+
+pub mod cli;
+pub mod description;
+pub mod labels;
+pub mod layer;
+pub mod oci;
+pub mod reference;
+pub mod restore;
+pub mod stash;
+pub mod store;
+pub mod tools;
+pub mod tree;
+pub mod workflow;

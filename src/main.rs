@@ -1,0 +1,42 @@
+use clap::Parser;
+use color_eyre::eyre::Result;
+use color_eyre::config::Theme;
+use std::io::{IsTerminal, Write};
+
+use kiwi_stackbuild::cli::{dispatch, Cli};
+
+fn main() -> Result<()> {
+    let theme = if std::io::stderr().is_terminal() { Theme::dark() } else { Theme::new() };
+    color_eyre::config::HookBuilder::default().display_env_section(false).theme(theme).install()?;
+    let cli = Cli::parse();
+    init_logging(cli.global.debug);
+    dispatch(cli)
+}
+
+/// Logs go to stderr: info by default, debug with --debug, RUST_LOG wins.
+fn init_logging(debug: bool) {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok())
+        .unwrap_or(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });
+    log::set_max_level(level);
+    static LOGGER: StderrLogger = StderrLogger;
+    let _ = log::set_logger(&LOGGER);
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::max_level() && meta.target().starts_with("kiwi_stackbuild")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let level = record.level().as_str().to_lowercase();
+            let _ = writeln!(std::io::stderr(), "kiwi-stackbuild: {level}: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}

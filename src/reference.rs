@@ -1,0 +1,394 @@
+//! Image references: `transport:rest` as skopeo spells them, plus bare
+//! `name[:tag]` for a stash in the local store.
+//!
+//! Parsing and printing are inverses: `r.to_string().parse() == Ok(r)` and
+//! printing a parsed string gives back that string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use color_eyre::eyre::{bail, eyre, Result};
+use color_eyre::Section;
+
+/// The tag a stash gets when none is given (as KIWI's own stash does).
+pub const DEFAULT_TAG: &str = "latest";
+
+/// A repository name that follows the OCI distribution rules: lower-case
+/// components of `[a-z0-9]` joined by `.`, `_`, `__` or dashes, separated by `/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StashName(String);
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag(String);
+
+/// A stash in the local store: `name` with an optional `:tag`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StashRef {
+    /// The repository name.
+    pub name: StashName,
+    /// The tag, when one was written.
+    pub tag: Option<Tag>,
+}
+
+/// Where an image lives, in skopeo's transport syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageReference {
+    /// A bare `name[:tag]`: a stash in the local store.
+    Stash(StashRef),
+    /// `docker://host[:port]/repo[:tag|@digest]`: a registry.
+    Docker(String),
+    /// `oci:DIR[:ref]`: an OCI image layout directory.
+    Oci { dir: String, image: Option<String> },
+    /// `oci-archive:FILE[:ref]`: a tar of an OCI image layout.
+    OciArchive { file: String, image: Option<String> },
+    /// `docker-archive:FILE[:ref]`: a `docker save` tar.
+    DockerArchive { file: String, image: Option<String> },
+    /// `containers-storage:[...]name[:tag]`: podman's local storage.
+    ContainersStorage(String),
+    /// `dir:DIR`: skopeo's directory format.
+    Dir(String),
+}
+
+impl StashName {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A valid name close to `raw`: lower case, other characters turned into
+    /// dashes, separators not doubled or at the ends.
+    pub fn suggest(raw: &str) -> String {
+        let mut out = String::new();
+        for c in raw.trim().chars().flat_map(char::to_lowercase) {
+            let c = if c.is_ascii_alphanumeric() || c == '/' { c } else { '-' };
+            let last = out.chars().last();
+            let separator = |c: char| c == '-' || c == '/';
+            if separator(c) && (last.is_none() || last.is_some_and(separator)) {
+                continue;
+            }
+            out.push(c);
+        }
+        while out.ends_with(['-', '/']) {
+            out.pop();
+        }
+        if out.is_empty() {
+            "image".to_string()
+        } else {
+            out
+        }
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(&b[0]) || !alnum(&b[b.len() - 1]) {
+        return false;
+    }
+    // Separators: one '.', one or two '_', or any number of '-', between alnums.
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(&b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(&b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl FromStr for StashName {
+    type Err = color_eyre::Report;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let valid = !s.is_empty() && s.len() <= 255 && s.split('/').all(valid_component);
+        if valid {
+            return Ok(StashName(s.to_string()));
+        }
+        Err(eyre!("invalid image name {s:?}: names are lower case letters, digits and single separators (. _ -)")
+            .suggestion(format!("use {:?}", StashName::suggest(s))))
+    }
+}
+
+impl fmt::Display for StashName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Tag {
+    /// The tag as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The default tag, `latest`.
+    pub fn latest() -> Tag {
+        Tag(DEFAULT_TAG.to_string())
+    }
+}
+
+impl FromStr for Tag {
+    type Err = color_eyre::Report;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let b = s.as_bytes();
+        let word = |x: &u8| x.is_ascii_alphanumeric() || *x == b'_';
+        let valid = !b.is_empty()
+            && b.len() <= 128
+            && word(&b[0])
+            && b.iter().all(|x| word(x) || *x == b'.' || *x == b'-');
+        if !valid {
+            let suggestion: String = s
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+                .collect();
+            let suggestion = suggestion.trim_start_matches(['.', '-']).to_string();
+            return Err(eyre!("invalid tag {s:?}: tags are letters, digits, _ . - (at most 128)")
+                .suggestion(format!("use {:?}", if suggestion.is_empty() { DEFAULT_TAG } else { &suggestion })));
+        }
+        Ok(Tag(s.to_string()))
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StashRef {
+    /// The tag, or `latest` when none was written.
+    pub fn tag_or_latest(&self) -> Tag {
+        self.tag.clone().unwrap_or_else(Tag::latest)
+    }
+
+    /// `name:tag` with the default tag filled in: the key in the store.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.name, self.tag_or_latest())
+    }
+}
+
+impl FromStr for StashRef {
+    type Err = color_eyre::Report;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, tag) = match s.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t.parse::<Tag>()?)),
+            _ => (s, None),
+        };
+        Ok(StashRef { name: name.parse()?, tag })
+    }
+}
+
+impl fmt::Display for StashRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tag {
+            Some(t) => write!(f, "{}:{}", self.name, t),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+fn split_image(rest: &str) -> (String, Option<String>) {
+    match rest.split_once(':') {
+        Some((path, image)) => (path.to_string(), Some(image.to_string())),
+        None => (rest.to_string(), None),
+    }
+}
+
+fn check_docker(rest: &str) -> Result<()> {
+    let Some(name) = rest.strip_prefix("//") else {
+        bail!("invalid reference docker:{rest}: a registry reference starts with docker://");
+    };
+    let (name, _digest) = match name.split_once('@') {
+        Some((n, d)) if d.starts_with("sha256:") && d.len() == 71 => (n, Some(d)),
+        Some((_, d)) => bail!("invalid digest {d:?} in docker://{name}"),
+        None => (name, None),
+    };
+    let (host_and_path, tag) = match name.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (name, None),
+    };
+    if let Some(t) = tag {
+        t.parse::<Tag>()?;
+    }
+    let mut parts = host_and_path.split('/');
+    let first = parts.next().unwrap_or_default();
+    let is_host = first.contains(['.', ':']) || first == "localhost";
+    if is_host && first.is_empty() {
+        bail!("invalid reference docker://{name}: no registry host");
+    }
+    let repo: Vec<&str> = if is_host { parts.collect() } else { host_and_path.split('/').collect() };
+    let repo = repo.join("/");
+    if repo.is_empty() {
+        bail!("invalid reference docker://{name}: no repository after the registry host");
+    }
+    repo.parse::<StashName>()?;
+    Ok(())
+}
+
+impl FromStr for ImageReference {
+    type Err = color_eyre::Report;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some((transport, rest)) = s.split_once(':').filter(|(t, _)| is_transport(t)) else {
+            return Ok(ImageReference::Stash(s.parse()?));
+        };
+        let need = |what: &str| -> Result<()> {
+            if rest.is_empty() {
+                bail!("invalid reference {s:?}: {transport}: needs {what}");
+            }
+            Ok(())
+        };
+        Ok(match transport {
+            "docker" => {
+                check_docker(rest)?;
+                ImageReference::Docker(rest.trim_start_matches('/').to_string())
+            }
+            "oci" => {
+                need("a directory")?;
+                let (dir, image) = split_image(rest);
+                ImageReference::Oci { dir, image }
+            }
+            "oci-archive" => {
+                need("a file")?;
+                let (file, image) = split_image(rest);
+                ImageReference::OciArchive { file, image }
+            }
+            "docker-archive" => {
+                need("a file")?;
+                let (file, image) = split_image(rest);
+                ImageReference::DockerArchive { file, image }
+            }
+            "containers-storage" => {
+                need("an image name")?;
+                ImageReference::ContainersStorage(rest.to_string())
+            }
+            "dir" => {
+                need("a directory")?;
+                ImageReference::Dir(rest.to_string())
+            }
+            _ => unreachable!("is_transport lists every transport"),
+        })
+    }
+}
+
+fn is_transport(t: &str) -> bool {
+    matches!(t, "docker" | "oci" | "oci-archive" | "docker-archive" | "containers-storage" | "dir")
+}
+
+fn with_image(f: &mut fmt::Formatter<'_>, transport: &str, path: &str, image: &Option<String>) -> fmt::Result {
+    match image {
+        Some(i) => write!(f, "{transport}:{path}:{i}"),
+        None => write!(f, "{transport}:{path}"),
+    }
+}
+
+impl fmt::Display for ImageReference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageReference::Stash(r) => write!(f, "{r}"),
+            ImageReference::Docker(rest) => write!(f, "docker://{rest}"),
+            ImageReference::Oci { dir, image } => with_image(f, "oci", dir, image),
+            ImageReference::OciArchive { file, image } => with_image(f, "oci-archive", file, image),
+            ImageReference::DockerArchive { file, image } => with_image(f, "docker-archive", file, image),
+            ImageReference::ContainersStorage(rest) => write!(f, "containers-storage:{rest}"),
+            ImageReference::Dir(path) => write!(f, "dir:{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_references_print_back_the_same() {
+        let valid = [
+            "hello",
+            "hello:1.0",
+            "kiwi/debian-base:1.15.2",
+            "a__b.c-d---e:Tag_1",
+            "docker://registry.example.org/kiwi/base:latest",
+            "docker://localhost:5000/base",
+            "docker://127.0.0.1:5000/ns/base:1",
+            "docker://debian:bookworm",
+            "docker://example.org/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "oci:/var/tmp/layout",
+            "oci:/var/tmp/layout:base:1.0",
+            "oci-archive:/tmp/base.tar",
+            "oci-archive:/tmp/base.tar:base:latest",
+            "docker-archive:/tmp/img.tar",
+            "containers-storage:localhost/base:1",
+            "containers-storage:[overlay@/var/lib/containers/storage]base",
+            "dir:/tmp/img",
+        ];
+        for s in valid {
+            let r: ImageReference = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(r.to_string(), s);
+            assert_eq!(r.to_string().parse::<ImageReference>().unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn invalid_references_are_refused() {
+        let invalid = [
+            "",
+            "Hello",
+            "hello world",
+            "-hello",
+            "hello-",
+            "a..b",
+            "a___b",
+            "hello:",
+            "hello:-x",
+            "hello:a b",
+            "docker:example.org/x",
+            "docker://",
+            "docker://example.org/",
+            "docker://example.org/Upper",
+            "docker://example.org/x@sha256:12",
+            "oci:",
+            "oci-archive:",
+            "dir:",
+        ];
+        for s in invalid {
+            assert!(s.parse::<ImageReference>().is_err(), "{s:?} parsed");
+        }
+    }
+
+    #[test]
+    fn stash_references_split_name_and_tag() {
+        let r: ImageReference = "kiwi/base:2".parse().unwrap();
+        let ImageReference::Stash(s) = r else { panic!("not a stash") };
+        assert_eq!(s.name.as_str(), "kiwi/base");
+        assert_eq!(s.tag.as_ref().map(Tag::as_str), Some("2"));
+        assert_eq!("base".parse::<StashRef>().unwrap().key(), "base:latest");
+    }
+
+    #[test]
+    fn bad_names_suggest_valid_ones() {
+        let cases = [
+            ("Hello World", "hello-world"),
+            ("My_Image", "my-image"),
+            ("--x--", "x"),
+            ("openSUSE-Leap-15.6", "opensuse-leap-15-6"),
+            ("!!!", "image"),
+        ];
+        for (bad, good) in cases {
+            assert_eq!(StashName::suggest(bad), good);
+            assert!(good.parse::<StashName>().is_ok(), "{good}");
+        }
+        assert!("Hello".parse::<StashName>().is_err());
+    }
+}

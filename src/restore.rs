@@ -1,0 +1,187 @@
+//! Getting images back into a root tree: fetch each reference, stack their
+//! layers (DESIGN §3), and unpack them with umoci in one go.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{eyre, Result, WrapErr};
+
+use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
+use crate::reference::ImageReference;
+use crate::store::{write_atomic, Store};
+use crate::tools::{skopeo, umoci};
+
+/// An image ready to unpack: its manifest and config, and the layout that
+/// holds its blobs.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// What the user asked for.
+    pub reference: ImageReference,
+    /// The layout holding the blobs (the store, or a scratch copy).
+    pub layout: PathBuf,
+    /// Digest of the manifest.
+    pub digest: Digest,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The image config.
+    pub config: ImageConfig,
+}
+
+/// Looks up a stash in the store without fetching anything, so a wrong
+/// name fails before any slow step.
+pub fn resolve_stash(store: &Store, reference: &ImageReference) -> Result<Option<Descriptor>> {
+    match reference {
+        ImageReference::Stash(r) => Ok(Some(store.resolve(&r.key())?)),
+        _ => Ok(None),
+    }
+}
+
+/// Brings `reference` where umoci can read it: a stash is read in place, any
+/// other reference is copied by skopeo into a layout under `scratch`.
+pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize) -> Result<Fetched> {
+    let (layout, desc) = match reference {
+        ImageReference::Stash(r) => (store.root().to_path_buf(), store.resolve(&r.key())?),
+        other => {
+            let layout = scratch.join("fetched");
+            let name = format!("image-{n}");
+            let dst = ImageReference::Oci { dir: layout.to_string_lossy().into_owned(), image: Some(name.clone()) };
+            skopeo::copy(other, &dst).wrap_err_with(|| format!("fetching {other}"))?;
+            let index: Index = oci::read_json(&layout.join("index.json"))?;
+            let desc = index
+                .manifests
+                .iter()
+                .find(|d| d.annotations.get(REF_NAME) == Some(&name))
+                .cloned()
+                .ok_or_else(|| eyre!("skopeo stored no image for {other}"))?;
+            (layout, desc)
+        }
+    };
+    let manifest: Manifest = serde_json::from_slice(&oci::read_blob(&layout, &desc.digest)?)
+        .wrap_err_with(|| format!("reading the manifest of {reference}"))?;
+    let config: ImageConfig = serde_json::from_slice(&oci::read_blob(&layout, &manifest.config.digest)?)
+        .wrap_err_with(|| format!("reading the config of {reference}"))?;
+    Ok(Fetched { reference: reference.clone(), layout, digest: desc.digest, manifest, config })
+}
+
+/// One stacked layer: where its blob is, its descriptor and diff_id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackedLayer {
+    /// The layout holding the blob.
+    pub layout: PathBuf,
+    /// The layer descriptor.
+    pub layer: Descriptor,
+    /// Its uncompressed digest.
+    pub diff_id: Digest,
+}
+
+/// The layers of `images` stacked in order: each image's layers go over the
+/// ones before, except that an image whose layers start with everything
+/// stacked so far (it was built on it) replaces the stack instead of
+/// repeating it.
+pub fn stack(images: &[Fetched]) -> Result<Vec<StackedLayer>> {
+    let mut out: Vec<StackedLayer> = Vec::new();
+    for img in images {
+        let ids = &img.config.rootfs.diff_ids;
+        if ids.len() != img.manifest.layers.len() {
+            return Err(eyre!("{} is inconsistent: {} layers but {} diff_ids", img.reference, img.manifest.layers.len(), ids.len()));
+        }
+        let layers: Vec<StackedLayer> = img
+            .manifest
+            .layers
+            .iter()
+            .zip(ids)
+            .map(|(l, d)| StackedLayer { layout: img.layout.clone(), layer: l.clone(), diff_id: d.clone() })
+            .collect();
+        let contains_stack = layers.len() >= out.len() && out.iter().zip(&layers).all(|(a, b)| a.diff_id == b.diff_id);
+        if contains_stack {
+            out = layers;
+        } else {
+            out.extend(layers);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a layout under `scratch` whose one image is `layers` (blobs linked,
+/// not copied) and unpacks it into `rootfs` with umoci.
+pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<()> {
+    let layout = scratch.join("unpack");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
+    write_atomic(&layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    for l in layers {
+        let link = blobs.join(l.layer.digest.hex());
+        if !link.exists() {
+            let target = oci::blob_path(&l.layout, &l.layer.digest);
+            let target = fs::canonicalize(&target).wrap_err_with(|| format!("finding blob {}", l.layer.digest))?;
+            std::os::unix::fs::symlink(&target, &link).wrap_err_with(|| format!("linking {}", link.display()))?;
+        }
+    }
+    let config = ImageConfig {
+        os: "linux".into(),
+        rootfs: RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect() },
+        ..ImageConfig::default()
+    };
+    let config_bytes = serde_json::to_vec(&config)?;
+    let config_desc = put(&layout, &config_bytes, MEDIA_CONFIG)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_MANIFEST.into()),
+        config: config_desc,
+        layers: layers.iter().map(|l| l.layer.clone()).collect(),
+        annotations: BTreeMap::new(),
+    };
+    let mut manifest_desc = put(&layout, &serde_json::to_vec(&manifest)?, MEDIA_MANIFEST)?;
+    manifest_desc.annotations.insert(REF_NAME.into(), "root".into());
+    let index = Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: vec![manifest_desc], ..Index::default() };
+    write_atomic(&layout.join("index.json"), &serde_json::to_vec(&index)?)?;
+    umoci::unpack(&layout, "root", rootfs)
+}
+
+fn put(layout: &Path, bytes: &[u8], media_type: &str) -> Result<Descriptor> {
+    let digest = Digest::of(bytes);
+    write_atomic(&oci::blob_path(layout, &digest), bytes)?;
+    Ok(Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64, annotations: BTreeMap::new(), platform: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, ids: &[&str]) -> Fetched {
+        let digest = |s: &str| Digest::of(s.as_bytes());
+        let layers = ids
+            .iter()
+            .map(|i| Descriptor { media_type: "l".into(), digest: digest(i), size: 1, annotations: BTreeMap::new(), platform: None })
+            .collect();
+        Fetched {
+            reference: name.parse().unwrap(),
+            layout: PathBuf::from(format!("/{name}")),
+            digest: digest(name),
+            manifest: Manifest { schema_version: 2, media_type: None, config: Descriptor { media_type: "c".into(), digest: digest("c"), size: 1, annotations: BTreeMap::new(), platform: None }, layers, annotations: BTreeMap::new() },
+            config: ImageConfig { rootfs: RootFs { kind: "layers".into(), diff_ids: ids.iter().map(|i| digest(i)).collect() }, ..ImageConfig::default() },
+        }
+    }
+
+    fn ids(stack: &[StackedLayer]) -> Vec<Digest> {
+        stack.iter().map(|l| l.diff_id.clone()).collect()
+    }
+
+    #[test]
+    fn stacking_applies_each_image_once() {
+        let d = |s: &str| Digest::of(s.as_bytes());
+        let cases: [(&[(&str, &[&str])], &[&str]); 4] = [
+            (&[("a", &["1"]), ("b", &["2", "3"])], &["1", "2", "3"]),
+            // b was built on a: its layers start with a's, so a is not applied twice
+            (&[("a", &["1"]), ("b", &["1", "2"])], &["1", "2"]),
+            (&[("a", &["1", "2"]), ("b", &["1"])], &["1", "2", "1"]),
+            (&[("x", &["9"]), ("a", &["1"]), ("b", &["9", "1", "2"])], &["9", "1", "2"]),
+        ];
+        for (images, want) in cases {
+            let images: Vec<Fetched> = images.iter().map(|(n, l)| image(n, l)).collect();
+            let got = ids(&stack(&images).unwrap());
+            assert_eq!(got, want.iter().map(|w| d(w)).collect::<Vec<_>>(), "{images:?}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Storing a root tree in the local store: a first layer, or one delta layer
+//! on top of the stash of the same name.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::Section;
+use sha2::{Digest as _, Sha256};
+
+use crate::description::Document;
+use crate::labels::Facts;
+use crate::layer;
+use crate::oci::{self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
+use crate::reference::{StashName, Tag};
+use crate::store::Store;
+use crate::tree::{self, Tree};
+
+/// gzip level of the layers we write: fast, since roots are large and
+/// registries care more about time than the last few percent.
+pub const GZIP_LEVEL: u32 = 1;
+
+/// What a stash run stored.
+#[derive(Debug, Clone)]
+pub struct Stashed {
+    /// `name:tag`.
+    pub key: String,
+    /// Digest of the new manifest.
+    pub digest: Digest,
+    /// Layers of the new image.
+    pub layers: usize,
+    /// The new layer.
+    pub layer: layer::Layer,
+    /// The stash this one was put on, when there was one.
+    pub base: Option<String>,
+}
+
+/// `SOURCE_DATE_EPOCH` when set, so timestamps we write are reproducible.
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| eyre!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(None),
+    }
+}
+
+fn now(epoch: Option<i64>) -> i64 {
+    epoch.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+}
+
+/// The facts of a KIWI root: its `/image/config.xml`, the host's
+/// architecture (or `target_arch`), OBS's `BUILD_DISTURL`.
+pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
+    let config = root.join("image/config.xml");
+    if !config.is_file() {
+        return Err(eyre!("{} is not a KIWI root tree: it has no image/config.xml", root.display()))
+            .suggestion("stash the image-root of a KIWI build (TARGET/build/image-root)");
+    }
+    let bytes = std::fs::read(&config).wrap_err_with(|| format!("reading {}", config.display()))?;
+    let doc = Document::parse_file(&config)?;
+    Ok(Facts {
+        name: doc.image_name().map(str::to_string),
+        version: doc.version(),
+        author: doc.author(),
+        package_manager: doc.package_manager(),
+        architecture: Some(target_arch.unwrap_or(std::env::consts::ARCH).to_string()),
+        distribution: doc.distribution(),
+        description_sha256: Some(Digest::of(&bytes).hex().to_string()),
+        kiwi_version: None,
+        bases: Vec::new(),
+        disturl: std::env::var("BUILD_DISTURL").ok().filter(|v| !v.is_empty()),
+    })
+}
+
+struct VerifyingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Replays the layers of `manifest` (blobs in `layout`) into the tree they
+/// make, checking every blob against its digest.
+pub fn replay(layout: &Path, manifest: &Manifest) -> Result<Tree> {
+    let mut tree = Tree::new();
+    for l in &manifest.layers {
+        let path = oci::blob_path(layout, &l.digest);
+        let file = File::open(&path).wrap_err_with(|| format!("opening layer {}", l.digest))?;
+        let mut verifying = VerifyingReader { inner: io::BufReader::with_capacity(1 << 20, file), hash: Sha256::new() };
+        {
+            let gz = flate2::read::MultiGzDecoder::new(&mut verifying);
+            let mut gz = io::BufReader::with_capacity(1 << 20, gz);
+            tree::apply_layer(&mut tree, &mut gz).wrap_err_with(|| format!("reading layer {}", l.digest))?;
+            io::copy(&mut gz, &mut io::sink())?;
+        }
+        io::copy(&mut verifying, &mut io::sink())?;
+        if Digest::from_hasher(verifying.hash) != l.digest {
+            bail!("layer {} is corrupt: its content does not match its digest", path.display());
+        }
+    }
+    Ok(tree)
+}
+
+/// Stores `root` as `name:tag`. When the store has a stash of that name (the
+/// same tag, else the newest tag), the new image is that one plus one layer
+/// with what changed.
+pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts: Facts) -> Result<Stashed> {
+    let epoch = source_date_epoch()?;
+    let key = format!("{name}:{tag}");
+    let kiwi_version = std::thread::spawn(|| crate::tools::Tool::KiwiNg.locate().ok().and_then(|_| crate::tools::kiwi::version().ok()));
+    let lock = store.lock_exclusive()?;
+    let mut index = store.index()?;
+    let base = store.find(&index, &key).or_else(|| store.latest_of(&index, name.as_str()));
+    let (lower, base_image) = match &base {
+        Some(d) => {
+            let m = store.manifest(&d.digest)?;
+            let c = store.config(&m.config.digest)?;
+            let started = Instant::now();
+            let tree = replay(store.root(), &m).wrap_err_with(|| format!("reading stash {}", ref_name(d)))?;
+            log::debug!("read {} entries of {} in {:.2?}", tree.len(), ref_name(d), started.elapsed());
+            (tree, Some((d.clone(), m, c)))
+        }
+        None => (Tree::new(), None),
+    };
+    let started = Instant::now();
+    let scanned = tree::scan(root, epoch).wrap_err_with(|| format!("reading {}", root.display()))?;
+    let plan = layer::plan(&scanned, &lower);
+    let layer = layer::write(&plan, &store.blob_dir(), GZIP_LEVEL)?;
+    log::info!(
+        "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
+        layer.entries - layer.whiteouts,
+        scanned.len(),
+        layer.whiteouts,
+        root.display(),
+        human_size(layer.size),
+        started.elapsed()
+    );
+    facts.kiwi_version = kiwi_version.join().ok().flatten();
+    if let Some((d, _, c)) = &base_image {
+        facts.bases = c.labels().get(crate::labels::BASES).map(|b| b.split(' ').map(str::to_string).collect()).unwrap_or_default();
+        facts.bases.push(format!("{}@{}", ref_name(d), d.digest));
+    }
+    let created = oci::rfc3339(now(epoch));
+    let (mut config, mut layers) = match &base_image {
+        Some((_, m, c)) => (c.clone(), m.layers.clone()),
+        None => (new_config(), Vec::new()),
+    };
+    config.created = Some(created.clone());
+    config.author = facts.author.clone();
+    config.architecture = oci::go_arch(facts.architecture.as_deref().unwrap_or(std::env::consts::ARCH)).to_string();
+    config.rootfs.diff_ids.push(layer.diff_id.clone());
+    config.history.push(History {
+        created: Some(created.clone()),
+        created_by: Some(format!("kiwi-stackbuild {} stash", env!("CARGO_PKG_VERSION"))),
+        author: facts.author.clone(),
+        comment: Some(if base_image.is_some() { "KIWI root tree delta" } else { "KIWI root tree" }.into()),
+        empty_layer: false,
+    });
+    let mut labels = config.labels();
+    labels.retain(|k, _| !k.starts_with(crate::labels::PREFIX) && k != crate::labels::OBS_DISTURL);
+    labels.extend(facts.labels());
+    config.config.labels = Some(labels);
+    layers.push(Descriptor {
+        media_type: MEDIA_LAYER_GZIP.into(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        annotations: Default::default(),
+        platform: None,
+    });
+    let config_desc = store.put_json(&config, MEDIA_CONFIG)?;
+    let base_names = base_image.as_ref().map(|(d, _, _)| (ref_name(d), d.digest.to_string()));
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_MANIFEST.into()),
+        config: config_desc,
+        layers,
+        annotations: facts.annotations(&created, base_names.as_ref().map(|(n, d)| (n.as_str(), d.as_str()))),
+    };
+    let layers = manifest.layers.len();
+    let manifest_desc = store.put_json(&manifest, MEDIA_MANIFEST)?;
+    let digest = manifest_desc.digest.clone();
+    Store::set_ref(&mut index, &key, manifest_desc);
+    store.write_index(&index, &lock)?;
+    Ok(Stashed { key, digest, layers, layer, base: base_names.map(|(n, _)| n) })
+}
+
+fn new_config() -> ImageConfig {
+    ImageConfig {
+        os: "linux".into(),
+        config: RuntimeConfig { cmd: Some(vec!["/bin/sh".into()]), ..RuntimeConfig::default() },
+        rootfs: RootFs { kind: "layers".into(), diff_ids: Vec::new() },
+        ..ImageConfig::default()
+    }
+}
+
+fn ref_name(d: &Descriptor) -> String {
+    d.annotations.get(oci::REF_NAME).cloned().unwrap_or_else(|| d.digest.to_string())
+}
+
+/// Bytes as a short human size (`171.3 MB`).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}

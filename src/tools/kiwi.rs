@@ -1,0 +1,251 @@
+//! kiwi-ng: global options, the options after `--` checked against kiwi-ng's
+//! own list, and the argv of `system create` and `system build`.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::Section;
+
+use super::{run, Output, Tool};
+
+/// Options of `kiwi-ng system build` in kiwi 11.1, and whether each takes a value.
+const BUILD_OPTIONS: &[(&str, bool)] = &[
+    ("--description", true),
+    ("--target-dir", true),
+    ("--allow-existing-root", false),
+    ("--clear-cache", false),
+    ("--ignore-repos", false),
+    ("--ignore-repos-used-for-build", false),
+    ("--set-repo", true),
+    ("--set-repo-credentials", true),
+    ("--add-repo", true),
+    ("--add-repo-credentials", true),
+    ("--add-package", true),
+    ("--add-bootstrap-package", true),
+    ("--delete-package", true),
+    ("--set-container-derived-from", true),
+    ("--set-container-tag", true),
+    ("--add-container-label", true),
+    ("--set-type-attr", true),
+    ("--set-release-version", true),
+    ("--signing-key", true),
+    ("--ca-cert", true),
+    ("--ca-target-distribution", true),
+];
+
+/// Options of `kiwi-ng system create` in kiwi 11.1 (`--root` is ours to set).
+const CREATE_OPTIONS: &[(&str, bool)] = &[("--target-dir", true), ("--signing-key", true)];
+
+/// kiwi-ng's global options, which go in front of `system ...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// `--profile`, repeatable.
+    pub profiles: Vec<String>,
+    /// `--type`.
+    pub image_type: Option<String>,
+    /// `--target-arch`.
+    pub target_arch: Option<String>,
+    /// `--shared-cache-dir`.
+    pub shared_cache_dir: Option<PathBuf>,
+    /// kiwi-ng's `--config` (a runtime config file).
+    pub config: Option<PathBuf>,
+    /// `--debug`.
+    pub debug: bool,
+}
+
+impl Globals {
+    /// The global options as kiwi-ng spells them.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut out: Vec<OsString> = Vec::new();
+        if self.debug {
+            out.push("--debug".into());
+        }
+        for p in &self.profiles {
+            out.extend(["--profile".into(), p.into()]);
+        }
+        let values: [(&str, Option<&OsStr>); 4] = [
+            ("--type", self.image_type.as_deref().map(OsStr::new)),
+            ("--target-arch", self.target_arch.as_deref().map(OsStr::new)),
+            ("--shared-cache-dir", self.shared_cache_dir.as_deref().map(Path::as_os_str)),
+            ("--config", self.config.as_deref().map(Path::as_os_str)),
+        ];
+        for (name, value) in values {
+            if let Some(v) = value {
+                out.extend([name.into(), v.to_os_string()]);
+            }
+        }
+        out
+    }
+}
+
+/// The arguments after `--`, checked: where the result goes, the description
+/// when one was given, and the rest as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassThrough {
+    /// `--target-dir`.
+    pub target_dir: PathBuf,
+    /// `--description`, when given after `--`.
+    pub description: Option<PathBuf>,
+    /// Every other option, in order, `--allow-existing-root` left out (we add it).
+    pub rest: Vec<OsString>,
+}
+
+/// True when the arguments after `--` name a description (so kiwi-ng will
+/// `system build`).
+pub fn names_description(args: &[OsString]) -> bool {
+    args.iter().any(|a| a == "--description" || a.as_bytes().starts_with(b"--description="))
+}
+
+impl PassThrough {
+    /// Checks `args` against the options of `system build` (when `build`) or
+    /// `system create`, before anything slow runs.
+    pub fn parse(args: &[OsString], build: bool) -> Result<PassThrough> {
+        let (table, command) = if build { (BUILD_OPTIONS, "system build") } else { (CREATE_OPTIONS, "system create") };
+        let mut target_dir = None;
+        let mut description = None;
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let bytes = arg.as_bytes();
+            let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+                Some(i) if bytes.starts_with(b"--") => (&bytes[..i], Some(OsStr::from_bytes(&bytes[i + 1..]))),
+                _ => (bytes, None),
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let Some(&(_, takes_value)) = table.iter().find(|(n, _)| *n == name) else {
+                return Err(unknown_option(&name, command));
+            };
+            let value = match (takes_value, inline) {
+                (false, Some(_)) => bail!("kiwi-ng {command} option {name} takes no value"),
+                (false, None) => None,
+                (true, Some(v)) => Some(v.to_os_string()),
+                (true, None) => Some(it.next().cloned().ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?),
+            };
+            match (name.as_str(), value) {
+                ("--target-dir", Some(v)) => target_dir = Some(PathBuf::from(v)),
+                ("--description", Some(v)) => description = Some(PathBuf::from(v)),
+                ("--allow-existing-root", _) => {}
+                (_, v) => {
+                    rest.push(OsString::from(&name));
+                    rest.extend(v);
+                }
+            }
+        }
+        let target_dir = target_dir.ok_or_else(|| {
+            eyre!("no --target-dir after --").suggestion("say where kiwi-ng puts the result: -- --target-dir DIR")
+        })?;
+        Ok(PassThrough { target_dir, description, rest })
+    }
+}
+
+fn unknown_option(name: &str, command: &str) -> color_eyre::Report {
+    let err = eyre!("kiwi-ng {command} has no option {name:?}");
+    if name == "--root" {
+        return err.suggestion("kiwi-stackbuild sets the root itself: give the image as --root REF before --");
+    }
+    if BUILD_OPTIONS.iter().any(|(n, _)| *n == name) {
+        return err.suggestion(format!("{name} is an option of system build: give a --description to build"));
+    }
+    err.suggestion("see kiwi-ng system build --help; kiwi-ng global options such as --profile go before --")
+}
+
+/// The argv of `kiwi-ng GLOBALS system create --root ROOT --target-dir T REST`.
+pub fn create_args(globals: &Globals, root: &Path, pass: &PassThrough) -> Vec<OsString> {
+    let mut out = globals.args();
+    out.extend(["system".into(), "create".into(), "--root".into(), root.as_os_str().to_os_string()]);
+    out.extend(["--target-dir".into(), pass.target_dir.as_os_str().to_os_string()]);
+    out.extend(pass.rest.iter().cloned());
+    out
+}
+
+/// The argv of `kiwi-ng GLOBALS system build --description D --target-dir T
+/// [--allow-existing-root] REST`.
+pub fn build_args(globals: &Globals, description: &Path, existing_root: bool, pass: &PassThrough) -> Vec<OsString> {
+    let mut out = globals.args();
+    out.extend(["system".into(), "build".into(), "--description".into(), description.as_os_str().to_os_string()]);
+    out.extend(["--target-dir".into(), pass.target_dir.as_os_str().to_os_string()]);
+    if existing_root {
+        out.push("--allow-existing-root".into());
+    }
+    out.extend(pass.rest.iter().cloned());
+    out
+}
+
+/// Runs kiwi-ng with `args`, its log streamed to stderr.
+pub fn run_kiwi(args: &[OsString], target_dir: &Path) -> Result<()> {
+    run(Tool::KiwiNg, args, Output::Stream)
+        .wrap_err("the kiwi-ng build failed")
+        .suggestion(format!("read the kiwi-ng log above and {}", target_dir.join("build/image-root.log").display()))?;
+    Ok(())
+}
+
+/// The installed kiwi-ng's version, e.g. `11.1.6`.
+pub fn version() -> Result<String> {
+    let out = run(Tool::KiwiNg, &["--version".into()], Output::Capture)?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.split_whitespace().last().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::args;
+
+    #[test]
+    fn create_command_puts_globals_first() {
+        let globals = Globals {
+            profiles: vec!["a".into(), "b".into()],
+            image_type: Some("tbz".into()),
+            shared_cache_dir: Some("/c".into()),
+            config: Some("/k.yml".into()),
+            debug: true,
+            ..Globals::default()
+        };
+        let pass = PassThrough::parse(&args(["--target-dir", "/t", "--signing-key=/k"]), false).unwrap();
+        let want = args([
+            "--debug", "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", "/c", "--config",
+            "/k.yml", "system", "create", "--root", "/t/build/image-root", "--target-dir", "/t", "--signing-key", "/k",
+        ]);
+        assert_eq!(create_args(&globals, Path::new("/t/build/image-root"), &pass), want);
+    }
+
+    #[test]
+    fn build_command_adds_allow_existing_root_once() {
+        let pass = PassThrough::parse(
+            &args(["--description", "/d", "--allow-existing-root", "--target-dir=/t", "--add-package", "vim"]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(pass.description.as_deref(), Some(Path::new("/d")));
+        let want = args([
+            "system", "build", "--description", "/m", "--target-dir", "/t", "--allow-existing-root", "--add-package",
+            "vim",
+        ]);
+        assert_eq!(build_args(&Globals::default(), Path::new("/m"), true, &pass), want);
+    }
+
+    #[test]
+    fn pass_through_errors_name_the_option() {
+        let cases: [(&[&str], bool, &str); 6] = [
+            (&["--target-dir", "/t", "--bogus"], false, "\"--bogus\""),
+            (&["--target-dir", "/t", "--add-package", "x"], false, "\"--add-package\""),
+            (&["--target-dir", "/t", "--root", "/r"], false, "\"--root\""),
+            (&["--signing-key", "/k"], false, "no --target-dir"),
+            (&["--target-dir"], false, "needs a value"),
+            (&["--target-dir", "/t", "--clear-cache=yes"], true, "takes no value"),
+        ];
+        for (argv, build, want) in cases {
+            let err = PassThrough::parse(&args(argv), build).unwrap_err();
+            assert!(format!("{err}").contains(want), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn description_after_double_dash_means_build() {
+        assert!(names_description(&args(["--description", "d", "--target-dir", "t"])));
+        assert!(names_description(&args(["--description=d"])));
+        assert!(!names_description(&args(["--target-dir", "t"])));
+    }
+}

@@ -1,0 +1,210 @@
+//! The one process runner, and typed wrappers for the tools we drive.
+//!
+//! Every child is found on PATH or through its environment variable
+//! (`SKOPEO`, `UMOCI`, `KIWI_NG`), logged as a shell-quoted line at debug
+//! level, runs with stdin closed, and when it fails its error names the command
+//! and carries the tail of its stderr as a report section.
+
+pub mod kiwi;
+pub mod skopeo;
+pub mod umoci;
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{eyre, Result, WrapErr};
+use color_eyre::{Section, SectionExt};
+
+/// How many lines of a failing child's stderr go into the error.
+const TAIL_LINES: usize = 20;
+
+/// A tool we drive as a child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// skopeo: copies images between transports.
+    Skopeo,
+    /// umoci: unpacks OCI images into root trees.
+    Umoci,
+    /// kiwi-ng: builds images from descriptions and roots.
+    KiwiNg,
+}
+
+impl Tool {
+    /// The executable's usual name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Skopeo => "skopeo",
+            Tool::Umoci => "umoci",
+            Tool::KiwiNg => "kiwi-ng",
+        }
+    }
+
+    /// The environment variable that names the executable.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Tool::Skopeo => "SKOPEO",
+            Tool::Umoci => "UMOCI",
+            Tool::KiwiNg => "KIWI_NG",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Tool::Skopeo => "install skopeo (zypper/dnf/apt install skopeo), or set SKOPEO to its path",
+            Tool::Umoci => "install umoci (zypper/dnf/apt install umoci), or set UMOCI to its path",
+            Tool::KiwiNg => {
+                "install kiwi (zypper install python3-kiwi, or pip install kiwi in a venv), or set KIWI_NG to its kiwi-ng"
+            }
+        }
+    }
+
+    /// Finds the executable: `$ENV_VAR` when set, else the first match on PATH.
+    pub fn locate(self) -> Result<PathBuf> {
+        if let Some(explicit) = std::env::var_os(self.env_var()).filter(|v| !v.is_empty()) {
+            let path = PathBuf::from(&explicit);
+            let found = if path.components().count() > 1 { Some(path).filter(|p| is_executable(p)) } else { search_path(&explicit) };
+            return found.ok_or_else(|| {
+                eyre!("{} is set to {:?}, which is not an executable", self.env_var(), explicit)
+                    .suggestion(self.install_hint())
+            });
+        }
+        search_path(OsStr::new(self.name()))
+            .ok_or_else(|| eyre!("{} not found on PATH", self.name()).suggestion(self.install_hint()))
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn search_path(name: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+/// Checks up front that every tool a command needs is there.
+pub fn require(tools: &[Tool]) -> Result<()> {
+    for t in tools {
+        t.locate()?;
+    }
+    Ok(())
+}
+
+/// Fails unless we run as root (KIWI and faithful unpacking need it).
+pub fn require_root(what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the effective user of this process.
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if euid != 0 {
+        return Err(eyre!("{what} needs root").suggestion("run it as root, e.g. with sudo"));
+    }
+    Ok(())
+}
+
+/// One argument or a command line quoted for a POSIX shell, for logs and errors.
+pub fn shell_quote(arg: &OsStr) -> String {
+    let bytes = arg.as_bytes();
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(b);
+    if !bytes.is_empty() && bytes.iter().all(plain) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!("'{}'", String::from_utf8_lossy(bytes).replace('\'', r"'\''"))
+}
+
+/// A whole command line, shell-quoted.
+pub fn command_line(program: &Path, args: &[OsString]) -> String {
+    std::iter::once(program.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a child's output is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Captured: stdout is returned, stderr kept for the error.
+    Capture,
+    /// Passed through to our stderr as it comes (kiwi-ng's build log),
+    /// with the tail kept for the error.
+    Stream,
+}
+
+/// Runs `tool` with `args`; returns its stdout (empty when streamed).
+pub fn run(tool: Tool, args: &[OsString], output: Output) -> Result<Vec<u8>> {
+    let program = tool.locate()?;
+    let line = command_line(&program, args);
+    log::debug!("running {line}");
+    let expr = duct::cmd(&program, args).stdin_null().unchecked();
+    let (status, stdout, tail) = match output {
+        Output::Capture => {
+            let out = expr.stdout_capture().stderr_capture().run().wrap_err_with(|| format!("starting {line}"))?;
+            let tail = tail_of(&out.stderr);
+            (out.status, out.stdout, tail)
+        }
+        Output::Stream => {
+            let reader = expr.stderr_to_stdout().reader().wrap_err_with(|| format!("starting {line}"))?;
+            let mut tail = VecDeque::new();
+            let mut lines = BufReader::new(&reader);
+            let mut buf = Vec::new();
+            let mut err = std::io::stderr();
+            while lines.read_until(b'\n', &mut buf).wrap_err_with(|| format!("reading output of {line}"))? > 0 {
+                let _ = err.write_all(&buf);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(String::from_utf8_lossy(&buf).trim_end().to_string());
+                buf.clear();
+            }
+            let out = reader.try_wait().wrap_err_with(|| format!("waiting for {line}"))?;
+            let status = out.map(|o| o.status).ok_or_else(|| eyre!("{line} did not finish"))?;
+            (status, Vec::new(), Vec::from(tail).join("\n"))
+        }
+    };
+    if status.success() {
+        return Ok(stdout);
+    }
+    let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
+    Err(eyre!("{} failed: it {how}", tool.name()))
+        .section(line.header("Command:"))
+        .section(tail.header("Its last output:"))
+}
+
+fn tail_of(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+/// `OsString`s from anything that looks like arguments, for argv builders.
+pub fn args<I, S>(items: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    items.into_iter().map(|s| s.as_ref().to_os_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_plain_words_and_quotes_the_rest() {
+        let cases = [
+            ("plain", "plain"),
+            ("--target-dir=/tmp/x", "--target-dir=/tmp/x"),
+            ("two words", "'two words'"),
+            ("it's", r"'it'\''s'"),
+            ("", "''"),
+            ("$HOME", "'$HOME'"),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(shell_quote(OsStr::new(arg)), want);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The user-facing jobs as sequences of steps: stash, rebuild (W1-W3) and
+//! stackbuild. Everything that can be checked is checked before the first
+//! slow step.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use color_eyre::eyre::{eyre, Result, WrapErr};
+use color_eyre::Section;
+
+use crate::description::{self, Document};
+use crate::reference::{ImageReference, StashName, StashRef, Tag};
+use crate::restore::{self, Fetched};
+use crate::stash::{self, human_size};
+use crate::store::Store;
+use crate::tools::kiwi::{self, Globals, PassThrough};
+use crate::tools::{self, Tool};
+
+/// What `rebuild` (and `stackbuild`) was asked to do.
+#[derive(Debug, Clone)]
+pub struct Rebuild {
+    /// Images to unpack, stacked in order (W2, W3).
+    pub roots: Vec<ImageReference>,
+    /// The description to build (W1), given before `--`.
+    pub description: Option<PathBuf>,
+    /// Where to store the resulting root.
+    pub keep_root: Option<ImageReference>,
+    /// Build even when the pieces do not fit.
+    pub force: bool,
+    /// kiwi-ng's global options.
+    pub globals: Globals,
+    /// The arguments after `--`.
+    pub kiwi_args: Vec<OsString>,
+}
+
+/// Stores the KIWI root tree `root` in the local store.
+pub fn stash(store: &Store, root: &Path, tag: Option<&Tag>, container_name: Option<&str>, target_arch: Option<&str>) -> Result<stash::Stashed> {
+    tools::require_root("stash")?;
+    let facts = stash::facts_of_root(root, target_arch)?;
+    let name = match container_name.or(facts.name.as_deref()) {
+        Some(n) => n.parse::<StashName>().map_err(|e| match container_name {
+            Some(_) => e,
+            None => e.note(format!("the name comes from <image name> in {}; choose another with --container-name", root.join("image/config.xml").display())),
+        })?,
+        None => return Err(eyre!("{} has no image name", root.join("image/config.xml").display())).suggestion("pass --container-name NAME"),
+    };
+    let tag = tag.cloned().unwrap_or_else(Tag::latest);
+    let done = stash::stash(store, root, &name, &tag, facts)?;
+    Ok(done)
+}
+
+fn image_root(target_dir: &Path) -> PathBuf {
+    target_dir.join("build/image-root")
+}
+
+/// Runs a rebuild: W1 (description, keep the root), W2 (root only), W3 (root
+/// and description), stacks.
+pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
+    let build = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
+    let pass = PassThrough::parse(&job.kiwi_args, build)?;
+    if job.description.is_some() && pass.description.is_some() {
+        return Err(eyre!("two descriptions: --description before and after --")).suggestion("give the description once");
+    }
+    let root_dir = image_root(&pass.target_dir);
+    if root_dir.symlink_metadata().is_ok() {
+        return Err(eyre!("{} already exists", root_dir.display()))
+            .suggestion("choose a new --target-dir, or remove the old build first");
+    }
+    let mut needed = vec![Tool::KiwiNg];
+    if !job.roots.is_empty() {
+        needed.push(Tool::Umoci);
+    }
+    if job.roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
+        needed.push(Tool::Skopeo);
+    }
+    tools::require(&needed)?;
+    tools::require_root("rebuild")?;
+    let description = match job.description.as_ref().or(pass.description.as_ref()) {
+        Some(d) => Some(Document::parse_file(&description::find(d)?)?),
+        None => None,
+    };
+    let keep = job.keep_root.as_ref().map(|r| keep_target(r, description.as_ref())).transpose()?;
+    for r in &job.roots {
+        restore::resolve_stash(store, r)?;
+    }
+    std::fs::create_dir_all(&pass.target_dir).wrap_err_with(|| format!("creating {}", pass.target_dir.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".kiwi-stackbuild-")
+        .tempdir_in(&pass.target_dir)
+        .wrap_err_with(|| format!("creating a work directory in {}", pass.target_dir.display()))?;
+    if !job.roots.is_empty() {
+        let _lock = store.lock_shared()?;
+        let images = fetch_all(store, &job.roots, scratch.path())?;
+        unpack_roots(&images, scratch.path(), &root_dir)?;
+    }
+    match (&description, job.roots.is_empty()) {
+        (None, _) => {
+            if !root_dir.join("image/config.xml").is_file() {
+                let _ = std::fs::remove_dir_all(&root_dir);
+                return Err(eyre!("{} is not a KIWI root tree: it has no /image/config.xml", describe(&job.roots)))
+                    .suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR");
+            }
+            kiwi::run_kiwi(&kiwi::create_args(&job.globals, &root_dir, &pass), &pass.target_dir)?;
+        }
+        (Some(doc), fresh) => {
+            let dir = description_dir(job, &pass)?;
+            let used = if fresh { dir } else { without_bootstrap(doc, &dir, scratch.path())? };
+            kiwi::run_kiwi(&kiwi::build_args(&job.globals, &used, !fresh, &pass), &pass.target_dir)?;
+        }
+    }
+    if let Some((name, tag)) = keep {
+        let done = stash(store, &root_dir, Some(&tag), Some(name.as_str()), job.globals.target_arch.as_deref())?;
+        println!("{}", done.key);
+    }
+    log::info!("the image is in {}", pass.target_dir.display());
+    Ok(())
+}
+
+fn description_dir(job: &Rebuild, pass: &PassThrough) -> Result<PathBuf> {
+    let d = job.description.as_ref().or(pass.description.as_ref()).ok_or_else(|| eyre!("no description"))?;
+    let file = description::find(d)?;
+    Ok(file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")))
+}
+
+/// A copy of the description without `<packages type="bootstrap">`: KIWI
+/// bootstraps again whenever that element is there, which breaks a root that
+/// already exists (on Debian, its usr-merge symlinks).
+fn without_bootstrap(doc: &Document, dir: &Path, scratch: &Path) -> Result<PathBuf> {
+    let copy = scratch.join("description");
+    copy_dir(dir, &copy)?;
+    let mut doc = doc.clone();
+    let removed = description::remove_bootstrap_packages(&mut doc);
+    let file = description::find(&copy)?;
+    if removed > 0 {
+        log::info!("dropped <packages type=\"bootstrap\"> from the description: the root exists, and KIWI would bootstrap it again");
+    }
+    doc.write_to(&file)?;
+    Ok(copy)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    for entry in walkdir::WalkDir::new(from).follow_links(false) {
+        let entry = entry.wrap_err_with(|| format!("reading {}", from.display()))?;
+        let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
+        let dest = to.join(rel);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest).wrap_err_with(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<(StashName, Tag)> {
+    match r {
+        ImageReference::Stash(StashRef { name, tag }) => {
+            let tag = match (tag, description.and_then(Document::version)) {
+                (Some(t), _) => t.clone(),
+                (None, Some(v)) => v.parse::<Tag>().wrap_err("the description's <version> is not a valid tag")?,
+                (None, None) => Tag::latest(),
+            };
+            Ok((name.clone(), tag))
+        }
+        other => Err(eyre!("--keep-root {other}: only stash names of the local store are supported here"))
+            .suggestion("keep the root as NAME[:TAG], then copy it with skopeo"),
+    }
+}
+
+fn describe(roots: &[ImageReference]) -> String {
+    roots.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ")
+}
+
+fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path) -> Result<Vec<Fetched>> {
+    roots.iter().enumerate().map(|(n, r)| restore::fetch(store, r, scratch, n)).collect()
+}
+
+fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    let layers = restore::stack(images)?;
+    if let Some(parent) = root_dir.parent() {
+        std::fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
+    }
+    let size: u64 = layers.iter().map(|l| l.layer.size).sum();
+    if let Err(e) = restore::unpack(&layers, scratch, root_dir) {
+        let _ = std::fs::remove_dir_all(root_dir);
+        return Err(e);
+    }
+    log::info!(
+        "unpacked {} ({} layers, {}) into {} in {:.2?}",
+        describe(&images.iter().map(|i| i.reference.clone()).collect::<Vec<_>>()),
+        layers.len(),
+        human_size(size),
+        root_dir.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
