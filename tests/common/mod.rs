@@ -1,0 +1,7 @@
+//! Helpers shared by the integration tests: `mod common;` in a test file.
+
+// Each test crate uses only some of the helpers.
+#![allow(dead_code)]
+
+pub mod fixture;
+pub mod tree;
