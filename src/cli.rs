@@ -195,7 +195,7 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         return Ok(());
     }
     let root = a.root.ok_or_else(|| eyre!("stash needs --root, --list or --rm"))?;
-    let done = workflow::stash(store, &root, Some(&a.tag), a.container_name.as_deref(), target_arch)?;
+    let done = workflow::stash(store, &root, Some(&a.tag), a.container_name.as_deref(), target_arch, None)?;
     eprintln!(
         "stashed {} as {} ({} layers, new layer {}{})",
         root.display(),

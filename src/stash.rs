@@ -14,6 +14,7 @@ use crate::description::Document;
 use crate::labels::Facts;
 use crate::layer;
 use crate::oci::{self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
+use crate::restore::{self, Fetched, StackedLayer};
 use crate::reference::{StashName, Tag};
 use crate::store::Store;
 use crate::tree::{self, Tree};
@@ -90,48 +91,113 @@ impl<R: Read> Read for VerifyingReader<R> {
     }
 }
 
-/// Replays the layers of `manifest` (blobs in `layout`) into the tree they
-/// make, checking every blob against its digest.
-pub fn replay(layout: &Path, manifest: &Manifest) -> Result<Tree> {
+/// Replays `layers` (each blob in its own layout) into the tree they make,
+/// checking every blob against its digest.
+pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
     let mut tree = Tree::new();
-    for l in &manifest.layers {
-        let path = oci::blob_path(layout, &l.digest);
-        let file = File::open(&path).wrap_err_with(|| format!("opening layer {}", l.digest))?;
+    for l in layers {
+        let digest = &l.layer.digest;
+        let path = oci::blob_path(&l.layout, digest);
+        let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
         let mut verifying = VerifyingReader { inner: io::BufReader::with_capacity(1 << 20, file), hash: Sha256::new() };
         {
             let gz = flate2::read::MultiGzDecoder::new(&mut verifying);
             let mut gz = io::BufReader::with_capacity(1 << 20, gz);
-            tree::apply_layer(&mut tree, &mut gz).wrap_err_with(|| format!("reading layer {}", l.digest))?;
+            tree::apply_layer(&mut tree, &mut gz).wrap_err_with(|| format!("reading layer {digest}"))?;
             io::copy(&mut gz, &mut io::sink())?;
         }
         io::copy(&mut verifying, &mut io::sink())?;
-        if Digest::from_hasher(verifying.hash) != l.digest {
+        if Digest::from_hasher(verifying.hash) != *digest {
             bail!("layer {} is corrupt: its content does not match its digest", path.display());
         }
     }
     Ok(tree)
 }
 
-/// Stores `root` as `name:tag`. When the store has a stash of that name (the
-/// same tag, else the newest tag), the new image is that one plus one layer
-/// with what changed.
-pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts: Facts) -> Result<Stashed> {
+/// The image a new stash goes on top of.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// Its layers, lowest first, with the layouts that hold them.
+    pub layers: Vec<StackedLayer>,
+    /// The config to start from (labels, history, runtime config).
+    pub config: ImageConfig,
+    /// `ref@digest` of every image it was made of, lowest first.
+    pub names: Vec<String>,
+}
+
+impl Base {
+    /// The stash `d` of `store` as a base.
+    pub fn from_store(store: &Store, d: &Descriptor) -> Result<Base> {
+        let m = store.manifest(&d.digest)?;
+        let config = store.config(&m.config.digest)?;
+        let layers = m
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(l, id)| StackedLayer { layout: store.root().to_path_buf(), layer: l.clone(), diff_id: id.clone() })
+            .collect();
+        Ok(Base { layers, config, names: vec![format!("{}@{}", ref_name(d), d.digest)] })
+    }
+
+    /// The stack of `images` (already fetched) as a base.
+    pub fn from_images(images: &[Fetched]) -> Result<Base> {
+        let layers = restore::stack(images)?;
+        let names = images.iter().map(|i| format!("{}@{}", i.reference, i.digest)).collect();
+        let top = images.last().ok_or_else(|| eyre!("no image to stack"))?;
+        let mut config = top.config.clone();
+        if layers.len() != top.manifest.layers.len() {
+            // Several images stacked: the top's history no longer matches.
+            config.history = layers
+                .iter()
+                .map(|l| History { created_by: Some(format!("stacked layer {}", l.layer.digest)), ..History::default() })
+                .collect();
+        }
+        config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
+        Ok(Base { layers, config, names })
+    }
+}
+
+/// Puts the blob `digest` of `layout` into `store` (a hard link where the
+/// file system allows, else a copy), unless it is there.
+fn import_blob(store: &Store, layout: &Path, digest: &Digest) -> Result<()> {
+    let dest = oci::blob_path(store.root(), digest);
+    if dest.exists() {
+        return Ok(());
+    }
+    let src = oci::blob_path(layout, digest);
+    let tmp = store.blob_dir().join(format!(".tmp-import-{}", digest.hex()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(&src, &tmp).is_err() {
+        std::fs::copy(&src, &tmp).wrap_err_with(|| format!("copying blob {digest} into the store"))?;
+    }
+    std::fs::rename(&tmp, &dest).wrap_err_with(|| format!("storing blob {digest}"))?;
+    Ok(())
+}
+
+/// Stores `root` as `name:tag`, as one delta layer on `base` when given,
+/// else on the stash of that name (the same tag, else its newest tag), else
+/// as a first layer.
+pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts: Facts, base: Option<Base>) -> Result<Stashed> {
     let epoch = source_date_epoch()?;
     let key = format!("{name}:{tag}");
     let kiwi_version = std::thread::spawn(|| crate::tools::Tool::KiwiNg.locate().ok().and_then(|_| crate::tools::kiwi::version().ok()));
     let lock = store.lock_exclusive()?;
     let mut index = store.index()?;
-    let base = store.find(&index, &key).or_else(|| store.latest_of(&index, name.as_str()));
-    let (lower, base_image) = match &base {
-        Some(d) => {
-            let m = store.manifest(&d.digest)?;
-            let c = store.config(&m.config.digest)?;
+    let base = match base {
+        Some(b) => Some(b),
+        None => store.find(&index, &key).or_else(|| store.latest_of(&index, name.as_str())).map(|d| Base::from_store(store, &d)).transpose()?,
+    };
+    let lower = match &base {
+        Some(b) => {
             let started = Instant::now();
-            let tree = replay(store.root(), &m).wrap_err_with(|| format!("reading stash {}", ref_name(d)))?;
-            log::debug!("read {} entries of {} in {:.2?}", tree.len(), ref_name(d), started.elapsed());
-            (tree, Some((d.clone(), m, c)))
+            let tree = replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?;
+            log::debug!("read {} entries of {} in {:.2?}", tree.len(), b.names.join(" + "), started.elapsed());
+            for l in &b.layers {
+                import_blob(store, &l.layout, &l.layer.digest)?;
+            }
+            tree
         }
-        None => (Tree::new(), None),
+        None => Tree::new(),
     };
     let started = Instant::now();
     let scanned = tree::scan(root, epoch).wrap_err_with(|| format!("reading {}", root.display()))?;
@@ -147,24 +213,27 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         started.elapsed()
     );
     facts.kiwi_version = kiwi_version.join().ok().flatten();
-    if let Some((d, _, c)) = &base_image {
-        facts.bases = c.labels().get(crate::labels::BASES).map(|b| b.split(' ').map(str::to_string).collect()).unwrap_or_default();
-        facts.bases.push(format!("{}@{}", ref_name(d), d.digest));
+    if let Some(b) = &base {
+        let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
+        facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        facts.bases.extend(b.names.iter().cloned());
     }
     let created = oci::rfc3339(now(epoch));
-    let (mut config, mut layers) = match &base_image {
-        Some((_, m, c)) => (c.clone(), m.layers.clone()),
+    let (mut config, mut layers) = match &base {
+        Some(b) => (b.config.clone(), b.layers.iter().map(|l| l.layer.clone()).collect()),
         None => (new_config(), Vec::new()),
     };
     config.created = Some(created.clone());
     config.author = facts.author.clone();
     config.architecture = oci::go_arch(facts.architecture.as_deref().unwrap_or(std::env::consts::ARCH)).to_string();
+    config.os = "linux".into();
+    config.rootfs.kind = "layers".into();
     config.rootfs.diff_ids.push(layer.diff_id.clone());
     config.history.push(History {
         created: Some(created.clone()),
         created_by: Some(format!("kiwi-stackbuild {} stash", env!("CARGO_PKG_VERSION"))),
         author: facts.author.clone(),
-        comment: Some(if base_image.is_some() { "KIWI root tree delta" } else { "KIWI root tree" }.into()),
+        comment: Some(if base.is_some() { "KIWI root tree delta" } else { "KIWI root tree" }.into()),
         empty_layer: false,
     });
     let mut labels = config.labels();
@@ -179,20 +248,20 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         platform: None,
     });
     let config_desc = store.put_json(&config, MEDIA_CONFIG)?;
-    let base_names = base_image.as_ref().map(|(d, _, _)| (ref_name(d), d.digest.to_string()));
+    let base_name = base.as_ref().and_then(|b| b.names.last()).and_then(|n| n.rsplit_once('@')).map(|(n, d)| (n.to_string(), d.to_string()));
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
         config: config_desc,
         layers,
-        annotations: facts.annotations(&created, base_names.as_ref().map(|(n, d)| (n.as_str(), d.as_str()))),
+        annotations: facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str()))),
     };
     let layers = manifest.layers.len();
     let manifest_desc = store.put_json(&manifest, MEDIA_MANIFEST)?;
     let digest = manifest_desc.digest.clone();
     Store::set_ref(&mut index, &key, manifest_desc);
     store.write_index(&index, &lock)?;
-    Ok(Stashed { key, digest, layers, layer, base: base_names.map(|(n, _)| n) })
+    Ok(Stashed { key, digest, layers, layer, base: base_name.map(|(n, _)| n) })
 }
 
 fn new_config() -> ImageConfig {

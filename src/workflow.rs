@@ -12,7 +12,8 @@ use color_eyre::Section;
 use crate::description::{self, Document};
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::restore::{self, Fetched};
-use crate::stash::{self, human_size};
+use crate::labels::{self, Facts};
+use crate::stash::{self, human_size, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals, PassThrough};
 use crate::tools::{self, Tool};
@@ -35,7 +36,14 @@ pub struct Rebuild {
 }
 
 /// Stores the KIWI root tree `root` in the local store.
-pub fn stash(store: &Store, root: &Path, tag: Option<&Tag>, container_name: Option<&str>, target_arch: Option<&str>) -> Result<stash::Stashed> {
+pub fn stash(
+    store: &Store,
+    root: &Path,
+    tag: Option<&Tag>,
+    container_name: Option<&str>,
+    target_arch: Option<&str>,
+    base: Option<Base>,
+) -> Result<stash::Stashed> {
     tools::require_root("stash")?;
     let facts = stash::facts_of_root(root, target_arch)?;
     let name = match container_name.or(facts.name.as_deref()) {
@@ -46,7 +54,7 @@ pub fn stash(store: &Store, root: &Path, tag: Option<&Tag>, container_name: Opti
         None => return Err(eyre!("{} has no image name", root.join("image/config.xml").display())).suggestion("pass --container-name NAME"),
     };
     let tag = tag.cloned().unwrap_or_else(Tag::latest);
-    let done = stash::stash(store, root, &name, &tag, facts)?;
+    let done = stash::stash(store, root, &name, &tag, facts, base)?;
     Ok(done)
 }
 
@@ -89,10 +97,13 @@ pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
         .prefix(".kiwi-stackbuild-")
         .tempdir_in(&pass.target_dir)
         .wrap_err_with(|| format!("creating a work directory in {}", pass.target_dir.display()))?;
+    let mut base = None;
     if !job.roots.is_empty() {
         let _lock = store.lock_shared()?;
         let images = fetch_all(store, &job.roots, scratch.path())?;
+        check_fit(&images, description.as_ref(), job.globals.target_arch.as_deref(), job.force)?;
         unpack_roots(&images, scratch.path(), &root_dir)?;
+        base = Some(Base::from_images(&images)?);
     }
     match (&description, job.roots.is_empty()) {
         (None, _) => {
@@ -109,9 +120,8 @@ pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
             kiwi::run_kiwi(&kiwi::build_args(&job.globals, &used, !fresh, &pass), &pass.target_dir)?;
         }
     }
-    if let Some((name, tag)) = keep {
-        let done = stash(store, &root_dir, Some(&tag), Some(name.as_str()), job.globals.target_arch.as_deref())?;
-        println!("{}", done.key);
+    if let Some(keep) = keep {
+        keep_root(store, &root_dir, &keep, base, job.globals.target_arch.as_deref(), scratch.path())?;
     }
     log::info!("the image is in {}", pass.target_dir.display());
     Ok(())
@@ -156,19 +166,119 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<(StashName, Tag)> {
-    match r {
-        ImageReference::Stash(StashRef { name, tag }) => {
-            let tag = match (tag, description.and_then(Document::version)) {
-                (Some(t), _) => t.clone(),
-                (None, Some(v)) => v.parse::<Tag>().wrap_err("the description's <version> is not a valid tag")?,
-                (None, None) => Tag::latest(),
-            };
-            Ok((name.clone(), tag))
+/// Where `--keep-root` stores the result: a stash `name:tag`, and for any
+/// other reference the place it is copied to from there.
+#[derive(Debug, Clone)]
+struct Keep {
+    name: StashName,
+    tag: Tag,
+    copy_to: Option<ImageReference>,
+}
+
+/// Works out the stash name and tag of `--keep-root` before anything runs:
+/// a missing tag is the description's `<version>`, a missing name (for
+/// `oci:DIR` and the like) its `<image name>`.
+fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Keep> {
+    let version_tag = || -> Result<Tag> {
+        match description.and_then(Document::version) {
+            Some(v) => v.parse::<Tag>().wrap_err("the description's <version> is not a valid tag"),
+            None => Ok(Tag::latest()),
         }
-        other => Err(eyre!("--keep-root {other}: only stash names of the local store are supported here"))
-            .suggestion("keep the root as NAME[:TAG], then copy it with skopeo"),
+    };
+    if let ImageReference::Stash(StashRef { name, tag }) = r {
+        let tag = match tag {
+            Some(t) => t.clone(),
+            None => version_tag()?,
+        };
+        return Ok(Keep { name: name.clone(), tag, copy_to: None });
     }
+    let image = match r {
+        ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } => image.clone(),
+        ImageReference::Docker(rest) => rest.rsplit('/').next().map(str::to_string),
+        _ => None,
+    };
+    let parsed = match image {
+        Some(i) => Some(i.parse::<StashRef>().wrap_err_with(|| format!("--keep-root {r}"))?),
+        None => None,
+    };
+    let name = match (&parsed, description.and_then(Document::image_name)) {
+        (Some(p), _) => p.name.clone(),
+        (None, Some(n)) => n.parse::<StashName>().wrap_err("the description's <image name> is not a valid image name")?,
+        (None, None) => return Err(eyre!("--keep-root {r} names no image")).suggestion(format!("add a name: {r}:NAME:TAG")),
+    };
+    let tag = match parsed.and_then(|p| p.tag) {
+        Some(t) => t,
+        None => version_tag()?,
+    };
+    Ok(Keep { name, tag, copy_to: Some(r.clone()) })
+}
+
+/// Stores the built root as `--keep-root` says: on `base` when the root came
+/// from stored images.
+fn keep_root(store: &Store, root: &Path, keep: &Keep, base: Option<Base>, arch: Option<&str>, scratch: &Path) -> Result<()> {
+    let Some(dest) = &keep.copy_to else {
+        let done = stash(store, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+        log::info!("kept the root as {} ({} layers, new layer {})", done.key, done.layers, human_size(done.layer.size));
+        println!("{}", done.key);
+        return Ok(());
+    };
+    tools::require(&[Tool::Skopeo])?;
+    let staging = Store::new(scratch.join("keep"));
+    let done = stash(&staging, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+    let src = ImageReference::Oci { dir: staging.root().to_string_lossy().into_owned(), image: Some(done.key.clone()) };
+    crate::tools::skopeo::copy(&src, dest)?;
+    log::info!("kept the root as {dest} ({} layers)", done.layers);
+    println!("{dest}");
+    Ok(())
+}
+
+/// The facts of a stored image that say whether a build fits on it.
+fn fit_facts(image: &Fetched) -> Option<Facts> {
+    let l = image.config.labels();
+    l.get(labels::PACKAGE_MANAGER)?;
+    Some(Facts {
+        package_manager: l.get(labels::PACKAGE_MANAGER).cloned(),
+        architecture: l.get(labels::ARCHITECTURE).cloned(),
+        distribution: l.get(labels::DISTRIBUTION).cloned(),
+        ..Facts::default()
+    })
+}
+
+/// Refuses to stack images, or build a description on them, when their
+/// package manager, architecture or distribution differ (unless `force`).
+fn check_fit(images: &[Fetched], description: Option<&Document>, target_arch: Option<&str>, force: bool) -> Result<()> {
+    let mut sides: Vec<(String, Facts)> =
+        images.iter().filter_map(|i| fit_facts(i).map(|f| (i.reference.to_string(), f))).collect();
+    if let Some(doc) = description {
+        let facts = Facts {
+            package_manager: doc.package_manager(),
+            architecture: Some(target_arch.unwrap_or(std::env::consts::ARCH).to_string()),
+            distribution: doc.distribution(),
+            ..Facts::default()
+        };
+        sides.push((format!("the description {}", doc.origin()), facts));
+    }
+    for pair in sides.windows(2) {
+        let ((a, fa), (b, fb)) = (&pair[0], &pair[1]);
+        let checks = [
+            ("package manager", &fa.package_manager, &fb.package_manager),
+            ("architecture", &fa.architecture, &fb.architecture),
+            ("distribution", &fa.distribution, &fb.distribution),
+        ];
+        for (what, x, y) in checks {
+            if let (Some(x), Some(y)) = (x, y) {
+                if x != y {
+                    let err = eyre!("{what} differs: {a} has {x}, {b} has {y}");
+                    if force {
+                        log::warn!("{err} (going on: --force)");
+                    } else {
+                        return Err(err).suggestion("build on a matching image, or pass --force if you know it works");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn describe(roots: &[ImageReference]) -> String {

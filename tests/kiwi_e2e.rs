@@ -1,0 +1,203 @@
+//! Real kiwi-ng 11.1.6 builds of the Debian fixture, end to end: build and
+//! keep the root (W1), stash, rebuild from the stash alone (W2), build a new
+//! description on it (W3), stack stashes, and refuse what does not fit.
+//!
+//! One scenario shares one Debian build, since each build takes half a minute.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::fixture::{debian_description, kiwi_config, kiwi_ng};
+
+struct Env {
+    tmp: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("store");
+        Env { tmp, home }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    /// Runs kiwi-stackbuild with the fast kiwi config and a private cache.
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let cache = self.path("cache");
+        let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+            .arg("--kiwi-config")
+            .arg(kiwi_config())
+            .arg("--shared-cache-dir")
+            .arg(&cache)
+            .args(args)
+            .env("KIWI_STACKBUILD_HOME", &self.home)
+            .env("KIWI_NG", kiwi_ng())
+            .output()
+            .expect("running kiwi-stackbuild");
+        out
+    }
+
+    fn ok<S: AsRef<OsStr> + std::fmt::Debug>(&self, args: &[S]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed:\n{}",
+            tail(&String::from_utf8_lossy(&out.stderr))
+        );
+        out
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_slice(&self.ok(&["stash", "--list", "--json"]).stdout).unwrap()
+    }
+
+    fn stash_entry(&self, key: &str) -> serde_json::Value {
+        let list = self.list();
+        list.into_iter().find(|e| e["reference"] == key).unwrap_or_else(|| panic!("{key} not in the store"))
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The file list of the root archive KIWI wrote into `target`.
+fn archive_list(target: &Path) -> BTreeSet<String> {
+    let archive = fs::read_dir(target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+        .unwrap_or_else(|| panic!("no .tar.xz in {}", target.display()));
+    let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn without_dev_contents(list: &BTreeSet<String>) -> BTreeSet<String> {
+    // A stash keeps dev/ but not what is in it (DESIGN §4).
+    list.iter().filter(|p| !p.trim_start_matches("./").starts_with("dev/") || p.trim_start_matches("./") == "dev/").cloned().collect()
+}
+
+fn add_package(description: &Path, package: &str) {
+    let config = description.join("config.xml");
+    let text = fs::read_to_string(&config).unwrap();
+    let text = text.replacen("<package name=\"bash\"/>", &format!("<package name=\"bash\"/>\n        <package name=\"{package}\"/>"), 1);
+    fs::write(&config, text).unwrap();
+}
+
+fn write_small_root(root: &Path, name: &str, files: &[(&str, &str)]) {
+    let config = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="8.5" name="{name}">
+    <description type="system"><author>t</author><contact>t@example.invalid</contact><specification>s</specification></description>
+    <preferences><version>2.0.0</version><packagemanager>apt</packagemanager><type image="tbz"/></preferences>
+    <repository type="apt-deb" distribution="bookworm" components="main"><source path="file:///nowhere"/></repository>
+    <packages type="image"><package name="bash"/></packages>
+</image>
+"#
+    );
+    fs::create_dir_all(root.join("image")).unwrap();
+    fs::write(root.join("image/config.xml"), config).unwrap();
+    for (path, content) in files {
+        let p = root.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+}
+
+#[test]
+fn debian_build_keep_rebuild_stack() {
+    let env = Env::new();
+    let desc = debian_description(&env.path("desc"));
+    let t1 = env.path("w1");
+
+    // W1: build and keep the root; the tag is the description's version.
+    let out = env.ok(&[OsStr::new("rebuild"), OsStr::new("--description"), desc.as_os_str(), OsStr::new("--keep-root"), OsStr::new("debian-base"), OsStr::new("--"), OsStr::new("--target-dir"), t1.as_os_str()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "debian-base:1.0.0");
+    let base = env.stash_entry("debian-base:1.0.0");
+    assert_eq!(base["layers"], 1);
+    assert_eq!(base["labels"]["io.kiwi-stackbuild.package-manager"], "apt");
+    assert_eq!(base["labels"]["io.kiwi-stackbuild.distribution"], "bookworm");
+    assert_eq!(base["labels"]["io.osinside.kiwi.maintainer"], "kiwi-stackbuild developers");
+    assert!(base["labels"]["io.kiwi-stackbuild.kiwi-version"].as_str().unwrap().starts_with("11.1"), "{base}");
+    let built = archive_list(&t1);
+
+    // stash of the same root with the plain stash command, seen in --list.
+    let root1 = t1.join("build/image-root");
+    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), root1.as_os_str(), OsStr::new("--container-name"), OsStr::new("plain")]);
+    let text = String::from_utf8_lossy(&env.ok(&["stash", "--list"]).stdout).into_owned();
+    assert!(text.lines().any(|l| l.starts_with("plain:latest ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("debian-base:1.0.0 ")), "{text}");
+
+    // W2: rebuild from the stash alone gives the same image.
+    let t2 = env.path("w2");
+    env.ok(&[OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("plain"), OsStr::new("--"), OsStr::new("--target-dir"), t2.as_os_str()]);
+    assert_eq!(without_dev_contents(&archive_list(&t2)), without_dev_contents(&built));
+    assert!(fs::symlink_metadata(t2.join("build/image-root/bin")).unwrap().file_type().is_symlink());
+
+    // W3: a description that adds xz-utils, built on the stash, kept as one more layer.
+    let desc3 = debian_description(&env.path("desc3"));
+    add_package(&desc3, "xz-utils");
+    let t3 = env.path("w3");
+    let out = env.run(&[
+        OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("debian-base:1.0.0"), OsStr::new("--keep-root"), OsStr::new("debian-xz:1"),
+        OsStr::new("--"), OsStr::new("--description"), desc3.as_os_str(), OsStr::new("--target-dir"), t3.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "W3 failed:\n{}", tail(&stderr));
+    assert!(stderr.contains("dropped <packages type=\"bootstrap\">"), "the log does not say the bootstrap section was dropped");
+    let root3 = t3.join("build/image-root");
+    assert!(root3.join("usr/bin/xz").is_file(), "xz-utils is not installed");
+    assert!(fs::symlink_metadata(root3.join("bin")).unwrap().file_type().is_symlink(), "/bin is no longer a symlink");
+    for path in without_dev_contents(&built) {
+        let p = path.trim_start_matches("./");
+        assert!(fs::symlink_metadata(root3.join(p)).is_ok() || p.is_empty(), "{p} of the base is missing after W3");
+    }
+    let xz = env.stash_entry("debian-xz:1");
+    assert_eq!(xz["layers"], 2, "{xz}");
+    assert!(xz["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"), "{xz}");
+
+    // Stacking: X = the Debian stash; A stashed twice (a file deleted, one added).
+    let a = env.path("a-root");
+    write_small_root(&a, "layer-a", &[("usr/bin/a-tool", "#!/bin/sh\n"), ("etc/a-old", "old\n")]);
+    fs::create_dir_all(a.join("bin")).unwrap();
+    fs::write(a.join("bin/a-bin"), "in a real bin/ directory\n").unwrap();
+    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), a.as_os_str(), OsStr::new("--tag"), OsStr::new("1")]);
+    fs::remove_file(a.join("etc/a-old")).unwrap();
+    fs::write(a.join("etc/a-new"), "new\n").unwrap();
+    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), a.as_os_str(), OsStr::new("--tag"), OsStr::new("2")]);
+    let t4 = env.path("stack");
+    env.ok(&[
+        OsStr::new("stackbuild"), OsStr::new("--stash"), OsStr::new("plain"), OsStr::new("layer-a:2"), OsStr::new("--target-dir"), t4.as_os_str(),
+    ]);
+    let root4 = t4.join("build/image-root");
+    assert!(root4.join("usr/bin/bash").is_file(), "X's own files are gone");
+    assert!(root4.join("etc/a-new").is_file(), "A's new file is missing");
+    assert!(!root4.join("etc/a-old").exists(), "A's deleted file came back");
+    assert!(fs::symlink_metadata(root4.join("bin")).unwrap().file_type().is_symlink(), "/bin is no longer a symlink");
+    assert!(root4.join("usr/bin/a-bin").is_file(), "A's bin/ file did not land behind the symlink");
+
+    // A description for another package manager does not fit on an apt stash.
+    let zypper = env.path("zypper");
+    fs::create_dir_all(&zypper).unwrap();
+    let text = fs::read_to_string(desc.join("config.xml")).unwrap().replace("<packagemanager>apt</packagemanager>", "<packagemanager>zypper</packagemanager>");
+    fs::write(zypper.join("config.xml"), text).unwrap();
+    let t5 = env.path("misfit");
+    let out = env.run(&[
+        OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("plain"), OsStr::new("--"), OsStr::new("--description"), zypper.as_os_str(), OsStr::new("--target-dir"), t5.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("package manager differs") && stderr.contains("apt") && stderr.contains("zypper"), "{stderr}");
+    assert!(!t5.join("build/image-root").exists(), "a misfit build unpacked the root");
+}

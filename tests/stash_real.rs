@@ -1,0 +1,105 @@
+//! Real skopeo/umoci: a tree with every kind of entry is stashed, restored
+//! with umoci, and compared entry by entry; a re-stash stores only a delta.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
+use kiwi_stackbuild::reference::ImageReference;
+use kiwi_stackbuild::restore;
+use kiwi_stackbuild::store::Store;
+
+const SKIPPED: [&[u8]; 3] = [b"dev", b"proc", b"sys"];
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(args)
+        .env("KIWI_STACKBUILD_HOME", home)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("running kiwi-stackbuild");
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn restore(home: &Path, reference: &str, into: &Path) {
+    let store = Store::new(home);
+    let scratch = tempfile::tempdir().unwrap();
+    let r: ImageReference = reference.parse().unwrap();
+    let image = restore::fetch(&store, &r, scratch.path(), 0).unwrap();
+    let layers = restore::stack(&[image]).unwrap();
+    restore::unpack(&layers, scratch.path(), into).unwrap();
+}
+
+fn list(home: &Path) -> Vec<serde_json::Value> {
+    let out = run(home, &["stash", "--list", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_stash_restores_every_entry_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    make_special_tree(&root);
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special", "--tag", "1"]);
+    restore(&home, "special:1", &out);
+    assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&out));
+    for dir in ["dev", "proc", "sys"] {
+        let entries: Vec<_> = std::fs::read_dir(out.join(dir)).unwrap().collect();
+        assert!(entries.is_empty(), "{dir}/ should be stored empty, has {entries:?}");
+    }
+}
+
+#[test]
+fn a_restash_adds_one_small_layer_that_deletes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    make_special_tree(&root);
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special"]);
+    let victim = root.join("etc/hostname");
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(root.join("added.txt"), "new in layer two\n").unwrap();
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special", "--tag", "2"]);
+
+    let stashes = list(&home);
+    assert_eq!(stashes.len(), 2, "{stashes:?}");
+    let second = stashes.iter().find(|s| s["reference"] == "special:2").expect("special:2 listed");
+    assert_eq!(second["layers"], 2);
+    assert!(second["base"].as_str().unwrap().contains("special:latest@sha256:"), "{second}");
+
+    restore(&home, "special:2", &out);
+    assert!(!out.join(victim.strip_prefix(&root).unwrap()).exists(), "the deleted file came back");
+    assert_eq!(std::fs::read_to_string(out.join("added.txt")).unwrap(), "new in layer two\n");
+    assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&out));
+
+    let store = Store::new(&home);
+    let index = store.index().unwrap();
+    let d = store.find(&index, "special:2").unwrap();
+    let m = store.manifest(&d.digest).unwrap();
+    let (first, delta) = (m.layers[0].size, m.layers[1].size);
+    assert!(delta * 100 < first, "delta layer {delta} B is not under 1% of the first {first} B");
+}
+
+#[test]
+fn the_same_tree_and_epoch_give_the_same_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    make_special_tree(&root);
+    let mut digests = Vec::new();
+    for n in 0..2 {
+        let home = tmp.path().join(format!("store{n}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+            .args(["stash", "--root", root.to_str().unwrap(), "--container-name", "same"])
+            .env("KIWI_STACKBUILD_HOME", &home)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&run(&home, &["stash", "--list", "--json"]).stdout).unwrap();
+        assert_eq!(list[0]["created"], "2023-11-14T22:13:20Z");
+        digests.push(list[0]["digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(digests[0], digests[1]);
+}
