@@ -3,7 +3,7 @@
 # skopeo, umoci, rsync, podman, a container registry for tests, a Rust
 # toolchain's build needs, and kiwi-ng (11.1.6 in a venv when none is on PATH).
 #
-# Usage (as root): contrib/setup.sh
+# Usage (as root): contrib/setup.sh   (or source it to keep its PATH)
 # Environment:
 #   KIWI_VENV   where the kiwi venv goes (default /opt/kiwi-stackbuild/kiwi-venv)
 #   KIWI_VERSION  the kiwi version for the venv (default 11.1.6)
@@ -70,6 +70,23 @@ install_kiwi() {
     ln -sf "$KIWI_VENV/bin/kiwi-ng" /usr/local/bin/kiwi-ng
 }
 
+# cargo and rustc 1.89 or newer, for building kiwi-stackbuild.
+install_rust() {
+    local have
+    have=$(cargo --version 2>/dev/null | awk '{print $2}')
+    if [ -n "$have" ] && printf '1.89.0\n%s\n' "$have" | sort -V -C; then
+        return
+    fi
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+        return
+    fi
+    say "installing a Rust toolchain with rustup (cargo ${have:-missing}, 1.89 needed)"
+    command -v curl >/dev/null || { say "install curl, or a Rust toolchain (1.89 or newer) by hand"; exit 1; }
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >&2
+    export PATH="$HOME/.cargo/bin:$PATH"
+}
+
 main() {
     need_root
     . /etc/os-release
@@ -80,6 +97,7 @@ main() {
         *) say "unknown distribution '${ID:-}': install skopeo, umoci, podman, rsync and kiwi by hand"; exit 1 ;;
     esac
     install_kiwi
+    install_rust
     say "ready: $(skopeo --version), umoci $(umoci --version | awk '{print $3}'), kiwi-ng $(kiwi-ng --version 2>/dev/null | awk '{print $NF}')"
 }
 
