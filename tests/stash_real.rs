@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
 use kiwi_stackbuild::reference::ImageReference;
@@ -102,4 +102,83 @@ fn the_same_tree_and_epoch_give_the_same_digest() {
         digests.push(list[0]["digest"].as_str().unwrap().to_string());
     }
     assert_eq!(digests[0], digests[1]);
+}
+
+fn stash_cmd(home: &Path, root: &Path, name: &str, tag: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"));
+    cmd.args(["stash", "--root"]).arg(root).args(["--container-name", name, "--tag", tag]);
+    cmd.env("KIWI_STACKBUILD_HOME", home).env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+#[test]
+fn concurrent_stashes_lose_no_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
+    make_special_tree(&root);
+    let jobs = [("same", "1"), ("same", "2"), ("same", "3"), ("other", "1"), ("third", "x")];
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|(n, t)| stash_cmd(&home, &root, n, t).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    for (child, job) in children.into_iter().zip(&jobs) {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{job:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut refs: Vec<String> = list(&home).iter().map(|e| e["reference"].as_str().unwrap().to_string()).collect();
+    refs.sort();
+    assert_eq!(refs, ["other:1", "same:1", "same:2", "same:3", "third:x"]);
+}
+
+/// Fills `dir` with incompressible files, so that stashing it takes a while.
+fn write_noise(dir: &Path, files: usize, size: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for n in 0..files {
+        let mut data = Vec::with_capacity(size);
+        while data.len() < size {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("noise-{n}")), &data).unwrap();
+    }
+}
+
+#[test]
+fn a_killed_stash_leaves_existing_tags_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    make_special_tree(&root);
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "victim", "--tag", "old"]);
+    let before = list(&home);
+    let stored = snapshot_excluding(&root, &SKIPPED);
+    write_noise(&root.join("var/noise"), 64, 4 << 20);
+    let mut killed = 0;
+    for delay_ms in [50u64, 300, 900] {
+        let mut child = stash_cmd(&home, &root, "victim", "new").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        if status.success() {
+            // It finished before the kill: nothing to prove with this delay.
+            continue;
+        }
+        killed += 1;
+        let after = list(&home);
+        assert_eq!(after, before, "a killed stash (after {delay_ms} ms) changed the store");
+    }
+    assert!(killed > 0, "every stash finished before it could be killed");
+    restore(&home, "victim:old", &out);
+    assert_same_tree(&stored, &snapshot(&out));
+    // The next change collects what the killed runs left behind.
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "spare"]);
+    run(&home, &["stash", "--rm", "spare"]);
+    let leftovers: Vec<_> = std::fs::read_dir(home.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left in the store: {leftovers:?}");
 }
