@@ -4,13 +4,17 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use color_eyre::eyre::{eyre, Result};
+use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::stash::human_size;
 use crate::store::{self, Store};
+use crate::registry::{self, Credentials, RegistryAuth};
 use crate::tools::kiwi::Globals;
+use crate::tools::skopeo::Compression;
+use crate::tools::{self, Tool};
+use crate::transfer;
 use crate::workflow::{self, Rebuild};
 
 /// Store KIWI root trees as OCI images and build images from them again.
@@ -51,6 +55,31 @@ pub struct GlobalArgs {
     /// Log every step and child command, and run kiwi-ng with --debug
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Registry auth file (default: where skopeo and podman keep logins)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Registry login; the password may come from KIWI_STACKBUILD_PASSWORD
+    #[arg(long, global = true, value_name = "USER[:PASSWORD]")]
+    pub creds: Option<String>,
+    /// Verify registry TLS certificates (=false for a test registry)
+    #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// Directory with the registry's CA certificate (*.crt)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Layer compression when pushing: gzip keeps the layers as stored
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "gzip")]
+    pub compress_format: CompressFormat,
+}
+
+/// `--compress-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressFormat {
+    /// Keep the layers as stored (gzip).
+    Gzip,
+    /// Recompress the layers with zstd.
+    Zstd,
 }
 
 /// The commands.
@@ -69,6 +98,38 @@ pub enum Command {
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
+    /// Copy a stash to a registry or any other image reference
+    ///
+    /// REF is e.g. docker://HOST/NS/NAME:TAG, oci-archive:FILE,
+    /// containers-storage:NAME:TAG. A registry gets only the layers it lacks.
+    Push(PushArgs),
+    /// Copy an image into the local store
+    ///
+    /// Blobs the store has are not fetched again. Without NAME[:TAG], the
+    /// stash is named after the reference's last path component and tag.
+    Pull(PullArgs),
+}
+
+/// `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The stash to push
+    #[arg(value_name = "NAME[:TAG]")]
+    pub stash: StashRef,
+    /// Where to push it
+    #[arg(value_name = "REF")]
+    pub destination: ImageReference,
+}
+
+/// `pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image to pull
+    #[arg(value_name = "REF")]
+    pub source: ImageReference,
+    /// The stash to store it as
+    #[arg(value_name = "NAME[:TAG]")]
+    pub stash: Option<StashRef>,
 }
 
 /// `rebuild`.
@@ -128,6 +189,9 @@ pub struct StackbuildArgs {
     /// Description to build on the stashes
     #[arg(long, value_name = "DIR")]
     pub description: Option<PathBuf>,
+    /// Pull bare stash names from this registry (HOST[:PORT][/NAMESPACE])
+    #[arg(long, value_name = "URI")]
+    pub from_registry: Option<String>,
     /// Build even when package manager, architecture or distribution differ
     #[arg(long)]
     pub force: bool,
@@ -147,6 +211,41 @@ impl GlobalArgs {
             debug: self.debug,
         }
     }
+
+    fn compression(&self) -> Compression {
+        match self.compress_format {
+            CompressFormat::Gzip => Compression::Keep,
+            CompressFormat::Zstd => Compression::Zstd,
+        }
+    }
+
+    fn registry(&self, references: &[&ImageReference]) -> Result<RegistryAuth> {
+        if let Some(d) = &self.cert_dir {
+            registry::check_cert_dir(d)?;
+        }
+        let creds = self.creds.as_deref().map(Credentials::parse).transpose()?;
+        RegistryAuth::new(self.authfile.clone(), creds, self.tls_verify, self.cert_dir.clone(), references)
+    }
+}
+
+/// `docker://URI/name:tag` for a bare stash name and `--from-registry URI`.
+fn from_registry(uri: &str, stash: &StashRef) -> Result<ImageReference> {
+    let uri = uri.trim_start_matches("docker://").trim_end_matches('/');
+    format!("docker://{uri}/{}", stash.key()).parse()
+}
+
+/// The stash a pulled image is stored as when no name is given.
+fn default_pull_name(source: &ImageReference) -> Result<StashRef> {
+    let image = match source {
+        ImageReference::Docker(rest) => rest.rsplit('/').next().map(|s| s.split('@').next().unwrap_or(s).to_string()),
+        ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } | ImageReference::DockerArchive { image, .. } => image.clone(),
+        ImageReference::ContainersStorage(rest) => rest.rsplit(['/', ']']).next().map(str::to_string),
+        _ => None,
+    };
+    match image {
+        Some(i) => i.parse().wrap_err_with(|| format!("naming the stash after {source}")).suggestion("give the stash a name: pull REF NAME[:TAG]"),
+        None => Err(eyre!("{source} names no image")).suggestion("give the stash a name: pull REF NAME[:TAG]"),
+    }
 }
 
 /// Runs the parsed command.
@@ -154,18 +253,66 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     store::check_home(&cli.global.stash_home)?;
     let store = Store::new(&cli.global.stash_home);
     match cli.command {
-        Command::Rebuild(a) => workflow::rebuild(
-            &store,
-            &Rebuild { roots: a.root, description: a.description, keep_root: a.keep_root, force: a.force, globals: cli.global.kiwi(), kiwi_args: a.kiwi_args },
-        ),
+        Command::Rebuild(a) => {
+            let refs: Vec<&ImageReference> = a.root.iter().chain(a.keep_root.as_ref()).collect();
+            let auth = cli.global.registry(&refs)?;
+            let job = Rebuild {
+                roots: a.root,
+                description: a.description,
+                keep_root: a.keep_root,
+                force: a.force,
+                globals: cli.global.kiwi(),
+                kiwi_args: a.kiwi_args,
+                compression: cli.global.compression(),
+            };
+            workflow::rebuild(&store, &job, &auth)
+        }
         Command::Stackbuild(a) => {
             let mut kiwi_args: Vec<OsString> = vec!["--target-dir".into(), a.target_dir.into()];
             if let Some(d) = a.description {
                 kiwi_args.extend(["--description".into(), d.into()]);
             }
             kiwi_args.extend(a.kiwi_args);
-            let roots = a.stash.into_iter().map(ImageReference::Stash).collect();
-            workflow::rebuild(&store, &Rebuild { roots, description: None, keep_root: None, force: a.force, globals: cli.global.kiwi(), kiwi_args })
+            let roots: Vec<ImageReference> = match &a.from_registry {
+                Some(uri) => a.stash.iter().map(|s| from_registry(uri, s)).collect::<Result<_>>()?,
+                None => a.stash.into_iter().map(ImageReference::Stash).collect(),
+            };
+            let auth = cli.global.registry(&roots.iter().collect::<Vec<_>>())?;
+            let job = Rebuild {
+                roots,
+                description: None,
+                keep_root: None,
+                force: a.force,
+                globals: cli.global.kiwi(),
+                kiwi_args,
+                compression: cli.global.compression(),
+            };
+            workflow::rebuild(&store, &job, &auth)
+        }
+        Command::Push(a) => {
+            tools::require(&[Tool::Skopeo])?;
+            let auth = cli.global.registry(&[&a.destination])?;
+            transfer::push(&store, &a.stash.key(), &a.destination, &auth, cli.global.compression())?;
+            eprintln!("pushed {} to {}", a.stash.key(), a.destination);
+            Ok(())
+        }
+        Command::Pull(a) => {
+            tools::require(&[Tool::Skopeo])?;
+            let name = match a.stash {
+                Some(n) => n,
+                None => default_pull_name(&a.source)?,
+            };
+            let auth = cli.global.registry(&[&a.source])?;
+            let pulled = transfer::pull(&store, &a.source, &name.key(), &auth)?;
+            eprintln!(
+                "pulled {} as {} ({} new blobs, {})",
+                a.source,
+                name.key(),
+                pulled.new_blobs,
+                human_size(pulled.new_bytes)
+            );
+            println!("{}", name.key());
+            Ok(())
         }
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
     }

@@ -1,15 +1,18 @@
 //! kiwi-stackbuild: store KIWI root trees as OCI images and build images
 //! from them again. The binary is a thin layer over this library.
 
+pub mod argv;
 pub mod cli;
 pub mod description;
 pub mod labels;
 pub mod layer;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 pub mod restore;
 pub mod stash;
 pub mod store;
 pub mod tools;
+pub mod transfer;
 pub mod tree;
 pub mod workflow;

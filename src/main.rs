@@ -9,6 +9,7 @@ fn main() -> Result<()> {
     let theme = if std::io::stderr().is_terminal() { Theme::dark() } else { Theme::new() };
     color_eyre::config::HookBuilder::default().display_env_section(false).theme(theme).install()?;
     let cli = Cli::parse();
+    kiwi_stackbuild::argv::hide_creds_password();
     init_logging(cli.global.debug);
     dispatch(cli)
 }

@@ -10,7 +10,10 @@ use color_eyre::eyre::{eyre, Result, WrapErr};
 use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
 use crate::reference::ImageReference;
 use crate::store::{write_atomic, Store};
-use crate::tools::{skopeo, umoci};
+use crate::registry::RegistryAuth;
+use crate::tools::skopeo::{self, Compression};
+use crate::tools::umoci;
+use crate::transfer;
 
 /// An image ready to unpack: its manifest and config, and the layout that
 /// holds its blobs.
@@ -39,14 +42,19 @@ pub fn resolve_stash(store: &Store, reference: &ImageReference) -> Result<Option
 
 /// Brings `reference` where umoci can read it: a stash is read in place, any
 /// other reference is copied by skopeo into a layout under `scratch`.
-pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize) -> Result<Fetched> {
+/// Blobs the store has are linked into that layout first, so they are not
+/// fetched again.
+pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize, auth: &RegistryAuth) -> Result<Fetched> {
     let (layout, desc) = match reference {
         ImageReference::Stash(r) => (store.root().to_path_buf(), store.resolve(&r.key())?),
         other => {
             let layout = scratch.join("fetched");
+            if n == 0 || !layout.exists() {
+                transfer::staging_layout(store, &layout)?;
+            }
             let name = format!("image-{n}");
             let dst = ImageReference::Oci { dir: layout.to_string_lossy().into_owned(), image: Some(name.clone()) };
-            skopeo::copy(other, &dst).wrap_err_with(|| format!("fetching {other}"))?;
+            skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"))?;
             let index: Index = oci::read_json(&layout.join("index.json"))?;
             let desc = index
                 .manifests

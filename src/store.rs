@@ -231,6 +231,16 @@ impl Store {
             self.mark(d, &mut keep)?;
         }
         let mut removed = 0;
+        // Staging areas of pulls that were killed.
+        for entry in fs::read_dir(&self.root).wrap_err_with(|| format!("reading {}", self.root.display()))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let path = entry.path();
+                let gone = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                gone.wrap_err_with(|| format!("removing {}", path.display()))?;
+                removed += 1;
+            }
+        }
         let dir = self.blob_dir();
         for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
             let entry = entry?;

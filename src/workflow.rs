@@ -16,6 +16,8 @@ use crate::labels::{self, Facts};
 use crate::stash::{self, human_size, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals, PassThrough};
+use crate::registry::RegistryAuth;
+use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 
 /// What `rebuild` (and `stackbuild`) was asked to do.
@@ -33,6 +35,8 @@ pub struct Rebuild {
     pub globals: Globals,
     /// The arguments after `--`.
     pub kiwi_args: Vec<OsString>,
+    /// How `--keep-root` compresses when it copies to a registry.
+    pub compression: Compression,
 }
 
 /// Stores the KIWI root tree `root` in the local store.
@@ -64,7 +68,7 @@ fn image_root(target_dir: &Path) -> PathBuf {
 
 /// Runs a rebuild: W1 (description, keep the root), W2 (root only), W3 (root
 /// and description), stacks.
-pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
+pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> {
     let build = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
     let pass = PassThrough::parse(&job.kiwi_args, build)?;
     if job.description.is_some() && pass.description.is_some() {
@@ -100,7 +104,7 @@ pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
     let mut base = None;
     if !job.roots.is_empty() {
         let _lock = store.lock_shared()?;
-        let images = fetch_all(store, &job.roots, scratch.path())?;
+        let images = fetch_all(store, &job.roots, scratch.path(), auth)?;
         check_fit(&images, description.as_ref(), job.globals.target_arch.as_deref(), job.force)?;
         unpack_roots(&images, scratch.path(), &root_dir)?;
         base = Some(Base::from_images(&images)?);
@@ -121,7 +125,7 @@ pub fn rebuild(store: &Store, job: &Rebuild) -> Result<()> {
         }
     }
     if let Some(keep) = keep {
-        keep_root(store, &root_dir, &keep, base, job.globals.target_arch.as_deref(), scratch.path())?;
+        keep_root(store, &root_dir, &keep, base, job, scratch.path(), auth)?;
     }
     log::info!("the image is in {}", pass.target_dir.display());
     Ok(())
@@ -215,7 +219,8 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
 
 /// Stores the built root as `--keep-root` says: on `base` when the root came
 /// from stored images.
-fn keep_root(store: &Store, root: &Path, keep: &Keep, base: Option<Base>, arch: Option<&str>, scratch: &Path) -> Result<()> {
+fn keep_root(store: &Store, root: &Path, keep: &Keep, base: Option<Base>, job: &Rebuild, scratch: &Path, auth: &RegistryAuth) -> Result<()> {
+    let arch = job.globals.target_arch.as_deref();
     let Some(dest) = &keep.copy_to else {
         let done = stash(store, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
         log::info!("kept the root as {} ({} layers, new layer {})", done.key, done.layers, human_size(done.layer.size));
@@ -226,7 +231,7 @@ fn keep_root(store: &Store, root: &Path, keep: &Keep, base: Option<Base>, arch: 
     let staging = Store::new(scratch.join("keep"));
     let done = stash(&staging, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
     let src = ImageReference::Oci { dir: staging.root().to_string_lossy().into_owned(), image: Some(done.key.clone()) };
-    crate::tools::skopeo::copy(&src, dest)?;
+    crate::tools::skopeo::copy(&src, dest, auth, job.compression)?;
     log::info!("kept the root as {dest} ({} layers)", done.layers);
     println!("{dest}");
     Ok(())
@@ -285,8 +290,8 @@ fn describe(roots: &[ImageReference]) -> String {
     roots.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ")
 }
 
-fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path) -> Result<Vec<Fetched>> {
-    roots.iter().enumerate().map(|(n, r)| restore::fetch(store, r, scratch, n)).collect()
+fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &RegistryAuth) -> Result<Vec<Fetched>> {
+    roots.iter().enumerate().map(|(n, r)| restore::fetch(store, r, scratch, n, auth)).collect()
 }
 
 fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<()> {

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
 use kiwi_stackbuild::reference::ImageReference;
+use kiwi_stackbuild::registry::RegistryAuth;
 use kiwi_stackbuild::restore;
 use kiwi_stackbuild::store::Store;
 
@@ -28,7 +29,7 @@ fn restore(home: &Path, reference: &str, into: &Path) {
     let store = Store::new(home);
     let scratch = tempfile::tempdir().unwrap();
     let r: ImageReference = reference.parse().unwrap();
-    let image = restore::fetch(&store, &r, scratch.path(), 0).unwrap();
+    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
     let layers = restore::stack(&[image]).unwrap();
     restore::unpack(&layers, scratch.path(), into).unwrap();
 }

@@ -136,6 +136,16 @@ pub enum Output {
 
 /// Runs `tool` with `args`; returns its stdout (empty when streamed).
 pub fn run(tool: Tool, args: &[OsString], output: Output) -> Result<Vec<u8>> {
+    run_explained(tool, args, output, |_| None)
+}
+
+/// What a failing child's output means to the user: a one-line message and
+/// what they can do.
+pub type Explanation = Option<(String, String)>;
+
+/// Like [`run`], but a failure's output is first shown to `explain`, whose
+/// message and suggestion lead the error when it recognises the failure.
+pub fn run_explained(tool: Tool, args: &[OsString], output: Output, explain: impl Fn(&str) -> Explanation) -> Result<Vec<u8>> {
     let program = tool.locate()?;
     let line = command_line(&program, args);
     log::debug!("running {line}");
@@ -169,9 +179,11 @@ pub fn run(tool: Tool, args: &[OsString], output: Output) -> Result<Vec<u8>> {
         return Ok(stdout);
     }
     let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
-    Err(eyre!("{} failed: it {how}", tool.name()))
-        .section(line.header("Command:"))
-        .section(tail.header("Its last output:"))
+    let err = match explain(&tail) {
+        Some((message, suggestion)) => eyre!("{message}").suggestion(suggestion),
+        None => eyre!("{} failed: it {how}", tool.name()),
+    };
+    Err(err).section(line.header("Command:")).section(tail.header("Its last output:"))
 }
 
 fn tail_of(stderr: &[u8]) -> String {

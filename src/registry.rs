@@ -1,0 +1,272 @@
+//! Registry access as skopeo is told it: an auth file, credentials, TLS.
+//!
+//! A password given to us never reaches a child's argv or a log: it is
+//! written into a 0600 auth file in a private temp dir, and skopeo gets that
+//! file's path.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::Section;
+
+use crate::reference::ImageReference;
+
+/// A password: never printed, never in an argv.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `--creds USER[:PASSWORD]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: Secret,
+}
+
+/// How to reach registries: what the global options said.
+#[derive(Debug, Default)]
+pub struct RegistryAuth {
+    /// `--authfile`, or the auth file we wrote for `--creds`.
+    pub authfile: Option<PathBuf>,
+    /// `--tls-verify=false` turns this off.
+    pub tls_verify: bool,
+    /// `--cert-dir`.
+    pub cert_dir: Option<PathBuf>,
+    /// Keeps the private dir of a written auth file alive.
+    _private: Option<tempfile::TempDir>,
+}
+
+/// The environment variable a password may come from instead of `--creds`.
+pub const PASSWORD_ENV: &str = "KIWI_STACKBUILD_PASSWORD";
+
+impl Credentials {
+    /// Parses `USER[:PASSWORD]`; without a password it comes from
+    /// `KIWI_STACKBUILD_PASSWORD`.
+    pub fn parse(text: &str) -> Result<Credentials> {
+        let (user, password) = match text.split_once(':') {
+            Some((u, p)) => (u.to_string(), p.to_string()),
+            None => match std::env::var(PASSWORD_ENV) {
+                Ok(p) => (text.to_string(), p),
+                Err(_) => {
+                    return Err(eyre!("--creds {text} has no password"))
+                        .suggestion(format!("set {PASSWORD_ENV}, or write --creds USER:PASSWORD"))
+                }
+            },
+        };
+        if user.is_empty() {
+            bail!("--creds needs a user name before the colon");
+        }
+        Ok(Credentials { user, password: Secret(password) })
+    }
+}
+
+/// The registry host of a `docker://` reference (`docker.io` when none is named).
+pub fn registry_host(reference: &ImageReference) -> Option<String> {
+    let ImageReference::Docker(rest) = reference else { return None };
+    let first = rest.split('/').next().unwrap_or_default();
+    let is_host = rest.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    Some(if is_host { first.to_string() } else { "docker.io".to_string() })
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The JSON of a containers auth file holding `creds` for `hosts`.
+pub fn auth_json(creds: &Credentials, hosts: &[String]) -> String {
+    let token = base64(format!("{}:{}", creds.user, creds.password.0).as_bytes());
+    let auths: serde_json::Map<String, serde_json::Value> =
+        hosts.iter().map(|h| (h.clone(), serde_json::json!({ "auth": token }))).collect();
+    serde_json::json!({ "auths": auths }).to_string()
+}
+
+impl RegistryAuth {
+    /// The options as given; with `creds`, an auth file for every registry
+    /// host among `references` is written into a private temp dir.
+    pub fn new(authfile: Option<PathBuf>, creds: Option<Credentials>, tls_verify: bool, cert_dir: Option<PathBuf>, references: &[&ImageReference]) -> Result<RegistryAuth> {
+        let mut auth = RegistryAuth { authfile, tls_verify, cert_dir, _private: None };
+        if let Some(creds) = creds {
+            let mut hosts: Vec<String> = references.iter().filter_map(|r| registry_host(r)).collect();
+            hosts.sort();
+            hosts.dedup();
+            if hosts.is_empty() {
+                log::warn!("--creds given, but no registry is involved");
+                return Ok(auth);
+            }
+            let dir = tempfile::Builder::new().prefix("kiwi-stackbuild-auth-").tempdir().wrap_err("creating a private directory for credentials")?;
+            let path = dir.path().join("auth.json");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_0600()
+                .open(&path)
+                .wrap_err("writing the credentials file")?;
+            file.write_all(auth_json(&creds, &hosts).as_bytes())?;
+            auth.authfile = Some(path);
+            auth._private = Some(dir);
+        }
+        Ok(auth)
+    }
+
+    /// Anonymous access with TLS verified: what skopeo does by default.
+    pub fn anonymous() -> RegistryAuth {
+        RegistryAuth { tls_verify: true, ..RegistryAuth::default() }
+    }
+
+    /// skopeo options for one side of a copy (`prefix` is `src-` or `dest-`,
+    /// empty for inspect); nothing for references that are not registries.
+    pub fn args(&self, prefix: &str, reference: &ImageReference) -> Vec<OsString> {
+        let mut out = Vec::new();
+        if !matches!(reference, ImageReference::Docker(_)) {
+            return out;
+        }
+        if let Some(f) = &self.authfile {
+            out.push(format!("--{prefix}authfile").into());
+            out.push(f.as_os_str().to_os_string());
+        }
+        if !self.tls_verify {
+            out.push(format!("--{prefix}tls-verify=false").into());
+        }
+        if let Some(d) = &self.cert_dir {
+            out.push(format!("--{prefix}cert-dir").into());
+            out.push(d.as_os_str().to_os_string());
+        }
+        out
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+/// What a skopeo failure means, from its last output: unreachable registry,
+/// refused credentials, unknown image, untrusted certificate.
+pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
+    let o = output.to_lowercase();
+    let found = |needles: &[&str]| needles.iter().any(|n| o.contains(n));
+    if found(&["x509:", "certificate signed by unknown authority", "certificate is not valid", "tls: failed to verify"]) {
+        return Some((
+            "the registry's TLS certificate is not trusted".into(),
+            "pass --cert-dir DIR with the registry's CA certificate (ca.crt), or --tls-verify=false for a test registry".into(),
+        ));
+    }
+    if found(&["http response to https client", "server gave http response"]) {
+        return Some(("the registry speaks plain HTTP, not HTTPS".into(), "pass --tls-verify=false for a registry without TLS".into()));
+    }
+    if found(&["unauthorized", "authentication required", "401", "invalid username/password", "denied"]) {
+        return Some((
+            "the registry refused the credentials (401 unauthorized)".into(),
+            "check --creds USER:PASSWORD or the --authfile entry for this registry".into(),
+        ));
+    }
+    if found(&["manifest unknown", "name unknown", "not found", "repository name not known", "does not exist", "no such image"]) {
+        return Some(("the image or tag does not exist".into(), "check the name and tag; skopeo list-tags docker://REPO lists the tags".into()));
+    }
+    if found(&["connection refused", "no such host", "i/o timeout", "network is unreachable", "dial tcp", "connection reset"]) {
+        return Some(("the registry cannot be reached".into(), "check the host and port, and that the registry is running".into()));
+    }
+    None
+}
+
+/// Checks a `--cert-dir` before anything runs.
+pub fn check_cert_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("--cert-dir {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_values() {
+        for (raw, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("user:pa:ss", "dXNlcjpwYTpzcw==")] {
+            assert_eq!(base64(raw.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn registry_hosts() {
+        let cases = [
+            ("docker://localhost:5000/a/b:1", Some("localhost:5000")),
+            ("docker://registry.example.org/x", Some("registry.example.org")),
+            ("docker://debian:bookworm", Some("docker.io")),
+            ("docker://library/debian", Some("docker.io")),
+            ("oci:/tmp/x", None),
+        ];
+        for (r, want) in cases {
+            assert_eq!(registry_host(&r.parse().unwrap()).as_deref(), want, "{r}");
+        }
+    }
+
+    #[test]
+    fn args_only_for_registries_and_never_the_password() {
+        let r: ImageReference = "docker://localhost:5000/a:1".parse().unwrap();
+        let creds = Credentials { user: "u".into(), password: Secret("hunter2".into()) };
+        let auth = RegistryAuth::new(None, Some(creds), false, Some("/certs".into()), &[&r]).unwrap();
+        let file = auth.authfile.clone().unwrap();
+        let args = auth.args("src-", &r);
+        let want: Vec<OsString> = vec![
+            "--src-authfile".into(),
+            file.clone().into(),
+            "--src-tls-verify=false".into(),
+            "--src-cert-dir".into(),
+            "/certs".into(),
+        ];
+        assert_eq!(args, want);
+        assert!(args.iter().all(|a| !a.to_string_lossy().contains("hunter2")));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("localhost:5000") && text.contains(&base64(b"u:hunter2")), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(auth.args("src-", &"oci:/x".parse().unwrap()).is_empty());
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn skopeo_failures_are_explained() {
+        let cases = [
+            ("pinging container registry localhost:1: Get \"https://localhost:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused", "cannot be reached"),
+            ("reading manifest 9 in localhost:5000/a: manifest unknown: manifest unknown", "does not exist"),
+            ("initializing source docker://localhost:5000/a:1: reading manifest 1 in localhost:5000/a: unauthorized: authentication required", "refused the credentials"),
+            ("x509: certificate signed by unknown authority", "not trusted"),
+            ("http: server gave HTTP response to HTTPS client", "plain HTTP"),
+        ];
+        for (out, want) in cases {
+            let (msg, _) = explain_skopeo(out).unwrap_or_else(|| panic!("not explained: {out}"));
+            assert!(msg.contains(want), "{out} -> {msg}");
+        }
+        assert!(explain_skopeo("something else").is_none());
+    }
+}
