@@ -3,6 +3,7 @@
 
 pub mod argv;
 pub mod cli;
+pub mod derive;
 pub mod description;
 pub mod labels;
 pub mod layer;

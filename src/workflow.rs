@@ -9,6 +9,7 @@ use std::time::Instant;
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
+use crate::derive::{self, Derived};
 use crate::description::{self, Document};
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::restore::{self, Fetched};
@@ -66,11 +67,23 @@ fn image_root(target_dir: &Path) -> PathBuf {
     target_dir.join("build/image-root")
 }
 
+/// What a rebuild does, decided from its arguments.
+enum Mode {
+    /// W1: build a description from scratch.
+    Fresh(Document, PathBuf),
+    /// W2: `system create` with the description stored in the root.
+    Create,
+    /// W3: build a description on the unpacked roots.
+    OnRoot(Document, PathBuf),
+    /// W4: merge a derived description into the stored one and build that.
+    Derived(Derived),
+}
+
 /// Runs a rebuild: W1 (description, keep the root), W2 (root only), W3 (root
-/// and description), stacks.
+/// and description), W4 (derived description), stacks.
 pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> {
-    let build = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
-    let pass = PassThrough::parse(&job.kiwi_args, build)?;
+    let builds = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
+    let pass = PassThrough::parse(&job.kiwi_args, builds)?;
     if job.description.is_some() && pass.description.is_some() {
         return Err(eyre!("two descriptions: --description before and after --")).suggestion("give the description once");
     }
@@ -79,21 +92,27 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         return Err(eyre!("{} already exists", root_dir.display()))
             .suggestion("choose a new --target-dir, or remove the old build first");
     }
+    let mode = mode_of(job, &pass)?;
+    let mut roots = job.roots.clone();
+    if let Mode::Derived(d) = &mode {
+        roots.insert(0, d.base.clone());
+    }
     let mut needed = vec![Tool::KiwiNg];
-    if !job.roots.is_empty() {
+    if !roots.is_empty() {
         needed.push(Tool::Umoci);
     }
-    if job.roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
+    if roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
         needed.push(Tool::Skopeo);
     }
     tools::require(&needed)?;
     tools::require_root("rebuild")?;
-    let description = match job.description.as_ref().or(pass.description.as_ref()) {
-        Some(d) => Some(Document::parse_file(&description::find(d)?)?),
-        None => None,
+    let doc = match &mode {
+        Mode::Fresh(d, _) | Mode::OnRoot(d, _) => Some(d),
+        Mode::Derived(d) => Some(&d.doc),
+        Mode::Create => None,
     };
-    let keep = job.keep_root.as_ref().map(|r| keep_target(r, description.as_ref())).transpose()?;
-    for r in &job.roots {
+    let keep = job.keep_root.as_ref().map(|r| keep_target(r, doc)).transpose()?;
+    for r in &roots {
         restore::resolve_stash(store, r)?;
     }
     std::fs::create_dir_all(&pass.target_dir).wrap_err_with(|| format!("creating {}", pass.target_dir.display()))?;
@@ -101,40 +120,81 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         .prefix(".kiwi-stackbuild-")
         .tempdir_in(&pass.target_dir)
         .wrap_err_with(|| format!("creating a work directory in {}", pass.target_dir.display()))?;
-    let mut base = None;
-    if !job.roots.is_empty() {
+    let mut images = Vec::new();
+    if !roots.is_empty() {
         let _lock = store.lock_shared()?;
-        let images = fetch_all(store, &job.roots, scratch.path(), auth)?;
-        check_fit(&images, description.as_ref(), job.globals.target_arch.as_deref(), job.force)?;
+        images = fetch_all(store, &roots, scratch.path(), auth)?;
+        if !matches!(mode, Mode::Derived(_)) {
+            check_fit(&images, doc, job.globals.target_arch.as_deref(), job.force)?;
+        }
         unpack_roots(&images, scratch.path(), &root_dir)?;
-        base = Some(Base::from_images(&images)?);
     }
-    match (&description, job.roots.is_empty()) {
-        (None, _) => {
-            if !root_dir.join("image/config.xml").is_file() {
-                let _ = std::fs::remove_dir_all(&root_dir);
-                return Err(eyre!("{} is not a KIWI root tree: it has no /image/config.xml", describe(&job.roots)))
-                    .suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR");
-            }
-            kiwi::run_kiwi(&kiwi::create_args(&job.globals, &root_dir, &pass), &pass.target_dir)?;
+    if let Err(e) = run_kiwi_for(job, &pass, &mode, &images, &root_dir, scratch.path()) {
+        if !roots.is_empty() && !root_dir.join("image/config.xml").is_file() {
+            // Nothing was built on what we unpacked: leave no half-made root behind.
+            let _ = std::fs::remove_dir_all(&root_dir);
         }
-        (Some(doc), fresh) => {
-            let dir = description_dir(job, &pass)?;
-            let used = if fresh { dir } else { without_bootstrap(doc, &dir, scratch.path())? };
-            kiwi::run_kiwi(&kiwi::build_args(&job.globals, &used, !fresh, &pass), &pass.target_dir)?;
-        }
+        return Err(e);
     }
     if let Some(keep) = keep {
+        let base = (!images.is_empty()).then(|| Base::from_images(&images)).transpose()?;
         keep_root(store, &root_dir, &keep, base, job, scratch.path(), auth)?;
     }
     log::info!("the image is in {}", pass.target_dir.display());
     Ok(())
 }
 
-fn description_dir(job: &Rebuild, pass: &PassThrough) -> Result<PathBuf> {
-    let d = job.description.as_ref().or(pass.description.as_ref()).ok_or_else(|| eyre!("no description"))?;
-    let file = description::find(d)?;
-    Ok(file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")))
+fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
+    let Some(given) = job.description.as_ref().or(pass.description.as_ref()) else {
+        if job.roots.is_empty() {
+            return Err(eyre!("nothing to build: no --root and no --description"))
+                .suggestion("give --root REF, --description DIR, or both");
+        }
+        return Ok(Mode::Create);
+    };
+    let file = description::find(given)?;
+    let doc = Document::parse_file(&file)?;
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    if doc.derived_from().is_some() {
+        if !job.roots.is_empty() {
+            return Err(eyre!("{} is derived (derived_from), and --root names a base too", file.display()))
+                .suggestion("drop --root: derived_from names the base");
+        }
+        return Ok(Mode::Derived(Derived::new(doc, &file)?));
+    }
+    Ok(if job.roots.is_empty() { Mode::Fresh(doc, dir) } else { Mode::OnRoot(doc, dir) })
+}
+
+/// Runs kiwi-ng for `mode` on the unpacked `root_dir`.
+fn run_kiwi_for(job: &Rebuild, pass: &PassThrough, mode: &Mode, images: &[Fetched], root_dir: &Path, scratch: &Path) -> Result<()> {
+    let (globals, target) = (&job.globals, &pass.target_dir);
+    let args = match mode {
+        Mode::Create => {
+            if !root_dir.join("image/config.xml").is_file() {
+                return Err(eyre!("{} is not a KIWI root tree: it has no /image/config.xml", describe(&job.roots)))
+                    .suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR");
+            }
+            kiwi::create_args(globals, root_dir, pass)
+        }
+        Mode::Fresh(_, dir) => kiwi::build_args(globals, dir, false, pass),
+        Mode::OnRoot(doc, dir) => kiwi::build_args(globals, &without_bootstrap(doc, dir, scratch)?, true, pass),
+        Mode::Derived(d) => {
+            let stored = root_dir.join("image");
+            if !stored.join("config.xml").is_file() {
+                return Err(eyre!("the base {} has no /image/config.xml: it is not a KIWI root tree", d.base))
+                    .suggestion("derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR");
+            }
+            let out = target.join("build/merged-description");
+            if out.exists() {
+                std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
+            }
+            let merged = derive::write_merged(&stored, d, &out)?;
+            log::info!("merged {} into the description of {}: {}", d.file.display(), d.base, out.display());
+            check_fit(images, Some(&merged), globals.target_arch.as_deref(), job.force)?;
+            kiwi::build_args(globals, &out, true, pass)
+        }
+    };
+    kiwi::run_kiwi(&args, target)
 }
 
 /// A copy of the description without `<packages type="bootstrap">`: KIWI
@@ -142,7 +202,7 @@ fn description_dir(job: &Rebuild, pass: &PassThrough) -> Result<PathBuf> {
 /// already exists (on Debian, its usr-merge symlinks).
 fn without_bootstrap(doc: &Document, dir: &Path, scratch: &Path) -> Result<PathBuf> {
     let copy = scratch.join("description");
-    copy_dir(dir, &copy)?;
+    derive::copy_tree(dir, &copy, None)?;
     let mut doc = doc.clone();
     let removed = description::remove_bootstrap_packages(&mut doc);
     let file = description::find(&copy)?;
@@ -153,22 +213,6 @@ fn without_bootstrap(doc: &Document, dir: &Path, scratch: &Path) -> Result<PathB
     Ok(copy)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    for entry in walkdir::WalkDir::new(from).follow_links(false) {
-        let entry = entry.wrap_err_with(|| format!("reading {}", from.display()))?;
-        let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
-        let dest = to.join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&dest)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest).wrap_err_with(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
-}
 
 /// Where `--keep-root` stores the result: a stash `name:tag`, and for any
 /// other reference the place it is copied to from there.
@@ -313,5 +357,41 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<(
         root_dir.display(),
         started.elapsed()
     );
+    Ok(())
+}
+
+/// `merge`: writes the merged description of the derived description at
+/// `derived` into `output`, without building. The base is `base` (a
+/// description directory or an image reference), else `derived_from`.
+pub fn merge_preview(store: &Store, derived: &Path, output: &Path, base: Option<&str>, auth: &RegistryAuth) -> Result<()> {
+    let file = description::find(derived)?;
+    let d = Derived::new(Document::parse_file(&file)?, &file)?;
+    let occupied = std::fs::read_dir(output).map(|mut e| e.next().is_some()).unwrap_or(output.exists());
+    if occupied {
+        return Err(eyre!("{} exists and is not empty", output.display())).suggestion("choose a new --output directory");
+    }
+    if output.exists() {
+        std::fs::remove_dir(output).wrap_err_with(|| format!("replacing {}", output.display()))?;
+    }
+    let base_dir = base.map(Path::new).filter(|p| p.is_dir());
+    if let Some(dir) = base_dir {
+        derive::write_merged(dir, &d, output)?;
+    } else {
+        let reference = match base {
+            Some(b) => b.parse::<ImageReference>().wrap_err_with(|| format!("--base {b} is neither a directory nor an image reference"))?,
+            None => d.base.clone(),
+        };
+        if !matches!(reference, ImageReference::Stash(_)) {
+            tools::require(&[Tool::Skopeo])?;
+        }
+        let scratch = tempfile::tempdir().wrap_err("creating a work directory")?;
+        let _lock = store.lock_shared()?;
+        let image = restore::fetch(store, &reference, scratch.path(), 0, auth).wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
+        let layers = restore::stack(std::slice::from_ref(&image))?;
+        let stored = derive::extract_image_dir(&layers, &scratch.path().join("base")).wrap_err_with(|| format!("reading the description stored in {reference}"))?;
+        derive::write_merged(&stored, &d, output)?;
+    }
+    log::info!("merged {} into its base: {}", file.display(), output.display());
+    println!("{}", output.display());
     Ok(())
 }

@@ -41,6 +41,7 @@ impl Env {
             .args(args)
             .env("KIWI_STACKBUILD_HOME", &self.home)
             .env("KIWI_NG", kiwi_ng())
+            .env("RUST_BACKTRACE", "0")
             .output()
             .expect("running kiwi-stackbuild");
         out
@@ -200,4 +201,41 @@ fn debian_build_keep_rebuild_stack() {
     assert!(!out.status.success());
     assert!(stderr.contains("package manager differs") && stderr.contains("apt") && stderr.contains("zypper"), "{stderr}");
     assert!(!t5.join("build/image-root").exists(), "a misfit build unpacked the root");
+
+    derived_build(&env);
+}
+
+/// W4 on the Debian stash: the derived description adds a package and a
+/// user, changes name and version, and ships a config.sh.
+fn derived_build(env: &Env) {
+    let derived = common::fixture::description("derived-debian", &env.path("derived"));
+
+    // The merge preview, from derived_from, is a description kiwi-ng accepts.
+    let preview = env.path("preview");
+    env.ok(&[OsStr::new("merge"), OsStr::new("--description"), derived.as_os_str(), OsStr::new("--output"), preview.as_os_str()]);
+    let merged = fs::read_to_string(preview.join("config.xml")).unwrap();
+    assert!(merged.contains("name=\"kiwi-stackbuild-derived\"") && !merged.contains("derived_from="), "{merged}");
+    assert!(merged.contains("<package name=\"bash\"/>") && merged.contains("<package name=\"less\"/>"), "{merged}");
+    assert!(!merged.contains("type=\"bootstrap\""), "{merged}");
+    assert!(preview.join("config.sh").is_file());
+    let info = Command::new(kiwi_ng()).args(["image", "info", "--description"]).arg(&preview).output().unwrap();
+    assert!(info.status.success(), "kiwi-ng rejects the merged description: {}", String::from_utf8_lossy(&info.stderr));
+
+    let t = env.path("w4");
+    let out = env.run(&[
+        OsStr::new("rebuild"), OsStr::new("--description"), derived.as_os_str(), OsStr::new("--keep-root"), OsStr::new("derived"),
+        OsStr::new("--"), OsStr::new("--target-dir"), t.as_os_str(),
+    ]);
+    assert!(out.status.success(), "W4 failed:\n{}", tail(&String::from_utf8_lossy(&out.stderr)));
+    let names: Vec<String> = fs::read_dir(&t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().any(|n| n.starts_with("kiwi-stackbuild-derived.") && n.ends_with("-2.0.0.tar.xz")), "{names:?}");
+    let root = t.join("build/image-root");
+    assert!(root.join("usr/bin/less").is_file(), "less is not installed");
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.lines().any(|l| l.starts_with("tester:")), "no user tester in /etc/passwd");
+    assert_eq!(fs::read_to_string(root.join("etc/derived-marker")).unwrap().trim(), "written by the derived description's config.sh");
+    assert!(t.join("build/merged-description/config.xml").is_file(), "the merged description is not kept");
+    let kept = env.stash_entry("derived:2.0.0");
+    assert_eq!(kept["layers"], 2, "{kept}");
+    assert!(kept["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"), "{kept}");
 }
