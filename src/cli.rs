@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
@@ -98,6 +98,11 @@ pub enum Command {
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
+    /// Write the merged description of a derived description, without building
+    ///
+    /// The base is --base (a description directory or an image reference),
+    /// else the image that derived_from names.
+    Merge(MergeArgs),
     /// Copy a stash to a registry or any other image reference
     ///
     /// REF is e.g. docker://HOST/NS/NAME:TAG, oci-archive:FILE,
@@ -108,6 +113,32 @@ pub enum Command {
     /// Blobs the store has are not fetched again. Without NAME[:TAG], the
     /// stash is named after the reference's last path component and tag.
     Pull(PullArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...)
+    Completions {
+        /// The shell
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages, one per command, into a directory
+    Man {
+        /// Where the pages go
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+    },
+}
+
+/// `merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The derived description (directory or file)
+    #[arg(long, value_name = "DERIVED")]
+    pub description: PathBuf,
+    /// Where to write the merged description (a new directory)
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The base: a description directory or an image reference
+    #[arg(long, value_name = "DIR_OR_REF")]
+    pub base: Option<String>,
 }
 
 /// `push`.
@@ -219,12 +250,12 @@ impl GlobalArgs {
         }
     }
 
-    fn registry(&self, references: &[&ImageReference]) -> Result<RegistryAuth> {
+    fn registry(&self) -> Result<RegistryAuth> {
         if let Some(d) = &self.cert_dir {
             registry::check_cert_dir(d)?;
         }
         let creds = self.creds.as_deref().map(Credentials::parse).transpose()?;
-        RegistryAuth::new(self.authfile.clone(), creds, self.tls_verify, self.cert_dir.clone(), references)
+        RegistryAuth::new(self.authfile.clone(), creds, self.tls_verify, self.cert_dir.clone())
     }
 }
 
@@ -250,12 +281,19 @@ fn default_pull_name(source: &ImageReference) -> Result<StashRef> {
 
 /// Runs the parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "kiwi-stackbuild", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { output } => return write_man_pages(output),
+        _ => {}
+    }
     store::check_home(&cli.global.stash_home)?;
     let store = Store::new(&cli.global.stash_home);
     match cli.command {
         Command::Rebuild(a) => {
-            let refs: Vec<&ImageReference> = a.root.iter().chain(a.keep_root.as_ref()).collect();
-            let auth = cli.global.registry(&refs)?;
+            let auth = cli.global.registry()?;
             let job = Rebuild {
                 roots: a.root,
                 description: a.description,
@@ -277,7 +315,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 Some(uri) => a.stash.iter().map(|s| from_registry(uri, s)).collect::<Result<_>>()?,
                 None => a.stash.into_iter().map(ImageReference::Stash).collect(),
             };
-            let auth = cli.global.registry(&roots.iter().collect::<Vec<_>>())?;
+            let auth = cli.global.registry()?;
             let job = Rebuild {
                 roots,
                 description: None,
@@ -289,9 +327,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             };
             workflow::rebuild(&store, &job, &auth)
         }
+        Command::Merge(a) => {
+            let auth = cli.global.registry()?;
+            workflow::merge_preview(&store, &a.description, &a.output, a.base.as_deref(), &auth)
+        }
         Command::Push(a) => {
             tools::require(&[Tool::Skopeo])?;
-            let auth = cli.global.registry(&[&a.destination])?;
+            let auth = cli.global.registry()?;
             transfer::push(&store, &a.stash.key(), &a.destination, &auth, cli.global.compression())?;
             eprintln!("pushed {} to {}", a.stash.key(), a.destination);
             Ok(())
@@ -302,7 +344,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 Some(n) => n,
                 None => default_pull_name(&a.source)?,
             };
-            let auth = cli.global.registry(&[&a.source])?;
+            let auth = cli.global.registry()?;
             let pulled = transfer::pull(&store, &a.source, &name.key(), &auth)?;
             eprintln!(
                 "pulled {} as {} ({} new blobs, {})",
@@ -315,7 +357,27 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
+}
+
+/// Writes `kiwi-stackbuild.1` and `kiwi-stackbuild-COMMAND.1` into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("kiwi-stackbuild".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("kiwi-stackbuild-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(page).render(&mut bytes)?;
+        store::write_atomic(&path, &bytes).wrap_err_with(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
@@ -387,7 +449,6 @@ fn list(store: &Store, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
