@@ -114,8 +114,11 @@ impl FromStr for StashName {
         if valid {
             return Ok(StashName(s.to_string()));
         }
-        Err(eyre!("invalid image name {s:?}: names are lower case letters, digits and single separators (. _ -)")
-            .suggestion(format!("use {:?}", StashName::suggest(s))))
+        // The suggestion is part of the message: clap shows only the message
+        // of a value that fails to parse.
+        let suggestion = StashName::suggest(s);
+        Err(eyre!("invalid image name {s:?}, use {suggestion:?}: names are lower case letters, digits and single separators (. _ -)")
+            .suggestion(format!("use {suggestion:?}")))
     }
 }
 
@@ -153,8 +156,9 @@ impl FromStr for Tag {
                 .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
                 .collect();
             let suggestion = suggestion.trim_start_matches(['.', '-']).to_string();
-            return Err(eyre!("invalid tag {s:?}: tags are letters, digits, _ . - (at most 128)")
-                .suggestion(format!("use {:?}", if suggestion.is_empty() { DEFAULT_TAG } else { &suggestion })));
+            let suggestion = if suggestion.is_empty() { DEFAULT_TAG.to_string() } else { suggestion };
+            return Err(eyre!("invalid tag {s:?}, use {suggestion:?}: tags are letters, digits, _ . - (at most 128)")
+                .suggestion(format!("use {suggestion:?}")));
         }
         Ok(Tag(s.to_string()))
     }
@@ -389,6 +393,7 @@ mod tests {
             assert_eq!(StashName::suggest(bad), good);
             assert!(good.parse::<StashName>().is_ok(), "{good}");
         }
-        assert!("Hello".parse::<StashName>().is_err());
+        let err = "Hello".parse::<StashName>().unwrap_err().to_string();
+        assert!(err.contains("use \"hello\""), "{err}");
     }
 }

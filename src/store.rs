@@ -207,6 +207,9 @@ impl Store {
 
     /// Removes `key` and every blob no remaining ref uses.
     pub fn remove(&self, key: &str) -> Result<usize> {
+        if !self.exists() {
+            return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion("the store is empty");
+        }
         let lock = self.lock_exclusive()?;
         let mut index = self.index()?;
         if self.find(&index, key).is_none() {

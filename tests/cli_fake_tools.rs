@@ -1,0 +1,889 @@
+//! CLI tests with fake tools: the built binary runs with fake `skopeo`,
+//! `umoci` and `kiwi-ng` shell scripts, which record their argv, so these
+//! tests check exactly what we ask the tools to do, and what a user reads
+//! when something is wrong, in well under a second each.
+//!
+//! Every test has its own temp dir with the fakes in `bin/`, the store in
+//! `store/`, and a fresh directory per run for the recorded argv. The
+//! binary's environment is cleared: PATH is only `bin/` (the fakes set their
+//! own PATH), so a real skopeo, umoci or kiwi-ng can never be found, and
+//! `SKOPEO`, `UMOCI`, `KIWI_NG` name the fakes.
+//!
+//! The fakes (each appends `argc\0arg\0...` to `$FAKE_ARGV_DIR/TOOL`):
+//! - `umoci raw unpack ... --image LAYOUT:REF ROOTFS` copies LAYOUT to
+//!   `$FAKE_ARGV_DIR/umoci-layout`, creates ROOTFS and fills it from
+//!   `$FAKE_UMOCI_SEED` when that is set;
+//! - `kiwi-ng --version` prints version 9.9.9; any other call copies its
+//!   `--description` to `$FAKE_ARGV_DIR/description`, fills
+//!   `TARGET/build/image-root` from `$FAKE_KIWI_ROOT` when set, and exits
+//!   with `$FAKE_KIWI_EXIT` (default 0);
+//! - `skopeo` prints `$FAKE_SKOPEO_STDERR` and exits 1.
+//!
+//! Needs root, as the binary does for `stash` and `rebuild` (CI runs as root).
+
+mod common;
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kiwi-stackbuild");
+
+const FAKE_UMOCI: &str = r#"#!/bin/sh
+PATH=/usr/bin:/bin
+printf '%s\0' "$#" "$@" >> "$FAKE_ARGV_DIR/umoci"
+if [ "$1 $2" != "raw unpack" ]; then
+    echo "fake umoci: unexpected call: $*" >&2
+    exit 2
+fi
+image= prev= rootfs=
+for a; do
+    [ "$prev" = --image ] && image=$a
+    prev=$a rootfs=$a
+done
+cp -rL "${image%:*}" "$FAKE_ARGV_DIR/umoci-layout" || exit 3
+mkdir -p "$rootfs" || exit 4
+if [ -n "$FAKE_UMOCI_SEED" ]; then
+    cp -a "$FAKE_UMOCI_SEED/." "$rootfs/" || exit 5
+fi
+"#;
+
+const FAKE_KIWI: &str = r#"#!/bin/sh
+PATH=/usr/bin:/bin
+printf '%s\0' "$#" "$@" >> "$FAKE_ARGV_DIR/kiwi-ng"
+if [ "$1" = --version ]; then
+    echo "KIWI (next generation) version 9.9.9"
+    exit 0
+fi
+target= desc=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --target-dir) target=$2; shift ;;
+        --description) desc=$2; shift ;;
+    esac
+    shift
+done
+echo "fake kiwi-ng: building in $target"
+if [ -n "$desc" ]; then
+    cp -a "$desc" "$FAKE_ARGV_DIR/description"
+fi
+if [ -n "$FAKE_KIWI_ROOT" ]; then
+    mkdir -p "$target/build/image-root"
+    cp -a "$FAKE_KIWI_ROOT/." "$target/build/image-root/"
+fi
+if [ -n "$FAKE_KIWI_EXIT" ]; then
+    echo "fake kiwi-ng: something broke" >&2
+    exit "$FAKE_KIWI_EXIT"
+fi
+"#;
+
+const FAKE_SKOPEO: &str = r#"#!/bin/sh
+PATH=/usr/bin:/bin
+printf '%s\0' "$#" "$@" >> "$FAKE_ARGV_DIR/skopeo"
+echo "${FAKE_SKOPEO_STDERR:-fake skopeo: no registry here}" >&2
+exit 1
+"#;
+
+/// The description of a minimal KIWI root; `@NAME@` is the image name.
+const CONFIG_XML: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="8.5" name="@NAME@">
+    <description type="system">
+        <author>A</author>
+        <contact>a@b</contact>
+        <specification>s</specification>
+    </description>
+    <preferences>
+        <version>1.2.3</version>
+        <packagemanager>apt</packagemanager>
+        <type image="tbz"/>
+    </preferences>
+</image>
+"#;
+
+/// The label of the kiwi-ng version in a stash.
+const KIWI_VERSION_LABEL: &str = "io.kiwi-stackbuild.kiwi-version";
+/// The annotation that names a ref in an OCI index.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// One test's temp dir: fakes in `bin/`, the store in `store/`.
+struct Sandbox {
+    dir: TempDir,
+    runs: Cell<usize>,
+}
+
+/// What one run of the binary did.
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// Where the fakes recorded this run's calls.
+    calls: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::Builder::new().prefix("cli-fake-tools-").tempdir().expect("creating a temp dir");
+        let sandbox = Sandbox { dir, runs: Cell::new(0) };
+        fs::create_dir(sandbox.bin()).unwrap();
+        for (name, script) in [("umoci", FAKE_UMOCI), ("kiwi-ng", FAKE_KIWI), ("skopeo", FAKE_SKOPEO)] {
+            let path = sandbox.bin().join(name);
+            fs::write(&path, script).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        sandbox
+    }
+
+    /// `rel` inside the sandbox.
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `rel` inside the sandbox, as a string for an argv.
+    fn arg(&self, rel: &str) -> String {
+        self.path(rel).to_str().expect("temp paths are UTF-8").to_string()
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.path("bin")
+    }
+
+    fn fake(&self, tool: &str) -> PathBuf {
+        self.bin().join(tool)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    /// Runs the binary with `args` in the default environment.
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        self.run_with(args, |_| {})
+    }
+
+    /// Runs the binary with `args`; `tweak` may change the environment.
+    fn run_with<S: AsRef<OsStr>>(&self, args: &[S], tweak: impl FnOnce(&mut Command)) -> Run {
+        let n = self.runs.get() + 1;
+        self.runs.set(n);
+        let calls = self.path(&format!("calls-{n}"));
+        fs::create_dir(&calls).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", self.bin())
+            .env("HOME", self.dir.path())
+            .env("KIWI_STACKBUILD_HOME", self.store())
+            .env("SKOPEO", self.fake("skopeo"))
+            .env("UMOCI", self.fake("umoci"))
+            .env("KIWI_NG", self.fake("kiwi-ng"))
+            .env("FAKE_ARGV_DIR", &calls);
+        tweak(&mut cmd);
+        let out = cmd.output().expect("running kiwi-stackbuild");
+        Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            calls,
+        }
+    }
+
+    /// Stashes `root` (made by `kiwi_tree`) and returns the stash's key.
+    fn stash(&self, root: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["stash".to_string(), "--root".into(), root.to_str().unwrap().into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let run = self.run(&args);
+        run.assert_ok();
+        run.stdout.trim_end().to_string()
+    }
+
+    /// The store's index.json.
+    fn index(&self) -> Value {
+        read_json(&self.store().join("index.json"))
+    }
+
+    /// The manifest of the stash `key`.
+    fn manifest_of(&self, key: &str) -> Value {
+        let index = self.index();
+        let desc = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["annotations"][REF_NAME] == key)
+            .unwrap_or_else(|| panic!("no {key} in the store: {index}"));
+        read_blob(&self.store(), desc["digest"].as_str().unwrap())
+    }
+}
+
+impl Run {
+    fn assert_ok(&self) {
+        assert!(self.status.success(), "expected success, got {}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+    }
+
+    /// Asserts failure with exit status `code`.
+    fn assert_fails(&self, code: i32) {
+        assert_eq!(self.status.code(), Some(code), "expected exit status {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+    }
+
+    /// Asserts that stderr contains every one of `texts`.
+    fn assert_stderr_has(&self, texts: &[&str]) {
+        for text in texts {
+            assert!(self.stderr.contains(text), "stderr lacks {text:?}:\n{}", self.stderr);
+        }
+    }
+
+    /// Asserts that the error report has exactly one message, `message`
+    /// (color-eyre prints it as `   0: MESSAGE`, and more causes as `1:`...).
+    fn assert_one_line_error(&self, message: &str) {
+        self.assert_stderr_has(&[&format!("   0: {message}\n")]);
+        assert!(!self.stderr.contains("   1: "), "expected one error line:\n{}", self.stderr);
+    }
+
+    /// Every call of `tool` in this run, each as its argv (without argv[0]).
+    fn calls(&self, tool: &str) -> Vec<Vec<String>> {
+        let Ok(bytes) = fs::read(self.calls.join(tool)) else { return Vec::new() };
+        let text = String::from_utf8(bytes).unwrap();
+        let mut fields = text.split('\0');
+        let mut calls = Vec::new();
+        while let Some(count) = fields.next().filter(|c| !c.is_empty()) {
+            let count: usize = count.parse().unwrap_or_else(|_| panic!("bad record of {tool}: {text:?}"));
+            calls.push((0..count).map(|_| fields.next().unwrap().to_string()).collect());
+        }
+        calls
+    }
+
+    /// Asserts that no fake tool ran at all.
+    fn assert_no_tool_ran(&self) {
+        let files: Vec<_> = fs::read_dir(&self.calls).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(files.is_empty(), "tools ran: {files:?}\nstderr:\n{}", self.stderr);
+    }
+}
+
+/// Writes a small KIWI root tree at `root` whose `<image name>` is `name`.
+fn kiwi_tree(root: &Path, name: &str) {
+    for dir in ["dev", "proc", "sys", "etc", "usr/bin", "var/lib/data"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::create_dir_all(root.join("image")).unwrap();
+    fs::write(root.join("image/config.xml"), CONFIG_XML.replace("@NAME@", name)).unwrap();
+    fs::write(root.join("etc/os-release"), "NAME=fake\n").unwrap();
+    fs::write(root.join("usr/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+    fs::set_permissions(root.join("usr/bin/hello"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join("var/lib/data/removable"), "gone in the second stash\n").unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+fn read_blob(layout: &Path, digest: &str) -> Value {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    read_json(&layout.join("blobs/sha256").join(hex))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Names in `dir` that start with `.kiwi-stackbuild-` (our scratch dirs).
+fn scratch_dirs(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".kiwi-stackbuild-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that `arg` is `TARGET/.kiwi-stackbuild-XXXX/SUFFIX`, a path in
+/// the scratch dir of a rebuild into `target`.
+fn assert_in_scratch(arg: &str, target: &str, suffix: &str) {
+    let prefix = format!("{target}/.kiwi-stackbuild-");
+    let middle = arg.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(suffix));
+    assert!(
+        middle.is_some_and(|m| !m.is_empty() && !m.contains('/')),
+        "{arg:?} is not {prefix}XXXX{suffix}"
+    );
+}
+
+// ---------------------------------------------------------------- help
+
+/// The subcommands the top-level `--help` lists (without `help`).
+fn subcommands(sandbox: &Sandbox) -> Vec<String> {
+    let run = sandbox.run(&["--help"]);
+    run.assert_ok();
+    let listed = run.stdout.split("Commands:\n").nth(1).unwrap_or_else(|| panic!("no Commands: in\n{}", run.stdout));
+    listed
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        // `  name  about`; wrapped lines of an about start with more spaces.
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn help_of_every_command_fits_80_columns() {
+    let sandbox = Sandbox::new();
+    let listed = subcommands(&sandbox);
+    for known in ["rebuild", "stash", "stackbuild", "merge", "push", "pull"] {
+        assert!(listed.iter().any(|c| c == known), "--help does not list {known}: {listed:?}");
+    }
+    let commands: Vec<Vec<&str>> = std::iter::once(Vec::new()).chain(listed.iter().map(|c| vec![c.as_str()])).collect();
+    for columns in [None, Some("200")] {
+        for command in &commands {
+            for flag in ["--help", "-h"] {
+                let args: Vec<&str> = command.iter().copied().chain([flag]).collect();
+                let run = sandbox.run_with(&args, |c| {
+                    if let Some(columns) = columns {
+                        c.env("COLUMNS", columns);
+                    }
+                });
+                run.assert_ok();
+                assert!(run.stderr.is_empty(), "{args:?} wrote to stderr: {}", run.stderr);
+                assert!(run.stdout.contains("Usage: kiwi-stackbuild"), "{args:?}: no usage line:\n{}", run.stdout);
+                for line in run.stdout.lines() {
+                    assert!(
+                        line.chars().count() <= 80,
+                        "{args:?} (COLUMNS={columns:?}): line of {} columns:\n{line}",
+                        line.chars().count()
+                    );
+                }
+                run.assert_no_tool_ran();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- missing tools
+
+#[test]
+fn missing_kiwi_ng_is_one_line_error_with_install_hint() {
+    let sandbox = Sandbox::new();
+    fs::remove_file(sandbox.fake("kiwi-ng")).unwrap();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(&["rebuild", "--root", "base", "--", "--target-dir", &target], |c| {
+        c.env_remove("KIWI_NG");
+    });
+    run.assert_fails(1);
+    run.assert_one_line_error("kiwi-ng not found on PATH");
+    run.assert_stderr_has(&["Suggestion: install kiwi (", "or set KIWI_NG to its kiwi-ng"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+    assert!(!sandbox.store().exists(), "the store was created");
+}
+
+#[test]
+fn umoci_env_naming_no_executable_is_one_line_error_with_install_hint() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(&["rebuild", "--root", "base", "--", "--target-dir", &target], |c| {
+        c.env("UMOCI", "/nonexistent/umoci");
+    });
+    run.assert_fails(1);
+    run.assert_one_line_error("UMOCI is set to \"/nonexistent/umoci\", which is not an executable");
+    run.assert_stderr_has(&["Suggestion: install umoci (zypper/dnf/apt install umoci), or set UMOCI to its path"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+#[test]
+fn umoci_missing_from_path_is_one_line_error_with_install_hint() {
+    let sandbox = Sandbox::new();
+    fs::remove_file(sandbox.fake("umoci")).unwrap();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(&["stackbuild", "--stash", "base", "--target-dir", &target], |c| {
+        c.env_remove("UMOCI");
+    });
+    run.assert_fails(1);
+    run.assert_one_line_error("umoci not found on PATH");
+    run.assert_stderr_has(&["Suggestion: install umoci"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+#[test]
+fn registry_root_without_skopeo_is_one_line_error_with_install_hint() {
+    let sandbox = Sandbox::new();
+    fs::remove_file(sandbox.fake("skopeo")).unwrap();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &["rebuild", "--root", "docker://registry.example/kiwi/base:1", "--", "--target-dir", &target],
+        |c| {
+            c.env_remove("SKOPEO");
+        },
+    );
+    run.assert_fails(1);
+    run.assert_one_line_error("skopeo not found on PATH");
+    run.assert_stderr_has(&["Suggestion: install skopeo"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+// ---------------------------------------------------------------- names
+
+#[test]
+fn container_name_with_upper_case_suggests_a_valid_name() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    let run = sandbox.run(&["stash", "--root", root.to_str().unwrap(), "--container-name", "Hello_World"]);
+    run.assert_fails(1);
+    run.assert_stderr_has(&["invalid image name \"Hello_World\"", "Suggestion: use \"hello-world\""]);
+    run.assert_no_tool_ran();
+    assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
+    assert!(!sandbox.store().exists(), "a rejected stash created the store");
+}
+
+#[test]
+fn keep_root_with_a_space_is_rejected_by_argument_parsing() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let run = sandbox.run(&["rebuild", "--root", "base", "--keep-root", "Bad Name", "--", "--target-dir", &target]);
+    run.assert_fails(2);
+    run.assert_stderr_has(&["invalid value 'Bad Name' for '--keep-root <REF>'", "invalid image name \"Bad Name\""]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+/// DESIGN §2: "a bad name is an error that suggests a valid one" — also
+/// when clap parses it (`--keep-root`, `--root`, `push`/`pull` names).
+#[test]
+fn bad_reference_on_the_command_line_suggests_a_valid_name() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let run = sandbox.run(&["rebuild", "--root", "base", "--keep-root", "Bad Name", "--", "--target-dir", &target]);
+    run.assert_fails(2);
+    run.assert_stderr_has(&["\"bad-name\""]);
+}
+
+#[test]
+fn invalid_image_name_in_config_xml_points_to_container_name() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "My Image");
+    let root = root.to_str().unwrap();
+    let run = sandbox.run(&["stash", "--root", root]);
+    run.assert_fails(1);
+    run.assert_stderr_has(&[
+        "invalid image name \"My Image\"",
+        "use \"my-image\"",
+        &format!("the name comes from <image name> in {root}/image/config.xml"),
+        "--container-name",
+    ]);
+    assert!(!sandbox.store().exists(), "a rejected stash created the store");
+    // Following the advice works.
+    assert_eq!(sandbox.stash(Path::new(root), &["--container-name", "my-image"]), "my-image:latest");
+}
+
+// ---------------------------------------------------------------- target dir and kiwi options
+
+#[test]
+fn existing_image_root_is_left_alone_and_no_tool_runs() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let image_root = sandbox.path("target/build/image-root");
+    fs::create_dir_all(image_root.join("etc")).unwrap();
+    fs::write(image_root.join("etc/marker"), "an earlier build\n").unwrap();
+    let before = common::tree::snapshot(&sandbox.path("target"));
+    let runs = [
+        sandbox.run(&["rebuild", "--root", "base", "--", "--target-dir", &target]),
+        sandbox.run(&["stackbuild", "--stash", "base", "--target-dir", &target]),
+    ];
+    for run in runs {
+        run.assert_fails(1);
+        run.assert_one_line_error(&format!("{}/build/image-root already exists", target));
+        run.assert_stderr_has(&["Suggestion: choose a new --target-dir, or remove the old build first"]);
+        run.assert_no_tool_ran();
+    }
+    common::tree::assert_same_tree(&before, &common::tree::snapshot(&sandbox.path("target")));
+}
+
+#[test]
+fn unknown_kiwi_option_is_named_before_anything_runs() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let runs = [
+        sandbox.run(&["rebuild", "--root", "base", "--", "--target-dir", &target, "--bogus"]),
+        sandbox.run(&["stackbuild", "--stash", "base", "--target-dir", &target, "--", "--bogus"]),
+    ];
+    for run in runs {
+        run.assert_fails(1);
+        run.assert_one_line_error("kiwi-ng system create has no option \"--bogus\"");
+        run.assert_stderr_has(&["Suggestion: see kiwi-ng system build --help"]);
+        run.assert_no_tool_ran();
+    }
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+#[test]
+fn build_option_without_description_belongs_to_system_build() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let run = sandbox.run(&["rebuild", "--root", "base", "--", "--target-dir", &target, "--add-package", "vim"]);
+    run.assert_fails(1);
+    run.assert_one_line_error("kiwi-ng system create has no option \"--add-package\"");
+    run.assert_stderr_has(&["Suggestion: --add-package is an option of system build: give a --description to build"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+#[test]
+fn missing_target_dir_is_asked_for() {
+    let sandbox = Sandbox::new();
+    let run = sandbox.run(&["rebuild", "--root", "base"]);
+    run.assert_fails(1);
+    run.assert_one_line_error("no --target-dir after --");
+    run.assert_stderr_has(&["-- --target-dir DIR"]);
+    run.assert_no_tool_ran();
+}
+
+#[test]
+fn unknown_stash_is_named_and_nothing_is_created() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    sandbox.stash(&root, &["--tag", "1"]);
+    let target = sandbox.arg("target");
+    let run = sandbox.run(&["rebuild", "--root", "fake-base:2", "--", "--target-dir", &target]);
+    run.assert_fails(1);
+    run.assert_one_line_error(&format!("no stash fake-base:2 in {}", sandbox.store().display()));
+    run.assert_stderr_has(&["Suggestion: known tags: fake-base:1"]);
+    run.assert_no_tool_ran();
+    assert!(!Path::new(&target).exists(), "the target dir was created");
+}
+
+// ---------------------------------------------------------------- W2 and stackbuild
+
+/// The kiwi-ng global options of the W2 tests, as given to us and as
+/// kiwi-ng must get them (src/tools/kiwi.rs `Globals::args`).
+fn globals(sandbox: &Sandbox) -> (Vec<String>, Vec<String>) {
+    let (cache, config) = (sandbox.arg("cache"), sandbox.arg("kiwi.yml"));
+    let ours = strings(&[
+        "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", &cache, "--kiwi-config", &config,
+        "--debug",
+    ]);
+    let kiwis = strings(&[
+        "--debug", "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", &cache, "--config", &config,
+    ]);
+    (ours, kiwis)
+}
+
+/// Checks a W2-style run: umoci unpacked exactly the stash's layers into
+/// TARGET/build/image-root, then kiwi-ng ran `system create` once with
+/// `kiwi_argv`, and the scratch dir is gone.
+fn assert_unpacked_then_created(sandbox: &Sandbox, run: &Run, key: &str, target: &str, kiwi_argv: &[String]) {
+    run.assert_ok();
+    let image_root = format!("{target}/build/image-root");
+    let umoci = run.calls("umoci");
+    assert_eq!(umoci.len(), 1, "umoci calls: {umoci:?}");
+    let argv = &umoci[0];
+    assert_eq!(argv.len(), 6, "umoci argv: {argv:?}");
+    assert_eq!(argv[..4], strings(&["raw", "unpack", "--keep-dirlinks", "--image"]), "umoci argv: {argv:?}");
+    assert_in_scratch(&argv[4], target, "/unpack:root");
+    assert_eq!(argv[5], image_root, "umoci argv: {argv:?}");
+    // The layout umoci got holds one image, `root`, made of the stash's layers.
+    let layout = run.calls.join("umoci-layout");
+    let index = read_json(&layout.join("index.json"));
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "{index}");
+    assert_eq!(manifests[0]["annotations"][REF_NAME], "root");
+    let unpacked = read_blob(&layout, manifests[0]["digest"].as_str().unwrap());
+    assert_eq!(unpacked["layers"], sandbox.manifest_of(key)["layers"]);
+    assert_eq!(run.calls("kiwi-ng"), vec![kiwi_argv.to_vec()]);
+    assert!(run.calls("skopeo").is_empty(), "skopeo ran for a stash");
+    assert!(Path::new(&image_root).join("image/config.xml").is_file());
+    assert_eq!(scratch_dirs(Path::new(target)), Vec::<String>::new(), "scratch dir left in {target}");
+    assert!(run.stdout.is_empty(), "a rebuild without --keep-root printed: {}", run.stdout);
+    run.assert_stderr_has(&[&format!("fake kiwi-ng: building in {target}")]);
+}
+
+#[test]
+fn w2_unpacks_with_umoci_and_runs_system_create_with_globals_first() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    let key = sandbox.stash(&root, &[]);
+    assert_eq!(key, "fake-base:latest");
+    let target = sandbox.arg("target");
+    let (ours, kiwis) = globals(&sandbox);
+    let mut args = strings(&["rebuild"]);
+    args.extend(ours);
+    args.extend(strings(&["--root", "fake-base", "--", "--target-dir", &target]));
+    let run = sandbox.run_with(&args, |c| {
+        c.env("FAKE_UMOCI_SEED", &root);
+    });
+    let image_root = format!("{target}/build/image-root");
+    let mut want = kiwis;
+    want.extend(strings(&["system", "create", "--root", &image_root, "--target-dir", &target]));
+    assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
+    // --debug logs every child as a shell-quoted line.
+    let line = std::iter::once(sandbox.fake("kiwi-ng").to_str().unwrap().to_string()).chain(want).collect::<Vec<_>>().join(" ");
+    run.assert_stderr_has(&[&format!("kiwi-stackbuild: debug: running {line}\n")]);
+}
+
+#[test]
+fn stackbuild_runs_the_same_commands_as_rebuild_root() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    let key = sandbox.stash(&root, &["--tag", "7"]);
+    assert_eq!(key, "fake-base:7");
+    let target = sandbox.arg("target");
+    let key_file = sandbox.arg("signing.key");
+    let (ours, kiwis) = globals(&sandbox);
+    // Global options go anywhere before `--`, here before the subcommand.
+    let mut args = ours;
+    args.extend(strings(&["stackbuild", "--stash", "fake-base:7", "--target-dir", &target, "--", "--signing-key", &key_file]));
+    let run = sandbox.run_with(&args, |c| {
+        c.env("FAKE_UMOCI_SEED", &root);
+    });
+    let image_root = format!("{target}/build/image-root");
+    let mut want = kiwis;
+    want.extend(strings(&["system", "create", "--root", &image_root, "--target-dir", &target, "--signing-key", &key_file]));
+    assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
+}
+
+#[test]
+fn unpacked_image_without_image_dir_is_refused_and_removed() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    sandbox.stash(&root, &[]);
+    let target = sandbox.arg("target");
+    // The fake umoci creates an empty root: no /image/config.xml in it.
+    let run = sandbox.run(&["rebuild", "--root", "fake-base", "--", "--target-dir", &target]);
+    run.assert_fails(1);
+    run.assert_one_line_error("fake-base is not a KIWI root tree: it has no /image/config.xml");
+    run.assert_stderr_has(&["Suggestion: pass --description to build on it"]);
+    assert_eq!(run.calls("umoci").len(), 1, "umoci should have unpacked once");
+    assert!(run.calls("kiwi-ng").is_empty(), "kiwi-ng ran: {:?}", run.calls("kiwi-ng"));
+    let image_root = sandbox.path("target/build/image-root");
+    assert!(!image_root.exists(), "{} was left behind", image_root.display());
+    assert_eq!(scratch_dirs(Path::new(&target)), Vec::<String>::new(), "scratch dir left in {target}");
+}
+
+#[test]
+fn failing_kiwi_ng_shows_its_command_and_output() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    sandbox.stash(&root, &[]);
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(&["rebuild", "--root", "fake-base", "--", "--target-dir", &target], |c| {
+        c.env("FAKE_UMOCI_SEED", &root).env("FAKE_KIWI_EXIT", "3");
+    });
+    run.assert_fails(1);
+    run.assert_stderr_has(&[
+        "   0: the kiwi-ng build failed\n",
+        "   1: kiwi-ng failed: it exited with 3\n",
+        &format!("Command:\n   {} system create --root {target}/build/image-root --target-dir {target}", sandbox.fake("kiwi-ng").display()),
+        "Its last output:",
+        "fake kiwi-ng: something broke",
+        &format!("{target}/build/image-root.log"),
+    ]);
+    assert_eq!(run.calls("kiwi-ng").len(), 1);
+    assert_eq!(scratch_dirs(Path::new(&target)), Vec::<String>::new(), "scratch dir left in {target}");
+}
+
+// ---------------------------------------------------------------- W1 and W3
+
+#[test]
+fn w1_builds_the_description_and_keeps_the_root_tagged_with_its_version() {
+    let sandbox = Sandbox::new();
+    let description = sandbox.path("description");
+    fs::create_dir_all(&description).unwrap();
+    fs::write(description.join("config.xml"), CONFIG_XML.replace("@NAME@", "fake-base")).unwrap();
+    let built = sandbox.path("built");
+    kiwi_tree(&built, "fake-base");
+    let (description, target) = (description.to_str().unwrap(), sandbox.arg("target"));
+    let run = sandbox.run_with(&["rebuild", "--description", description, "--keep-root", "kept", "--", "--target-dir", &target], |c| {
+        c.env("FAKE_KIWI_ROOT", &built);
+    });
+    run.assert_ok();
+    let kiwi = run.calls("kiwi-ng");
+    assert_eq!(kiwi[0], strings(&["system", "build", "--description", description, "--target-dir", &target]));
+    // The only other call is the version query for the stash's label.
+    assert_eq!(kiwi[1..], [strings(&["--version"])], "kiwi-ng calls: {kiwi:?}");
+    assert!(run.calls("umoci").is_empty() && run.calls("skopeo").is_empty());
+    assert_eq!(run.stdout, "kept:1.2.3\n");
+    let manifest = sandbox.manifest_of("kept:1.2.3");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn w3_builds_on_the_root_without_bootstrap_packages() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    sandbox.stash(&root, &[]);
+    let description = sandbox.path("description");
+    fs::create_dir_all(&description).unwrap();
+    let packages = "<packages type=\"bootstrap\"><package name=\"debootstrap-me\"/></packages>\n    \
+                    <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>";
+    let config = CONFIG_XML.replace("@NAME@", "on-top").replace("</image>", packages);
+    fs::write(description.join("config.xml"), config).unwrap();
+    fs::write(description.join("config.sh"), "#!/bin/sh\n").unwrap();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &["rebuild", "--root", "fake-base", "--", "--description", description.to_str().unwrap(), "--target-dir", &target],
+        |c| {
+            c.env("FAKE_UMOCI_SEED", &root);
+        },
+    );
+    run.assert_ok();
+    let kiwi = run.calls("kiwi-ng");
+    assert_eq!(kiwi.len(), 1, "kiwi-ng calls: {kiwi:?}");
+    let argv = &kiwi[0];
+    assert_eq!(argv.len(), 7, "kiwi-ng argv: {argv:?}");
+    assert_eq!(argv[..3], strings(&["system", "build", "--description"]));
+    assert_in_scratch(&argv[3], &target, "/description");
+    assert_eq!(argv[4..], strings(&["--target-dir", &target, "--allow-existing-root"]));
+    // kiwi-ng got a copy of the description without the bootstrap packages.
+    let seen = run.calls.join("description");
+    let handed = fs::read_to_string(seen.join("config.xml")).unwrap();
+    assert!(!handed.contains("bootstrap"), "bootstrap packages reached kiwi-ng:\n{handed}");
+    assert!(handed.contains("<package name=\"vim\"/>"), "image packages lost:\n{handed}");
+    assert!(seen.join("config.sh").is_file(), "config.sh not copied with the description");
+    run.assert_stderr_has(&["dropped <packages type=\"bootstrap\">"]);
+    // The user's description is untouched.
+    assert!(fs::read_to_string(description.join("config.xml")).unwrap().contains("debootstrap-me"));
+}
+
+// ---------------------------------------------------------------- stash --list and --rm
+
+#[test]
+fn list_of_a_missing_store_is_empty_and_creates_nothing() {
+    let sandbox = Sandbox::new();
+    let home = sandbox.path("nowhere");
+    let home = home.to_str().unwrap();
+    for args in [["stash", "--list", "--stash-home", home].as_slice(), &["--stash-home", home, "stash", "--list", "--json"]] {
+        let run = sandbox.run(args);
+        run.assert_ok();
+        run.assert_no_tool_ran();
+        if args.contains(&"--json") {
+            assert_eq!(run.stdout, "[]\n");
+        } else {
+            assert_eq!(run.stdout, "");
+            run.assert_stderr_has(&[&format!("no stashes in {home}\n")]);
+        }
+    }
+    assert!(!Path::new(home).exists(), "listing created {home}");
+    assert!(!sandbox.store().exists(), "listing created KIWI_STACKBUILD_HOME though --stash-home was given");
+}
+
+#[test]
+fn removing_from_a_missing_store_fails_and_creates_nothing() {
+    let sandbox = Sandbox::new();
+    for stash in ["fake-base:1", "fake-base"] {
+        let run = sandbox.run(&["stash", "--rm", stash]);
+        run.assert_fails(1);
+        let message = if stash.contains(':') { "no stash fake-base:1 in" } else { "no stash named fake-base in" };
+        run.assert_stderr_has(&[&format!("   0: {message} {}\n", sandbox.store().display())]);
+        run.assert_no_tool_ran();
+        assert!(!sandbox.store().exists(), "stash --rm {stash} created the store {}", sandbox.store().display());
+    }
+}
+
+#[test]
+fn list_of_an_empty_store_says_no_stashes() {
+    let sandbox = Sandbox::new();
+    let store = sandbox.store();
+    fs::create_dir_all(store.join("blobs/sha256")).unwrap();
+    fs::write(store.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(store.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    let run = sandbox.run(&["stash", "--list"]);
+    run.assert_ok();
+    assert_eq!(run.stdout, "");
+    run.assert_stderr_has(&[&format!("no stashes in {}\n", store.display())]);
+    let run = sandbox.run(&["stash", "--list", "--json"]);
+    run.assert_ok();
+    assert_eq!(run.stdout, "[]\n");
+}
+
+#[test]
+fn stash_twice_then_list_and_remove_everything() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    assert_eq!(sandbox.stash(&root, &["--tag", "1"]), "fake-base:1");
+    fs::remove_file(root.join("var/lib/data/removable")).unwrap();
+    let run = sandbox.run(&["stash", "--root", root.to_str().unwrap(), "--tag", "2"]);
+    run.assert_ok();
+    assert_eq!(run.stdout, "fake-base:2\n");
+    run.assert_stderr_has(&[&format!("stashed {} as fake-base:2 (2 layers", root.display()), ", on fake-base:1)"]);
+
+    let run = sandbox.run(&["stash", "--list", "--json"]);
+    run.assert_ok();
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    let entries = list.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{list:#}");
+    let (first, second) = (&entries[0], &entries[1]);
+    assert_eq!(first["reference"], "fake-base:1");
+    assert_eq!(first["layers"], 1);
+    assert_eq!(first["base"], Value::Null);
+    assert_eq!(second["reference"], "fake-base:2");
+    assert_eq!(second["layers"], 2);
+    let first_digest = first["digest"].as_str().unwrap();
+    assert_eq!(second["base"], format!("fake-base:1@{first_digest}"));
+    for entry in entries {
+        let labels = &entry["labels"];
+        assert_eq!(labels[KIWI_VERSION_LABEL], "9.9.9", "{entry:#}");
+        assert_eq!(labels["io.kiwi-stackbuild.image.name"], "fake-base");
+        assert_eq!(labels["io.kiwi-stackbuild.image.version"], "1.2.3");
+        assert_eq!(labels["io.kiwi-stackbuild.package-manager"], "apt");
+    }
+    // The second stash shares the first's layer.
+    let layers = |key: &str| sandbox.manifest_of(key)["layers"].as_array().unwrap().clone();
+    assert_eq!(layers("fake-base:2")[0], layers("fake-base:1")[0]);
+
+    let run = sandbox.run(&["stash", "--list"]);
+    run.assert_ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines[0].starts_with("STASH ") && lines[0].ends_with("  BASE"), "header: {:?}", lines[0]);
+    assert!(lines[1].starts_with("fake-base:1 ") && lines[1].ends_with("  -"), "{:?}", lines[1]);
+    assert!(lines[2].starts_with("fake-base:2 ") && lines[2].ends_with("  fake-base:1"), "{:?}", lines[2]);
+
+    // The first tag goes; its layer stays, since the second uses it.
+    let run = sandbox.run(&["stash", "--rm", "fake-base:1"]);
+    run.assert_ok();
+    run.assert_stderr_has(&["removed fake-base:1 (2 unused blobs freed)\n"]);
+    let run = sandbox.run(&["stash", "--list", "--json"]);
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    let refs: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["reference"].as_str().unwrap()).collect();
+    assert_eq!(refs, ["fake-base:2"]);
+    for layer in layers("fake-base:2") {
+        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        assert!(sandbox.store().join("blobs/sha256").join(&hex).is_file(), "layer {hex} of fake-base:2 was freed");
+    }
+
+    // A bare name removes every tag left.
+    let run = sandbox.run(&["stash", "--rm", "fake-base"]);
+    run.assert_ok();
+    run.assert_stderr_has(&["removed fake-base:2 (4 unused blobs freed)\n"]);
+    let blobs: Vec<_> = fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(blobs.is_empty(), "blobs left in an empty store: {blobs:?}");
+    let run = sandbox.run(&["stash", "--list"]);
+    run.assert_ok();
+    assert_eq!(run.stdout, "");
+    run.assert_stderr_has(&["no stashes in "]);
+
+    let run = sandbox.run(&["stash", "--rm", "fake-base"]);
+    run.assert_fails(1);
+    run.assert_one_line_error(&format!("no stash named fake-base in {}", sandbox.store().display()));
+    let run = sandbox.run(&["stash", "--rm", "fake-base:1"]);
+    run.assert_fails(1);
+    run.assert_one_line_error(&format!("no stash fake-base:1 in {}", sandbox.store().display()));
+    run.assert_stderr_has(&["Suggestion: the store is empty"]);
+}
