@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
@@ -36,14 +37,48 @@ pub struct Credentials {
 /// How to reach registries: what the global options said.
 #[derive(Debug, Default)]
 pub struct RegistryAuth {
-    /// `--authfile`, or the auth file we wrote for `--creds`.
+    /// `--authfile`.
     pub authfile: Option<PathBuf>,
     /// `--tls-verify=false` turns this off.
     pub tls_verify: bool,
     /// `--cert-dir`.
     pub cert_dir: Option<PathBuf>,
-    /// Keeps the private dir of a written auth file alive.
-    _private: Option<tempfile::TempDir>,
+    /// `--creds`, written to an auth file for each registry as it is used.
+    creds: Option<CredsFile>,
+}
+
+/// Credentials and the private auth file that holds them for the hosts
+/// seen so far.
+#[derive(Debug)]
+struct CredsFile {
+    creds: Credentials,
+    dir: tempfile::TempDir,
+    hosts: RefCell<Vec<String>>,
+}
+
+impl CredsFile {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("auth.json")
+    }
+
+    /// The auth file, holding the credentials for `host` too.
+    fn for_host(&self, host: &str) -> Result<PathBuf> {
+        let mut hosts = self.hosts.borrow_mut();
+        if !hosts.iter().any(|h| h == host) {
+            hosts.push(host.to_string());
+            let tmp = self.dir.path().join(".auth.json");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode_0600()
+                .open(&tmp)
+                .wrap_err("writing the credentials file")?;
+            file.write_all(auth_json(&self.creds, &hosts).as_bytes())?;
+            std::fs::rename(&tmp, self.path()).wrap_err("writing the credentials file")?;
+        }
+        Ok(self.path())
+    }
 }
 
 /// The environment variable a password may come from instead of `--creds`.
@@ -104,31 +139,20 @@ pub fn auth_json(creds: &Credentials, hosts: &[String]) -> String {
 }
 
 impl RegistryAuth {
-    /// The options as given; with `creds`, an auth file for every registry
-    /// host among `references` is written into a private temp dir.
-    pub fn new(authfile: Option<PathBuf>, creds: Option<Credentials>, tls_verify: bool, cert_dir: Option<PathBuf>, references: &[&ImageReference]) -> Result<RegistryAuth> {
-        let mut auth = RegistryAuth { authfile, tls_verify, cert_dir, _private: None };
-        if let Some(creds) = creds {
-            let mut hosts: Vec<String> = references.iter().filter_map(|r| registry_host(r)).collect();
-            hosts.sort();
-            hosts.dedup();
-            if hosts.is_empty() {
-                log::warn!("--creds given, but no registry is involved");
-                return Ok(auth);
+    /// The options as given. With `creds`, a private temp dir (0700) will
+    /// hold a 0600 auth file with them for each registry used.
+    pub fn new(authfile: Option<PathBuf>, creds: Option<Credentials>, tls_verify: bool, cert_dir: Option<PathBuf>) -> Result<RegistryAuth> {
+        let creds = match creds {
+            Some(creds) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("kiwi-stackbuild-auth-")
+                    .tempdir()
+                    .wrap_err("creating a private directory for credentials")?;
+                Some(CredsFile { creds, dir, hosts: RefCell::new(Vec::new()) })
             }
-            let dir = tempfile::Builder::new().prefix("kiwi-stackbuild-auth-").tempdir().wrap_err("creating a private directory for credentials")?;
-            let path = dir.path().join("auth.json");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode_0600()
-                .open(&path)
-                .wrap_err("writing the credentials file")?;
-            file.write_all(auth_json(&creds, &hosts).as_bytes())?;
-            auth.authfile = Some(path);
-            auth._private = Some(dir);
-        }
-        Ok(auth)
+            None => None,
+        };
+        Ok(RegistryAuth { authfile, tls_verify, cert_dir, creds })
     }
 
     /// Anonymous access with TLS verified: what skopeo does by default.
@@ -138,14 +162,16 @@ impl RegistryAuth {
 
     /// skopeo options for one side of a copy (`prefix` is `src-` or `dest-`,
     /// empty for inspect); nothing for references that are not registries.
-    pub fn args(&self, prefix: &str, reference: &ImageReference) -> Vec<OsString> {
+    pub fn args(&self, prefix: &str, reference: &ImageReference) -> Result<Vec<OsString>> {
         let mut out = Vec::new();
-        if !matches!(reference, ImageReference::Docker(_)) {
-            return out;
-        }
-        if let Some(f) = &self.authfile {
+        let Some(host) = registry_host(reference) else { return Ok(out) };
+        let authfile = match &self.creds {
+            Some(c) => Some(c.for_host(&host)?),
+            None => self.authfile.clone(),
+        };
+        if let Some(f) = authfile {
             out.push(format!("--{prefix}authfile").into());
-            out.push(f.as_os_str().to_os_string());
+            out.push(f.into_os_string());
         }
         if !self.tls_verify {
             out.push(format!("--{prefix}tls-verify=false").into());
@@ -154,7 +180,7 @@ impl RegistryAuth {
             out.push(format!("--{prefix}cert-dir").into());
             out.push(d.as_os_str().to_os_string());
         }
-        out
+        Ok(out)
     }
 }
 
@@ -234,9 +260,9 @@ mod tests {
     fn args_only_for_registries_and_never_the_password() {
         let r: ImageReference = "docker://localhost:5000/a:1".parse().unwrap();
         let creds = Credentials { user: "u".into(), password: Secret("hunter2".into()) };
-        let auth = RegistryAuth::new(None, Some(creds), false, Some("/certs".into()), &[&r]).unwrap();
-        let file = auth.authfile.clone().unwrap();
-        let args = auth.args("src-", &r);
+        let auth = RegistryAuth::new(None, Some(creds), false, Some("/certs".into())).unwrap();
+        let args = auth.args("src-", &r).unwrap();
+        let file = PathBuf::from(&args[1]);
         let want: Vec<OsString> = vec![
             "--src-authfile".into(),
             file.clone().into(),
@@ -250,7 +276,11 @@ mod tests {
         assert!(text.contains("localhost:5000") && text.contains(&base64(b"u:hunter2")), "{text}");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(auth.args("src-", &"oci:/x".parse().unwrap()).is_empty());
+        assert!(auth.args("src-", &"oci:/x".parse().unwrap()).unwrap().is_empty());
+        let other: ImageReference = "docker://example.org/b".parse().unwrap();
+        auth.args("dest-", &other).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("localhost:5000") && text.contains("example.org"), "{text}");
         assert!(!format!("{auth:?}").contains("hunter2"));
     }
 

@@ -19,36 +19,35 @@ pub enum Compression {
 }
 
 /// The argv of `skopeo copy SRC DST`, with registry options for each side.
-pub fn copy_args(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Vec<OsString> {
+pub fn copy_args(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<Vec<OsString>> {
     let mut out: Vec<OsString> = vec!["copy".into(), "--quiet".into()];
-    out.extend(auth.args("src-", src));
-    out.extend(auth.args("dest-", dst));
+    out.extend(auth.args("src-", src)?);
+    out.extend(auth.args("dest-", dst)?);
     if compression == Compression::Zstd {
         out.extend(["--dest-compress-format".into(), "zstd".into()]);
     }
     out.extend([src.to_string().into(), dst.to_string().into()]);
-    out
+    Ok(out)
 }
 
 /// Copies `src` to `dst`.
 pub fn copy(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<()> {
-    run_explained(Tool::Skopeo, &copy_args(src, dst, auth, compression), Output::Capture, explain_skopeo)
+    run_explained(Tool::Skopeo, &copy_args(src, dst, auth, compression)?, Output::Capture, explain_skopeo)
         .wrap_err_with(|| format!("copying {src} to {dst}"))?;
     Ok(())
 }
 
 /// The argv of `skopeo inspect --raw REF`.
-pub fn inspect_raw_args(reference: &ImageReference, auth: &RegistryAuth) -> Vec<OsString> {
+pub fn inspect_raw_args(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<OsString>> {
     let mut out: Vec<OsString> = vec!["inspect".into(), "--raw".into()];
-    let side = auth.args("", reference);
-    out.extend(side);
+    out.extend(auth.args("", reference)?);
     out.push(reference.to_string().into());
-    out
+    Ok(out)
 }
 
 /// The raw manifest of `reference`, as the registry serves it.
 pub fn inspect_raw(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<u8>> {
-    run_explained(Tool::Skopeo, &inspect_raw_args(reference, auth), Output::Capture, explain_skopeo)
+    run_explained(Tool::Skopeo, &inspect_raw_args(reference, auth)?, Output::Capture, explain_skopeo)
         .wrap_err_with(|| format!("reading the manifest of {reference}"))
 }
 
@@ -68,9 +67,9 @@ mod tests {
             "copy", "--quiet", "--dest-authfile", "/run/auth.json", "--dest-tls-verify=false", "--dest-compress-format", "zstd",
             "oci:/store:base:1", "docker://localhost:5000/ns/base:1",
         ]);
-        assert_eq!(copy_args(&src, &dst, &auth, Compression::Zstd), want);
+        assert_eq!(copy_args(&src, &dst, &auth, Compression::Zstd).unwrap(), want);
         let plain = args(["copy", "--quiet", "oci:/store:base:1", "docker://localhost:5000/ns/base:1"]);
-        assert_eq!(copy_args(&src, &dst, &RegistryAuth::anonymous(), Compression::Keep), plain);
+        assert_eq!(copy_args(&src, &dst, &RegistryAuth::anonymous(), Compression::Keep).unwrap(), plain);
     }
 
     #[test]
@@ -78,6 +77,6 @@ mod tests {
         let r: ImageReference = "docker://localhost:5000/a:1".parse().unwrap();
         let mut auth = RegistryAuth::anonymous();
         auth.cert_dir = Some("/certs".into());
-        assert_eq!(inspect_raw_args(&r, &auth), args(["inspect", "--raw", "--cert-dir", "/certs", "docker://localhost:5000/a:1"]));
+        assert_eq!(inspect_raw_args(&r, &auth).unwrap(), args(["inspect", "--raw", "--cert-dir", "/certs", "docker://localhost:5000/a:1"]));
     }
 }
