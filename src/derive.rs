@@ -15,7 +15,7 @@ use crate::description::{self, Document};
 use crate::oci;
 use crate::reference::ImageReference;
 use crate::restore::StackedLayer;
-use crate::tree::{clean_path, OPAQUE, WHITEOUT};
+use crate::tree::{clean_path, CompleteTar, OPAQUE, WHITEOUT};
 
 /// A derived description as the user gave it.
 #[derive(Debug, Clone)]
@@ -130,7 +130,7 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
     for l in layers {
         let file = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest)).wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
         let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
-        let mut archive = tar::Archive::new(gz);
+        let mut archive = tar::Archive::new(CompleteTar::new(gz));
         for entry in archive.entries().wrap_err("reading layer")? {
             let mut entry = entry.wrap_err("reading layer")?;
             let path = clean_path(&entry.path_bytes());

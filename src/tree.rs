@@ -205,9 +205,45 @@ fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// A tar stream completed where its writer stopped short: some writers (umoci
+/// insert among them) end a layer without padding its last entry to a
+/// 512-byte block and without the two zero blocks that end an archive.
+/// After the stream ends this reader supplies both, so tar readers see a
+/// well-formed archive. Content is still checked by the layer's digest.
+pub struct CompleteTar<R> {
+    inner: R,
+    read: u64,
+    trailer: Option<u64>,
+}
+
+impl<R: Read> CompleteTar<R> {
+    /// Wraps an uncompressed tar stream.
+    pub fn new(inner: R) -> CompleteTar<R> {
+        CompleteTar { inner, read: 0, trailer: None }
+    }
+}
+
+impl<R: Read> Read for CompleteTar<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.trailer.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            self.trailer = Some((512 - self.read % 512) % 512 + 1024);
+        }
+        let left = self.trailer.get_or_insert(0);
+        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Applies one uncompressed tar layer to `tree`, honouring whiteouts.
 pub fn apply_layer(tree: &mut Tree, layer: impl Read) -> Result<()> {
-    let mut archive = tar::Archive::new(layer);
+    let mut archive = tar::Archive::new(CompleteTar::new(layer));
     for entry in archive.entries().wrap_err("reading layer")? {
         let mut entry = entry.wrap_err("reading layer entry")?;
         let path = clean_path(&entry.path_bytes());
@@ -294,6 +330,27 @@ mod tests {
         remove_subtree(&mut t, b"a");
         let left: Vec<&[u8]> = t.keys().map(Vec::as_slice).collect();
         assert_eq!(left, vec![b"a.txt".as_slice(), b"ab".as_slice()]);
+    }
+
+    #[test]
+    fn archives_without_padding_or_trailer_still_read() {
+        let mut full = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut full);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(6);
+            h.set_mode(0o644);
+            b.append_data(&mut h, "etc/hostname", &b"plain\n"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        // What umoci insert writes: the header and the content, nothing after.
+        let cut = &full[..512 + 6];
+        let mut tree = Tree::new();
+        apply_layer(&mut tree, cut).unwrap();
+        assert_eq!(tree.keys().collect::<Vec<_>>(), vec![&b"etc/hostname".to_vec()]);
+        let mut tree = Tree::new();
+        apply_layer(&mut tree, &full[..]).unwrap();
+        assert_eq!(tree.len(), 1);
     }
 
     #[test]
