@@ -90,9 +90,12 @@ pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
     let file = tmp.as_file().try_clone().wrap_err("opening the new layer")?;
     let (tx, rx) = sync_channel::<Vec<u8>>(8);
     let compressor = thread::spawn(move || compress(rx, file, level));
-    let mut sink = ChunkSink { tx: Some(tx), buf: Vec::with_capacity(CHUNK), hash: Sha256::new() };
+    let total: u64 = plan.entries.iter().map(|s| if let Kind::File { size } = s.meta.kind { size } else { 0 }).sum();
+    let progress = crate::progress::bytes(total, "storing");
+    let mut sink = ChunkSink { tx: Some(tx), buf: Vec::with_capacity(CHUNK), hash: Sha256::new(), progress };
     let written = write_tar(plan, &mut sink);
     sink.flush_chunk();
+    sink.progress.finish_and_clear();
     let diff_id = Digest::from_hasher(std::mem::take(&mut sink.hash));
     drop(sink);
     let compressed = compressor.join().map_err(|_| eyre!("the layer compressor panicked"))?;
@@ -107,6 +110,7 @@ struct ChunkSink {
     tx: Option<SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
     hash: Sha256,
+    progress: indicatif::ProgressBar,
 }
 
 impl ChunkSink {
@@ -116,6 +120,7 @@ impl ChunkSink {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.hash.update(&chunk);
+        self.progress.inc(chunk.len() as u64);
         // A send fails only when the compressor has stopped; its error is reported.
         if let Some(tx) = &self.tx {
             if tx.send(chunk).is_err() {

@@ -8,6 +8,7 @@ pub mod description;
 pub mod labels;
 pub mod layer;
 pub mod oci;
+pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod restore;

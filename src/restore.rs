@@ -54,7 +54,10 @@ pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize
             }
             let name = format!("image-{n}");
             let dst = ImageReference::Oci { dir: layout.to_string_lossy().into_owned(), image: Some(name.clone()) };
-            skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"))?;
+            let progress = crate::progress::spinner(&format!("fetching {other}"));
+            let copied = skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"));
+            progress.finish_and_clear();
+            copied?;
             let index: Index = oci::read_json(&layout.join("index.json"))?;
             let desc = index
                 .manifests
@@ -144,7 +147,10 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
     manifest_desc.annotations.insert(REF_NAME.into(), "root".into());
     let index = Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: vec![manifest_desc], ..Index::default() };
     write_atomic(&layout.join("index.json"), &serde_json::to_vec(&index)?)?;
-    umoci::unpack(&layout, "root", rootfs)
+    let progress = crate::progress::spinner(&format!("unpacking {} layers", layers.len()));
+    let unpacked = umoci::unpack(&layout, "root", rootfs);
+    progress.finish_and_clear();
+    unpacked
 }
 
 fn put(layout: &Path, bytes: &[u8], media_type: &str) -> Result<Descriptor> {

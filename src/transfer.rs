@@ -102,7 +102,10 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     let staging = tempfile::Builder::new().prefix(".tmp-pull-").tempdir_in(store.root()).wrap_err("creating a staging area in the store")?;
     staging_layout(store, staging.path())?;
     let dst = ImageReference::Oci { dir: staging.path().to_string_lossy().into_owned(), image: Some(key.to_string()) };
-    skopeo::copy(src, &dst, auth, Compression::Keep).wrap_err_with(|| format!("pulling {src}"))?;
+    let progress = crate::progress::spinner(&format!("pulling {src}"));
+    let copied = skopeo::copy(src, &dst, auth, Compression::Keep).wrap_err_with(|| format!("pulling {src}"));
+    progress.finish_and_clear();
+    copied?;
     let staged: Index = oci::read_json(&staging.path().join("index.json"))?;
     let desc = store
         .find(&staged, key)
@@ -133,7 +136,10 @@ pub fn push(store: &Store, key: &str, dst: &ImageReference, auth: &RegistryAuth,
     let _lock = store.lock_shared()?.ok_or_else(|| eyre!("no stash store at {}", store.root().display()))?;
     store.resolve(key)?;
     let src = ImageReference::Oci { dir: store.root().to_string_lossy().into_owned(), image: Some(key.to_string()) };
-    skopeo::copy(&src, dst, auth, compression).wrap_err_with(|| format!("pushing {key}")).map_err(|e| {
+    let progress = crate::progress::spinner(&format!("pushing {key} to {dst}"));
+    let copied = skopeo::copy(&src, dst, auth, compression);
+    progress.finish_and_clear();
+    copied.wrap_err_with(|| format!("pushing {key}")).map_err(|e| {
         if matches!(dst, ImageReference::ContainersStorage(_)) {
             e.suggestion("containers-storage needs root (or a rootless podman setup)")
         } else {
