@@ -48,6 +48,12 @@ pub enum ImageReference {
     ContainersStorage(String),
     /// `dir:DIR`: skopeo's directory format.
     Dir(String),
+    /// `obs://PROJECT/REPOSITORY/NAME[#TAG]`: an image of an OBS project,
+    /// staged into the build's sources in an OBS build.
+    Obs(String),
+    /// `obsrepositories:/NAME[#TAG]`: an image from the repositories of the
+    /// OBS build itself.
+    ObsRepositories(String),
 }
 
 impl StashName {
@@ -282,13 +288,21 @@ impl FromStr for ImageReference {
                 need("a directory")?;
                 ImageReference::Dir(rest.to_string())
             }
+            "obs" => match rest.strip_prefix("//").filter(|r| !r.is_empty()) {
+                Some(path) => ImageReference::Obs(path.to_string()),
+                None => bail!("invalid reference {s:?}: write obs://PROJECT/REPOSITORY/NAME"),
+            },
+            "obsrepositories" => match rest.strip_prefix('/').map(|r| r.trim_start_matches('/')).filter(|r| !r.is_empty()) {
+                Some(name) => ImageReference::ObsRepositories(name.to_string()),
+                None => bail!("invalid reference {s:?}: write obsrepositories:/NAME"),
+            },
             _ => unreachable!("is_transport lists every transport"),
         })
     }
 }
 
 fn is_transport(t: &str) -> bool {
-    matches!(t, "docker" | "oci" | "oci-archive" | "docker-archive" | "containers-storage" | "dir")
+    matches!(t, "docker" | "oci" | "oci-archive" | "docker-archive" | "containers-storage" | "dir" | "obs" | "obsrepositories")
 }
 
 fn with_image(f: &mut fmt::Formatter<'_>, transport: &str, path: &str, image: &Option<String>) -> fmt::Result {
@@ -308,6 +322,8 @@ impl fmt::Display for ImageReference {
             ImageReference::DockerArchive { file, image } => with_image(f, "docker-archive", file, image),
             ImageReference::ContainersStorage(rest) => write!(f, "containers-storage:{rest}"),
             ImageReference::Dir(path) => write!(f, "dir:{path}"),
+            ImageReference::Obs(path) => write!(f, "obs://{path}"),
+            ImageReference::ObsRepositories(name) => write!(f, "obsrepositories:/{name}"),
         }
     }
 }
@@ -336,6 +352,8 @@ mod tests {
             "containers-storage:localhost/base:1",
             "containers-storage:[overlay@/var/lib/containers/storage]base",
             "dir:/tmp/img",
+            "obs://SUSE:SLE-15-SP6:Update/images/sles15-image#15.6",
+            "obsrepositories:/opensuse/tumbleweed#latest",
         ];
         for s in valid {
             let r: ImageReference = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -365,6 +383,9 @@ mod tests {
             "oci:",
             "oci-archive:",
             "dir:",
+            "obs:SUSE:x/y",
+            "obs://",
+            "obsrepositories:",
         ];
         for s in invalid {
             assert!(s.parse::<ImageReference>().is_err(), "{s:?} parsed");

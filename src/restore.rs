@@ -48,6 +48,8 @@ pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize
     let (layout, desc) = match reference {
         ImageReference::Stash(r) => (store.root().to_path_buf(), store.resolve(&r.key())?),
         other => {
+            let resolved = crate::obs::resolve(other)?;
+            let other = &resolved;
             let layout = scratch.join("fetched");
             if n == 0 || !layout.exists() {
                 transfer::staging_layout(store, &layout)?;

@@ -139,3 +139,45 @@ fn a_base_without_a_stored_description_is_refused() {
     assert!(err.contains(&base) && err.contains("no /image/config.xml"), "{err}");
     assert!(!tmp.path().join("out").exists());
 }
+
+#[test]
+fn obs_references_resolve_to_staged_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("store");
+    stash_base(tmp.path(), &home);
+    let sources = tmp.path().join("SOURCES");
+    let staged = sources.join("containers/_obsrepositories/kiwi/merge-base#1");
+    fs::create_dir_all(staged.parent().unwrap()).unwrap();
+    let out = run(&home, &["push", "merge-base:1", &format!("oci-archive:{}", staged.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let d = tmp.path().join("derived");
+    write(&d, "config.xml", &derived("obsrepositories:/kiwi/merge-base#1", ""));
+    let run_obs = |out_dir: &Path, sources: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"));
+        cmd.args(["merge", "--description"]).arg(&d).arg("--output").arg(out_dir);
+        cmd.env("KIWI_STACKBUILD_HOME", &home).env("RUST_BACKTRACE", "0");
+        match sources {
+            Some(s) => cmd.env("KIWI_STACKBUILD_OBS_SOURCES", s),
+            None => cmd.env_remove("KIWI_STACKBUILD_OBS_SOURCES"),
+        };
+        cmd.output().unwrap()
+    };
+    let merged = tmp.path().join("merged");
+    let out = run_obs(&merged, Some(&sources));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs::read_to_string(merged.join("config.xml")).unwrap().contains(r#"name="merge-child""#));
+
+    if !Path::new("/.buildenv").exists() {
+        let out = run_obs(&tmp.path().join("outside"), None);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("only be used inside an OBS build"), "{}", stderr(&out));
+    }
+    let missing = tmp.path().join("missing");
+    write(&missing, "config.xml", &derived("obsrepositories:/kiwi/none#1", ""));
+    let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["merge", "--description"]).arg(&missing).arg("--output").arg(tmp.path().join("m-out"))
+        .env("KIWI_STACKBUILD_HOME", &home).env("KIWI_STACKBUILD_OBS_SOURCES", &sources).env("RUST_BACKTRACE", "0")
+        .output().unwrap();
+    assert!(stderr(&out).contains("OBS staged no image at"), "{}", stderr(&out));
+}
