@@ -183,3 +183,37 @@ fn a_killed_stash_leaves_existing_tags_readable() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left in the store: {leftovers:?}");
 }
+
+/// A storage.conf that keeps podman's images in `dir`, so tests leave the
+/// machine's container storage alone.
+fn private_podman_storage(dir: &Path) -> std::path::PathBuf {
+    let conf = dir.join("storage.conf");
+    let text = format!(
+        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+        dir.join("graph").display(),
+        dir.join("run").display()
+    );
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+#[test]
+fn podman_loads_a_stash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
+    make_special_tree(&root);
+    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "for-podman", "--tag", "7"]);
+    let archive = tmp.path().join("for-podman.tar");
+    run(&home, &["push", "for-podman:7", &format!("oci-archive:{}:for-podman:7", archive.display())]);
+    let conf = private_podman_storage(tmp.path());
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman").args(args).env("CONTAINERS_STORAGE_CONF", &conf).output().expect("running podman");
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let images = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.lines().any(|l| l.ends_with("for-podman:7")), "podman images: {images}");
+    let labels = podman(&["image", "inspect", "--format", "{{index .Labels \"io.kiwi-stackbuild.image.name\"}}", "for-podman:7"]);
+    assert_eq!(labels.trim(), "special-tree", "the image name label as podman reads it");
+}
