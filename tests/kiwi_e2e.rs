@@ -146,6 +146,8 @@ fn debian_build_keep_rebuild_stack() {
     assert_eq!(without_dev_contents(&archive_list(&t2)), without_dev_contents(&built));
     assert!(fs::symlink_metadata(t2.join("build/image-root/bin")).unwrap().file_type().is_symlink());
 
+    kiwi_own_stash_is_a_root(&env, &root1, &built);
+
     // W3: a description that adds xz-utils, built on the stash, kept as one more layer.
     let desc3 = debian_description(&env.path("desc3"));
     add_package(&desc3, "xz-utils");
@@ -203,6 +205,40 @@ fn debian_build_keep_rebuild_stack() {
     assert!(!t5.join("build/image-root").exists(), "a misfit build unpacked the root");
 
     derived_build(&env);
+}
+
+/// Removes KIWI's stash directory of one test stash, wherever the test ends.
+struct KiwiStashDir(PathBuf);
+
+impl Drop for KiwiStashDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A stash written by KIWI's own `system stash` (an oci-archive under
+/// /var/tmp/kiwi-stash) rebuilds with W2 like one of ours.
+fn kiwi_own_stash_is_a_root(env: &Env, root: &Path, built: &BTreeSet<String>) {
+    let name = format!("kiwistash{}", std::process::id());
+    let dir = KiwiStashDir(PathBuf::from("/var/tmp/kiwi-stash").join(&name));
+    let podman = env.path("podman");
+    fs::create_dir_all(&podman).unwrap();
+    let conf = podman.join("storage.conf");
+    fs::write(&conf, format!("[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n", podman.display())).unwrap();
+    let out = Command::new(kiwi_ng())
+        .args(["system", "stash", "--root"])
+        .arg(root)
+        .args(["--container-name", &name])
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kiwi-ng system stash failed: {}", tail(&String::from_utf8_lossy(&out.stderr)));
+    let archive = dir.0.join(format!("{name}.tar"));
+    assert!(archive.is_file(), "KIWI wrote no {}", archive.display());
+    let t = env.path("from-kiwi-stash");
+    let reference = format!("oci-archive:{}", archive.display());
+    env.ok(&[OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new(&reference), OsStr::new("--"), OsStr::new("--target-dir"), t.as_os_str()]);
+    assert_eq!(without_dev_contents(&archive_list(&t)), without_dev_contents(built));
 }
 
 /// W4 on the Debian stash: the derived description adds a package and a
