@@ -129,8 +129,8 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
     fs::create_dir_all(dest).wrap_err_with(|| format!("creating {}", dest.display()))?;
     for l in layers {
         let file = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest)).wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
-        let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
-        let mut archive = tar::Archive::new(CompleteTar::new(gz));
+        let plain = oci::decompress(BufReader::new(file), oci::LayerCompression::of(&l.layer.media_type))?;
+        let mut archive = tar::Archive::new(CompleteTar::new(plain));
         for entry in archive.entries().wrap_err("reading layer")? {
             let mut entry = entry.wrap_err("reading layer")?;
             let path = clean_path(&entry.path_bytes());

@@ -309,3 +309,67 @@ mod tests {
         assert_eq!(back, json);
     }
 }
+
+/// Media type of a zstd-compressed layer.
+pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Media type of an uncompressed layer.
+pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// How a layer blob is compressed, from its media type (OCI and Docker spellings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerCompression {
+    /// `+gzip`, or Docker's `.tar.gzip`.
+    Gzip,
+    /// `+zstd`.
+    Zstd,
+    /// A plain tar.
+    None,
+}
+
+impl LayerCompression {
+    /// The compression a layer media type says.
+    pub fn of(media_type: &str) -> LayerCompression {
+        if media_type.ends_with("zstd") {
+            LayerCompression::Zstd
+        } else if media_type.ends_with("gzip") {
+            LayerCompression::Gzip
+        } else {
+            LayerCompression::None
+        }
+    }
+}
+
+/// Several zstd frames one after another, read as one stream.
+struct ZstdFrames<R: std::io::BufRead> {
+    decoder: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: std::io::BufRead> std::io::Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(decoder) = self.decoder.as_mut() else { return Ok(0) };
+            let n = decoder.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let mut source = self.decoder.take().map(|d| d.into_inner()).expect("decoder is present");
+            if source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let next = ruzstd::decoding::StreamingDecoder::new(source).map_err(std::io::Error::other)?;
+            self.decoder = Some(next);
+        }
+    }
+}
+
+/// The uncompressed tar stream of a layer blob read from `source`.
+pub fn decompress<'a, R: std::io::BufRead + 'a>(source: R, compression: LayerCompression) -> Result<Box<dyn std::io::Read + 'a>> {
+    Ok(match compression {
+        LayerCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(source)),
+        LayerCompression::Zstd => {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(source).map_err(|e| color_eyre::eyre::eyre!("reading a zstd layer: {e}"))?;
+            Box::new(ZstdFrames { decoder: Some(decoder) })
+        }
+        LayerCompression::None => Box::new(source),
+    })
+}

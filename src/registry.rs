@@ -199,6 +199,11 @@ impl Mode0600 for std::fs::OpenOptions {
 pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
     let o = output.to_lowercase();
     let found = |needles: &[&str]| needles.iter().any(|n| o.contains(n));
+    // Most specific first: a port number or a blob digest can look like a
+    // status code, and a missing blob must not read as a missing tag.
+    if found(&["connection refused", "no such host", "i/o timeout", "network is unreachable", "connection reset", "no route to host"]) {
+        return Some(("the registry cannot be reached".into(), "check the host and port, and that the registry is running".into()));
+    }
     if found(&["x509:", "certificate signed by unknown authority", "certificate is not valid", "tls: failed to verify"]) {
         return Some((
             "the registry's TLS certificate is not trusted".into(),
@@ -208,17 +213,20 @@ pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
     if found(&["http response to https client", "server gave http response"]) {
         return Some(("the registry speaks plain HTTP, not HTTPS".into(), "pass --tls-verify=false for a registry without TLS".into()));
     }
-    if found(&["unauthorized", "authentication required", "401", "invalid username/password", "denied"]) {
+    if found(&["unauthorized", "authentication required", "401 unauthorized", "status 401", "invalid username/password", "denied:"]) {
         return Some((
             "the registry refused the credentials (401 unauthorized)".into(),
             "check --creds USER:PASSWORD or the --authfile entry for this registry".into(),
         ));
     }
+    if found(&["reading blob", "fetching blob", "blob unknown", "reading config blob"]) {
+        return Some((
+            "the registry lacks a blob of this image: the image is damaged there".into(),
+            "push the image again, or ask the registry's owner to repair it".into(),
+        ));
+    }
     if found(&["manifest unknown", "name unknown", "not found", "repository name not known", "does not exist", "no such image"]) {
         return Some(("the image or tag does not exist".into(), "check the name and tag; skopeo list-tags docker://REPO lists the tags".into()));
-    }
-    if found(&["connection refused", "no such host", "i/o timeout", "network is unreachable", "dial tcp", "connection reset"]) {
-        return Some(("the registry cannot be reached".into(), "check the host and port, and that the registry is running".into()));
     }
     None
 }
@@ -291,6 +299,8 @@ mod tests {
             ("reading manifest 9 in localhost:5000/a: manifest unknown: manifest unknown", "does not exist"),
             ("initializing source docker://localhost:5000/a:1: reading manifest 1 in localhost:5000/a: unauthorized: authentication required", "refused the credentials"),
             ("x509: certificate signed by unknown authority", "not trusted"),
+            ("Get \"https://127.0.0.1:40167/v2/\": dial tcp 127.0.0.1:40167: connect: connection refused", "cannot be reached"),
+            ("reading blob sha256:4015aa: fetching blob: 404 (Not Found)", "lacks a blob"),
             ("http: server gave HTTP response to HTTPS client", "plain HTTP"),
         ];
         for (out, want) in cases {

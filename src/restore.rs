@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
+use sha2::{Digest as _, Sha256};
 
 use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
 use crate::reference::ImageReference;
@@ -123,13 +124,20 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
     write_atomic(&layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut layer_descs = Vec::new();
     for l in layers {
+        if oci::LayerCompression::of(&l.layer.media_type) == oci::LayerCompression::Zstd {
+            // umoci 0.4 reads gzip and plain tar layers only.
+            layer_descs.push(decompressed_copy(l, &blobs)?);
+            continue;
+        }
         let link = blobs.join(l.layer.digest.hex());
         if !link.exists() {
             let target = oci::blob_path(&l.layout, &l.layer.digest);
             let target = fs::canonicalize(&target).wrap_err_with(|| format!("finding blob {}", l.layer.digest))?;
             std::os::unix::fs::symlink(&target, &link).wrap_err_with(|| format!("linking {}", link.display()))?;
         }
+        layer_descs.push(l.layer.clone());
     }
     let config = ImageConfig {
         os: "linux".into(),
@@ -142,7 +150,7 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
         config: config_desc,
-        layers: layers.iter().map(|l| l.layer.clone()).collect(),
+        layers: layer_descs,
         annotations: BTreeMap::new(),
     };
     let mut manifest_desc = put(&layout, &serde_json::to_vec(&manifest)?, MEDIA_MANIFEST)?;
@@ -153,6 +161,44 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
     let unpacked = umoci::unpack(&layout, "root", rootfs);
     progress.finish_and_clear();
     unpacked
+}
+
+/// Writes the uncompressed tar of layer `l` into `blobs` (named by its
+/// diff_id, which it is checked against) and returns its descriptor.
+fn decompressed_copy(l: &StackedLayer, blobs: &Path) -> Result<Descriptor> {
+    let src = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest)).wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
+    let mut plain = oci::decompress(std::io::BufReader::new(src), oci::LayerCompression::Zstd)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
+    let (digest, size) = {
+        let mut hashing = HashingWrite { inner: std::io::BufWriter::new(tmp.as_file_mut()), hash: Sha256::new(), size: 0 };
+        std::io::copy(&mut plain, &mut hashing).wrap_err_with(|| format!("decompressing layer {}", l.layer.digest))?;
+        std::io::Write::flush(&mut hashing.inner)?;
+        (Digest::from_hasher(hashing.hash), hashing.size)
+    };
+    if digest != l.diff_id {
+        return Err(eyre!("layer {} is corrupt: it does not decompress to its diff_id", l.layer.digest));
+    }
+    tmp.persist(blobs.join(digest.hex())).map_err(|e| e.error)?;
+    Ok(Descriptor { media_type: oci::MEDIA_LAYER_TAR.into(), digest, size, annotations: BTreeMap::new(), platform: None })
+}
+
+struct HashingWrite<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWrite<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hash.update(&data[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn put(layout: &Path, bytes: &[u8], media_type: &str) -> Result<Descriptor> {

@@ -101,10 +101,11 @@ pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
         let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
         let mut verifying = VerifyingReader { inner: io::BufReader::with_capacity(1 << 20, file), hash: Sha256::new() };
         {
-            let gz = flate2::read::MultiGzDecoder::new(&mut verifying);
-            let mut gz = io::BufReader::with_capacity(1 << 20, gz);
-            tree::apply_layer(&mut tree, &mut gz).wrap_err_with(|| format!("reading layer {digest}"))?;
-            io::copy(&mut gz, &mut io::sink())?;
+            let compression = oci::LayerCompression::of(&l.layer.media_type);
+            let plain = oci::decompress(io::BufReader::new(&mut verifying), compression)?;
+            let mut plain = io::BufReader::with_capacity(1 << 20, plain);
+            tree::apply_layer(&mut tree, &mut plain).wrap_err_with(|| format!("reading layer {digest}"))?;
+            io::copy(&mut plain, &mut io::sink())?;
         }
         io::copy(&mut verifying, &mut io::sink())?;
         if Digest::from_hasher(verifying.hash) != *digest {

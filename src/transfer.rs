@@ -131,13 +131,28 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     Ok(Pulled { digest, new_blobs, new_bytes })
 }
 
+/// Pushes `src` to a registry with zstd layers. skopeo 1.9 would reuse gzip
+/// layers the registry already holds instead of recompressing them, so the
+/// layers are recompressed into a scratch layout first and pushed from there
+/// with their digests preserved.
+fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth: &RegistryAuth) -> Result<()> {
+    let scratch = tempfile::Builder::new().prefix("kiwi-stackbuild-push-").tempdir().wrap_err("creating a scratch layout")?;
+    let zstd = ImageReference::Oci { dir: scratch.path().to_string_lossy().into_owned(), image: Some(key.to_string()) };
+    skopeo::copy(src, &zstd, auth, Compression::Zstd)?;
+    skopeo::copy(&zstd, dst, auth, Compression::Exact)
+}
+
 /// Copies the stash `key` to `dst`; a registry gets only the blobs it lacks.
 pub fn push(store: &Store, key: &str, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<()> {
     let _lock = store.lock_shared()?.ok_or_else(|| eyre!("no stash store at {}", store.root().display()))?;
     store.resolve(key)?;
     let src = ImageReference::Oci { dir: store.root().to_string_lossy().into_owned(), image: Some(key.to_string()) };
     let progress = crate::progress::spinner(&format!("pushing {key} to {dst}"));
-    let copied = skopeo::copy(&src, dst, auth, compression);
+    let copied = if compression == Compression::Zstd && matches!(dst, ImageReference::Docker(_)) {
+        push_recompressed(&src, key, dst, auth)
+    } else {
+        skopeo::copy(&src, dst, auth, compression)
+    };
     progress.finish_and_clear();
     copied.wrap_err_with(|| format!("pushing {key}")).map_err(|e| {
         if matches!(dst, ImageReference::ContainersStorage(_)) {

@@ -149,7 +149,8 @@ pub fn run_explained(tool: Tool, args: &[OsString], output: Output, explain: imp
     let program = tool.locate()?;
     let line = command_line(&program, args);
     log::debug!("running {line}");
-    let expr = duct::cmd(&program, args).stdin_null().unchecked();
+    // Children get credentials through files, never through our environment.
+    let expr = duct::cmd(&program, args).stdin_null().unchecked().env_remove(crate::registry::PASSWORD_ENV);
     let (status, stdout, tail) = match output {
         Output::Capture => {
             let out = expr.stdout_capture().stderr_capture().run().wrap_err_with(|| format!("starting {line}"))?;

@@ -16,6 +16,10 @@ pub enum Compression {
     Keep,
     /// Recompress the layers with zstd.
     Zstd,
+    /// Keep every blob and digest exactly (`--preserve-digests`): the
+    /// destination gets these very blobs, never a copy it holds in another
+    /// compression.
+    Exact,
 }
 
 /// The argv of `skopeo copy SRC DST`, with registry options for each side.
@@ -23,8 +27,10 @@ pub fn copy_args(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth
     let mut out: Vec<OsString> = vec!["copy".into(), "--quiet".into()];
     out.extend(auth.args("src-", src)?);
     out.extend(auth.args("dest-", dst)?);
-    if compression == Compression::Zstd {
-        out.extend(["--dest-compress-format".into(), "zstd".into()]);
+    match compression {
+        Compression::Keep => {}
+        Compression::Zstd => out.extend(["--dest-compress-format".into(), "zstd".into()]),
+        Compression::Exact => out.push("--preserve-digests".into()),
     }
     out.extend([src.to_string().into(), dst.to_string().into()]);
     Ok(out)
