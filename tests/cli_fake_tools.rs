@@ -887,3 +887,40 @@ fn stash_twice_then_list_and_remove_everything() {
     run.assert_one_line_error(&format!("no stash fake-base:1 in {}", sandbox.store().display()));
     run.assert_stderr_has(&["Suggestion: the store is empty"]);
 }
+
+/// Not being root is a one-line error with a suggestion before any work.
+#[test]
+fn not_root_is_refused_before_any_work() {
+    use std::os::unix::fs::PermissionsExt;
+    // A place the unprivileged user can reach: test temp dirs may be private.
+    let dir = tempfile::Builder::new().prefix("kiwi-stackbuild-nobody-").tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("kiwi-stackbuild");
+    fs::copy(BIN, &bin).unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("image")).unwrap();
+    fs::write(root.join("image/config.xml"), "<image name=\"x\"/>").unwrap();
+    let target = dir.path().join("target");
+    let cases: [&[&str]; 2] = [
+        &["stash", "--root", root.to_str().unwrap()],
+        &["rebuild", "--root", "x", "--", "--target-dir", target.to_str().unwrap()],
+    ];
+    for args in cases {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("KIWI_STACKBUILD_HOME", dir.path().join("store"))
+            .env("KIWI_NG", "/bin/true")
+            .env("UMOCI", "/bin/true")
+            .env("SKOPEO", "/bin/true")
+            .output()
+            .expect("running setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran as nobody");
+        assert!(stderr.contains("needs root") && stderr.contains("run it as root"), "{args:?}: {stderr}");
+        assert!(!target.exists() && !dir.path().join("store").exists(), "{args:?} started work");
+    }
+}
