@@ -18,19 +18,7 @@ repo=$(pwd)
 
 work=${DEMO_DIR:-/var/tmp/kiwi-stackbuild-demo}
 
-# The first Debian archive URI that this machine's apt sources use for bookworm.
-apt_mirror() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] && awk '$1 == "deb" && $3 == "bookworm" && /main/ { sub("/$", "", $2); print $2; exit }' "$f"
-    done
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] && awk '
-            /^URIs:/ { uri = $2 } /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") hit = 1 }
-            /^$/ { if (hit && uri) { sub("/$", "", uri); print uri; exit } uri = ""; hit = 0 }
-            END { if (hit && uri) { sub("/$", "", uri); print uri } }' "$f"
-    done
-}
+. contrib/lib.sh
 
 mirror=${DEBIAN_MIRROR:-$(apt_mirror | head -n 1)}
 if [ -z "$mirror" ]; then

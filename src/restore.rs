@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn stacking_applies_each_image_once() {
         let d = |s: &str| Digest::of(s.as_bytes());
-        let cases: [(&[(&str, &[&str])], &[&str]); 4] = [
+        type Images<'a> = &'a [(&'a str, &'a [&'a str])];
+        let cases: [(Images, &[&str]); 4] = [
             (&[("a", &["1"]), ("b", &["2", "3"])], &["1", "2", "3"]),
             // b was built on a: its layers start with a's, so a is not applied twice
             (&[("a", &["1"]), ("b", &["1", "2"])], &["1", "2"]),

@@ -355,9 +355,11 @@ mod tests {
 
     #[test]
     fn device_numbers_split_like_glibc() {
-        // makedev(8, 1) and makedev(259, 65536)
-        assert_eq!((major(0x801), minor(0x801)), (8, 1));
-        let dev: u64 = ((259u64 & 0xfff) << 8) | ((259u64 & !0xfff) << 32) | (65536 & 0xff) | ((65536u64 & !0xff) << 12);
-        assert_eq!((major(dev), minor(dev)), (259, 65536));
+        // glibc's makedev()
+        let makedev = |ma: u64, mi: u64| ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
+        for (ma, mi) in [(8, 1), (259, 65536), (4095, 255), (4096, 256)] {
+            let dev = makedev(ma, mi);
+            assert_eq!((u64::from(major(dev)), u64::from(minor(dev))), (ma, mi));
+        }
     }
 }
