@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::images::{archive_list, private_podman_storage, restore, tail};
 use common::registry::{blob_gets, blob_upload_requests, request, uploaded_blobs, Login, Registry};
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
-use kiwi_stackbuild::reference::ImageReference;
-use kiwi_stackbuild::registry::{auth_json, Credentials, RegistryAuth};
-use kiwi_stackbuild::restore;
+use kiwi_stackbuild::registry::{auth_json, Credentials};
 use kiwi_stackbuild::store::Store;
 
 const SKIPPED: [&[u8]; 3] = [b"dev", b"proc", b"sys"];
@@ -88,16 +87,6 @@ fn blobs_of(home: &Path, key: &str) -> (String, Vec<String>) {
     let index = store.index().unwrap();
     let m = store.manifest(&store.find(&index, key).unwrap().digest).unwrap();
     (m.config.digest.to_string(), m.layers.iter().map(|l| l.digest.to_string()).collect())
-}
-
-/// Unpacks `reference` (a stash of `home`, or any image reference) into `into`.
-fn restore(home: &Path, reference: &str, into: &Path) {
-    let store = Store::new(home);
-    let scratch = tempfile::tempdir().unwrap();
-    let r: ImageReference = reference.parse().unwrap();
-    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
-    let layers = restore::stack(&[image]).unwrap();
-    restore::unpack(&layers, scratch.path(), into).unwrap();
 }
 
 fn assert_restores_to(home: &Path, key: &str, root: &Path, scratch: &Path) {
@@ -241,27 +230,13 @@ fn layer_media_types(remote: &str) -> Vec<String> {
     manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_string()).collect()
 }
 
-/// A private containers-storage (vfs driver, graphroot and runroot in
-/// `dir`), for our process (skopeo inherits it) and podman alike.
-fn private_storage(dir: &Path) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let conf = dir.join("storage.conf");
-    let text = format!(
-        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-        dir.join("graph").display(),
-        dir.join("run").display()
-    );
-    fs::write(&conf, text).unwrap();
-    conf
-}
-
 #[test]
 fn containers_storage_both_ways() {
     let env = Env::new();
     let (a, b) = (env.store("a"), env.store("b"));
     let root = env.special_stash(&a, "x", "latest");
     let storage = env.path("containers");
-    let conf = private_storage(&storage);
+    let conf = private_podman_storage(&storage);
 
     let out = cmd(&a, &["push", "x:latest", "containers-storage:localhost/x:1"]).env("CONTAINERS_STORAGE_CONF", &conf).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -618,23 +593,7 @@ fn kiwi_cmd<S: AsRef<OsStr>>(home: &Path, cache: &Path, args: &[S]) -> Command {
 
 fn kiwi_ok<S: AsRef<OsStr> + std::fmt::Debug>(home: &Path, cache: &Path, args: &[S]) {
     let out = kiwi_cmd(home, cache, args).output().expect("running kiwi-stackbuild");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(out.status.success(), "{args:?} failed:\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
-}
-
-/// The file list of the root archive KIWI wrote into `target`, without what
-/// is inside dev/ (a stash keeps dev/ empty, DESIGN §4).
-fn archive_list(target: &Path) -> BTreeSet<String> {
-    let archive = fs::read_dir(target)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
-        .unwrap_or_else(|| panic!("no .tar.xz in {}", target.display()));
-    let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
-    assert!(out.status.success());
-    let names = String::from_utf8_lossy(&out.stdout);
-    names.lines().map(|p| p.trim_start_matches("./").to_string()).filter(|p| !p.starts_with("dev/") || p == "dev/").collect()
+    assert!(out.status.success(), "{args:?} failed:\n{}", tail(&String::from_utf8_lossy(&out.stderr)));
 }
 
 /// One real Debian build (W1) keeps its root; pushed to a registry, it is

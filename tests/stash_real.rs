@@ -6,10 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::images::{private_podman_storage, restore};
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
-use kiwi_stackbuild::reference::ImageReference;
-use kiwi_stackbuild::registry::RegistryAuth;
-use kiwi_stackbuild::restore;
 use kiwi_stackbuild::store::Store;
 
 const SKIPPED: [&[u8]; 3] = [b"dev", b"proc", b"sys"];
@@ -23,15 +21,6 @@ fn run(home: &Path, args: &[&str]) -> Output {
         .expect("running kiwi-stackbuild");
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-fn restore(home: &Path, reference: &str, into: &Path) {
-    let store = Store::new(home);
-    let scratch = tempfile::tempdir().unwrap();
-    let r: ImageReference = reference.parse().unwrap();
-    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
-    let layers = restore::stack(&[image]).unwrap();
-    restore::unpack(&layers, scratch.path(), into).unwrap();
 }
 
 fn list(home: &Path) -> Vec<serde_json::Value> {
@@ -182,19 +171,6 @@ fn a_killed_stash_leaves_existing_tags_readable() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temp files left in the store: {leftovers:?}");
-}
-
-/// A storage.conf that keeps podman's images in `dir`, so tests leave the
-/// machine's container storage alone.
-fn private_podman_storage(dir: &Path) -> std::path::PathBuf {
-    let conf = dir.join("storage.conf");
-    let text = format!(
-        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-        dir.join("graph").display(),
-        dir.join("run").display()
-    );
-    std::fs::write(&conf, text).unwrap();
-    conf
 }
 
 #[test]

@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod images;
 pub mod registry;
 pub mod tree;

@@ -1,0 +1,59 @@
+//! Helpers around images for the real-tool tests: restore a stash with the
+//! library, list a KIWI result archive, keep podman's storage private.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiwi_stackbuild::reference::ImageReference;
+use kiwi_stackbuild::registry::RegistryAuth;
+use kiwi_stackbuild::restore;
+use kiwi_stackbuild::store::Store;
+
+/// Unpacks `reference` (a stash of the store at `home`, or any image
+/// reference) into `into` with umoci, as `rebuild --root` does.
+pub fn restore(home: &Path, reference: &str, into: &Path) {
+    let store = Store::new(home);
+    let scratch = tempfile::tempdir().unwrap();
+    let r: ImageReference = reference.parse().unwrap();
+    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
+    let layers = restore::stack(&[image]).unwrap();
+    restore::unpack(&layers, scratch.path(), into).unwrap();
+}
+
+/// The file list of the root archive (`*.tar.xz`) KIWI wrote into `target`,
+/// without a leading `./` and without what is inside dev/: a stash keeps
+/// dev/ but not its contents (DESIGN §4).
+pub fn archive_list(target: &Path) -> BTreeSet<String> {
+    let archive = fs::read_dir(target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+        .unwrap_or_else(|| panic!("no .tar.xz in {}", target.display()));
+    let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
+    assert!(out.status.success(), "tar -tJf {} failed", archive.display());
+    let names = String::from_utf8_lossy(&out.stdout);
+    names.lines().map(|p| p.trim_start_matches("./").to_string()).filter(|p| !p.starts_with("dev/") || p == "dev/").collect()
+}
+
+/// The last 40 lines of a command's output, for failure messages.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A storage.conf that keeps podman's images in `dir` (vfs driver), so
+/// tests leave the machine's container storage alone. Hand it to podman,
+/// skopeo and kiwi-ng as `CONTAINERS_STORAGE_CONF`.
+pub fn private_podman_storage(dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("storage.conf");
+    let text = format!(
+        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+        dir.join("graph").display(),
+        dir.join("run").display()
+    );
+    fs::write(&conf, text).unwrap();
+    conf
+}
