@@ -1,0 +1,1 @@
+"""kiwi-ng system rebuild, carried out by kiwi-stackbuild."""
