@@ -1,1 +1,0 @@
-"""kiwi-ng system rebuild, carried out by kiwi-stackbuild."""
