@@ -25,9 +25,13 @@ fn kiwi_python() -> PathBuf {
     PathBuf::from(shebang.trim_start_matches("#!").split_whitespace().next().unwrap())
 }
 
-/// Installs the plugin into `dir` (to be put on PYTHONPATH).
+/// Installs the plugin into `dir` (to be put on PYTHONPATH), building it
+/// from a copy so pip leaves nothing in the source tree.
 fn install_plugin(dir: &Path) {
-    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/kiwi-plugin");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/kiwi-plugin");
+    let plugin = dir.with_file_name("plugin-source");
+    let copied = Command::new("cp").arg("-r").arg(&source).arg(&plugin).status().unwrap();
+    assert!(copied.success());
     let out = Command::new(kiwi_python())
         .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target"])
         .arg(dir)
