@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers that contrib/demo.sh and contrib/bench.sh source.
 # Sourcing defines functions only; it runs nothing.
 
