@@ -88,7 +88,7 @@ pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
         .tempfile_in(blob_dir)
         .wrap_err_with(|| format!("creating a layer in {}", blob_dir.display()))?;
     let file = tmp.as_file().try_clone().wrap_err("opening the new layer")?;
-    let (tx, rx) = sync_channel::<Vec<u8>>(8);
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let compressor = thread::spawn(move || compress(rx, file, level));
     let total: u64 = plan.entries.iter().map(|s| if let Kind::File { size } = s.meta.kind { size } else { 0 }).sum();
     let progress = crate::progress::bytes(total, "storing");

@@ -18,4 +18,5 @@ pub mod store;
 pub mod tools;
 pub mod transfer;
 pub mod tree;
+pub mod treecache;
 pub mod workflow;

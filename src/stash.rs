@@ -18,6 +18,7 @@ use crate::restore::{self, Fetched, StackedLayer};
 use crate::reference::{StashName, Tag};
 use crate::store::Store;
 use crate::tree::{self, Tree};
+use crate::treecache;
 
 /// gzip level of the layers we write: fast, since roots are large and
 /// registries care more about time than the last few percent.
@@ -181,17 +182,21 @@ fn import_blob(store: &Store, layout: &Path, digest: &Digest) -> Result<()> {
 pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts: Facts, base: Option<Base>) -> Result<Stashed> {
     let epoch = source_date_epoch()?;
     let key = format!("{name}:{tag}");
-    let kiwi_version = std::thread::spawn(|| crate::tools::Tool::KiwiNg.locate().ok().and_then(|_| crate::tools::kiwi::version().ok()));
     let lock = store.lock_exclusive()?;
     let mut index = store.index()?;
     let base = match base {
         Some(b) => Some(b),
         None => store.find(&index, &key).or_else(|| store.latest_of(&index, name.as_str())).map(|d| Base::from_store(store, &d)).transpose()?,
     };
+    let base_ids: Vec<Digest> = base.iter().flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone())).collect();
     let lower = match &base {
         Some(b) => {
             let started = Instant::now();
-            let tree = replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?;
+            let cached = treecache::chain_id(&base_ids).and_then(|c| treecache::load(store.root(), &c));
+            let tree = match cached {
+                Some(tree) => tree,
+                None => replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
+            };
             log::debug!("read {} entries of {} in {:.2?}", tree.len(), b.names.join(" + "), started.elapsed());
             for l in &b.layers {
                 import_blob(store, &l.layout, &l.layer.digest)?;
@@ -213,7 +218,8 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         human_size(layer.size),
         started.elapsed()
     );
-    facts.kiwi_version = kiwi_version.join().ok().flatten();
+    remember_tree(store, &base_ids, &layer.diff_id, &scanned);
+    facts.kiwi_version = crate::tools::Tool::KiwiNg.locate().ok().and_then(|_| crate::tools::kiwi::version().ok());
     if let Some(b) = &base {
         let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
         facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
@@ -263,6 +269,18 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
     Store::set_ref(&mut index, &key, manifest_desc);
     store.write_index(&index, &lock)?;
     Ok(Stashed { key, digest, layers, layer, base: base_name.map(|(n, _)| n) })
+}
+
+/// Caches the tree just stored, so the next stash on top of it need not read
+/// its layers back. A cache that cannot be written only costs that time.
+fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, scanned: &[tree::Scanned]) {
+    let mut ids = base_ids.to_vec();
+    ids.push(new_id.clone());
+    let Some(chain) = treecache::chain_id(&ids) else { return };
+    let tree: Tree = scanned.iter().map(|s| (s.path.clone(), s.meta.clone())).collect();
+    if let Err(e) = treecache::save(store.root(), &chain, &tree) {
+        log::debug!("not caching the tree of {chain}: {e}");
+    }
 }
 
 fn new_config() -> ImageConfig {

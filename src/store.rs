@@ -226,14 +226,22 @@ impl Store {
         index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
     }
 
-    /// Deletes blobs that no manifest of `index` reaches, and stale temp files.
-    /// Returns how many files went.
+    /// Deletes blobs that no manifest of `index` reaches, cached trees of
+    /// images that are gone, and what killed runs left. Returns how many
+    /// blobs went.
     pub fn collect_garbage(&self, index: &Index, _lock: &Lock) -> Result<usize> {
         let mut keep = HashSet::new();
         for d in &index.manifests {
             self.mark(d, &mut keep)?;
         }
         let mut removed = 0;
+        let mut chains = Vec::new();
+        for d in index.manifests.iter().filter(|d| d.media_type == MEDIA_MANIFEST) {
+            if let Ok(config) = self.manifest(&d.digest).and_then(|m| self.config(&m.config.digest)) {
+                chains.extend(crate::treecache::chain_id(&config.rootfs.diff_ids));
+            }
+        }
+        crate::treecache::prune(&self.root, &chains);
         // Staging areas of pulls that were killed.
         for entry in fs::read_dir(&self.root).wrap_err_with(|| format!("reading {}", self.root.display()))? {
             let entry = entry?;
@@ -241,7 +249,6 @@ impl Store {
                 let path = entry.path();
                 let gone = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
                 gone.wrap_err_with(|| format!("removing {}", path.display()))?;
-                removed += 1;
             }
         }
         let dir = self.blob_dir();

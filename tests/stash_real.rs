@@ -193,3 +193,30 @@ fn podman_loads_a_stash() {
     let labels = podman(&["image", "inspect", "--format", "{{index .Labels \"io.kiwi-stackbuild.image.name\"}}", "for-podman:7"]);
     assert_eq!(labels.trim(), "special-tree", "the image name label as podman reads it");
 }
+
+#[test]
+fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    make_special_tree(&root);
+    let (cached, uncached) = (tmp.path().join("cached"), tmp.path().join("uncached"));
+    for home in [&cached, &uncached] {
+        run(home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "c"]);
+    }
+    let cache_dir = uncached.join(".kiwi-stackbuild-trees");
+    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1, "the first stash cached its tree");
+    std::fs::remove_dir_all(&cache_dir).unwrap();
+    std::fs::remove_file(root.join("etc/hostname")).unwrap();
+    std::fs::write(root.join("etc/new"), "new\n").unwrap();
+    let mut layers = Vec::new();
+    for home in [&cached, &uncached] {
+        run(home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "c", "--tag", "2"]);
+        let store = Store::new(home);
+        let index = store.index().unwrap();
+        let m = store.manifest(&store.find(&index, "c:2").unwrap().digest).unwrap();
+        layers.push(m.layers[1].digest.clone());
+    }
+    assert_eq!(layers[0], layers[1], "the delta differs with and without the cached tree");
+    run(&cached, &["stash", "--rm", "c"]);
+    assert_eq!(std::fs::read_dir(cached.join(".kiwi-stackbuild-trees")).unwrap().count(), 0, "rm left cached trees");
+}

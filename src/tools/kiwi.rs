@@ -181,11 +181,41 @@ pub fn run_kiwi(args: &[OsString], target_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The installed kiwi-ng's version, e.g. `11.1.6`.
+/// The installed kiwi-ng's version, e.g. `11.1.6`: read from the kiwi
+/// package beside the Python that runs kiwi-ng, which costs no process;
+/// else what `kiwi-ng --version` prints.
 pub fn version() -> Result<String> {
+    if let Some(v) = version_from_package() {
+        return Ok(v);
+    }
     let out = run(Tool::KiwiNg, &["--version".into()], Output::Capture)?;
     let text = String::from_utf8_lossy(&out);
     Ok(text.split_whitespace().last().unwrap_or_default().to_string())
+}
+
+/// `kiwi/version.py` of the installation whose `#!` interpreter runs the
+/// kiwi-ng script: PREFIX/bin/python3 has PREFIX/lib*/python3.*/site-packages.
+fn version_from_package() -> Option<String> {
+    let script = std::fs::canonicalize(Tool::KiwiNg.locate().ok()?).ok()?;
+    let mut head = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(std::fs::File::open(script).ok()?, 512), &mut head).ok()?;
+    let interpreter = PathBuf::from(head.lines().next()?.strip_prefix("#!")?.split_whitespace().next()?);
+    let prefix = interpreter.parent()?.parent()?;
+    for lib in ["lib", "lib64"] {
+        for entry in std::fs::read_dir(prefix.join(lib)).ok()?.flatten() {
+            let file = entry.path().join("site-packages/kiwi/version.py");
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                return parse_version_py(&text);
+            }
+        }
+    }
+    None
+}
+
+fn parse_version_py(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.trim_start().starts_with("__version__"))?;
+    let value = line.split_once('=')?.1.trim().trim_matches(|c| c == '\'' || c == '"');
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 #[cfg(test)]
@@ -240,6 +270,13 @@ mod tests {
             let err = PassThrough::parse(&args(argv), build).unwrap_err();
             assert!(format!("{err}").contains(want), "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn version_py_is_read() {
+        assert_eq!(parse_version_py("# c\n__version__ = '11.1.6'\n").as_deref(), Some("11.1.6"));
+        assert_eq!(parse_version_py("__version__ = \"10.2\"").as_deref(), Some("10.2"));
+        assert_eq!(parse_version_py("VERSION = 1"), None);
     }
 
     #[test]
