@@ -315,19 +315,22 @@ case_floor_tar() {
     measure floor_tar "$1" bash -c 'set -o pipefail; "$@" | cat >/dev/null' _ "${tar_c[@]}"
     record
 }
-case_floor_gzip() {
-    local out=$W/floor-$1.tar.gz
-    measure floor_gzip "$1" bash -c 'set -o pipefail; out=$1; shift; "$@" | gzip -1 >"$out"' _ "$out" "${tar_c[@]}"
+# A tar of the root piped through a compressor into WORK/floor-RUN.EXT.
+floor_compress() {
+    local name=$1 run=$2 ext=$3
+    shift 3
+    local out=$W/floor-$run.$ext
+    measure "$name" "$run" bash -c 'set -o pipefail; out=$1; compressor=$2; shift 2; "$@" | $compressor >"$out"' \
+        _ "$out" "$*" "${tar_c[@]}"
     line+="	archive_bytes=$(stat -c %s "$out")"
     record
     rm -f "$out"
 }
+case_floor_gzip() {
+    floor_compress floor_gzip "$1" tar.gz gzip -1
+}
 case_floor_zstd() {
-    local out=$W/floor-$1.tar.zst
-    measure floor_zstd "$1" bash -c 'set -o pipefail; out=$1; shift; "$@" | zstd -T0 -q >"$out"' _ "$out" "${tar_c[@]}"
-    line+="	archive_bytes=$(stat -c %s "$out")"
-    record
-    rm -f "$out"
+    floor_compress floor_zstd "$1" tar.zst zstd -T0 -q
 }
 case_floor_untar() {
     local dir=$W/untar-$1
