@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result, WrapErr};
-use color_eyre::Section;
 
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::stash::human_size;
@@ -15,6 +14,7 @@ use crate::tools::kiwi::Globals;
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 use crate::transfer;
+use crate::listing;
 use crate::workflow::{self, Rebuild};
 
 /// Store KIWI root trees as OCI images and build images from them again.
@@ -259,26 +259,6 @@ impl GlobalArgs {
     }
 }
 
-/// `docker://URI/name:tag` for a bare stash name and `--from-registry URI`.
-fn from_registry(uri: &str, stash: &StashRef) -> Result<ImageReference> {
-    let uri = uri.trim_start_matches("docker://").trim_end_matches('/');
-    format!("docker://{uri}/{}", stash.key()).parse()
-}
-
-/// The stash a pulled image is stored as when no name is given.
-fn default_pull_name(source: &ImageReference) -> Result<StashRef> {
-    let image = match source {
-        ImageReference::Docker(rest) => rest.rsplit('/').next().map(|s| s.split('@').next().unwrap_or(s).to_string()),
-        ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } | ImageReference::DockerArchive { image, .. } => image.clone(),
-        ImageReference::ContainersStorage(rest) => rest.rsplit(['/', ']']).next().map(str::to_string),
-        _ => None,
-    };
-    match image {
-        Some(i) => i.parse().wrap_err_with(|| format!("naming the stash after {source}")).suggestion("give the stash a name: pull REF NAME[:TAG]"),
-        None => Err(eyre!("{source} names no image")).suggestion("give the stash a name: pull REF NAME[:TAG]"),
-    }
-}
-
 /// Runs the parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
@@ -312,7 +292,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             }
             kiwi_args.extend(a.kiwi_args);
             let roots: Vec<ImageReference> = match &a.from_registry {
-                Some(uri) => a.stash.iter().map(|s| from_registry(uri, s)).collect::<Result<_>>()?,
+                Some(uri) => a.stash.iter().map(|s| s.in_registry(uri)).collect::<Result<_>>()?,
                 None => a.stash.into_iter().map(ImageReference::Stash).collect(),
             };
             let auth = cli.global.registry()?;
@@ -342,7 +322,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             tools::require(&[Tool::Skopeo])?;
             let name = match a.stash {
                 Some(n) => n,
-                None => default_pull_name(&a.source)?,
+                None => a.source.default_stash_name()?,
             };
             let auth = cli.global.registry()?;
             let pulled = transfer::pull(&store, &a.source, &name.key(), &auth)?;
@@ -382,26 +362,10 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
 
 fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if a.list {
-        return list(store, a.json);
+        return listing::print(store, a.json);
     }
     if let Some(r) = a.rm {
-        let keys: Vec<String> = match &r.tag {
-            Some(_) => vec![r.key()],
-            None => {
-                let index = store.index()?;
-                let prefix = format!("{}:", r.name);
-                let keys: Vec<String> = index.manifests.iter().filter_map(|d| d.annotations.get(crate::oci::REF_NAME)).filter(|k| k.starts_with(&prefix)).cloned().collect();
-                if keys.is_empty() {
-                    return Err(eyre!("no stash named {} in {}", r.name, store.root().display())).suggestion("see kiwi-stackbuild stash --list");
-                }
-                keys
-            }
-        };
-        for key in keys {
-            let freed = store.remove(&key)?;
-            eprintln!("removed {key} ({freed} unused blobs freed)");
-        }
-        return Ok(());
+        return workflow::remove(store, &r);
     }
     let root = a.root.ok_or_else(|| eyre!("stash needs --root, --list or --rm"))?;
     let done = workflow::stash(store, &root, Some(&a.tag), a.container_name.as_deref(), target_arch, None)?;
@@ -417,34 +381,6 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn list(store: &Store, json: bool) -> Result<()> {
-    let entries = match store.lock_shared()? {
-        Some(_lock) => store.list()?,
-        None => Vec::new(),
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
-    }
-    if entries.is_empty() {
-        eprintln!("no stashes in {}", store.root().display());
-        return Ok(());
-    }
-    println!("{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE", "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED");
-    for e in entries {
-        let base = e.base.as_deref().and_then(|b| b.split(' ').next_back()).map(|b| b.split('@').next().unwrap_or(b)).unwrap_or("-");
-        println!(
-            "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}",
-            e.reference,
-            e.digest.short(),
-            e.layers,
-            human_size(e.size),
-            e.created.as_deref().unwrap_or("-"),
-            base
-        );
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

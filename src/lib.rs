@@ -7,6 +7,7 @@ pub mod derive;
 pub mod description;
 pub mod labels;
 pub mod layer;
+pub mod listing;
 pub mod obs;
 pub mod oci;
 pub mod progress;

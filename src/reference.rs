@@ -209,6 +209,35 @@ impl fmt::Display for StashRef {
     }
 }
 
+impl StashRef {
+    /// `docker://URI/name:tag`: this stash in the registry `--from-registry`
+    /// names (`HOST[:PORT][/NAMESPACE]`).
+    pub fn in_registry(&self, uri: &str) -> Result<ImageReference> {
+        let uri = uri.trim_start_matches("docker://").trim_end_matches('/');
+        format!("docker://{uri}/{}", self.key()).parse()
+    }
+}
+
+impl ImageReference {
+    /// The stash name a pulled image gets when none is given: the
+    /// reference's last path component and tag.
+    pub fn default_stash_name(&self) -> Result<StashRef> {
+        let image = match self {
+            ImageReference::Docker(rest) => rest.rsplit('/').next().map(|s| s.split('@').next().unwrap_or(s).to_string()),
+            ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } | ImageReference::DockerArchive { image, .. } => {
+                image.clone()
+            }
+            ImageReference::ContainersStorage(rest) => rest.rsplit(['/', ']']).next().map(str::to_string),
+            _ => None,
+        };
+        let hint = "give the stash a name: pull REF NAME[:TAG]";
+        match image {
+            Some(i) => i.parse().map_err(|e: color_eyre::Report| e.wrap_err(format!("naming the stash after {self}")).suggestion(hint)),
+            None => Err(eyre!("{self} names no image")).suggestion(hint),
+        }
+    }
+}
+
 fn split_image(rest: &str) -> (String, Option<String>) {
     match rest.split_once(':') {
         Some((path, image)) => (path.to_string(), Some(image.to_string())),
@@ -399,6 +428,23 @@ mod tests {
         assert_eq!(s.name.as_str(), "kiwi/base");
         assert_eq!(s.tag.as_ref().map(Tag::as_str), Some("2"));
         assert_eq!("base".parse::<StashRef>().unwrap().key(), "base:latest");
+    }
+
+    #[test]
+    fn pulled_images_are_named_after_their_last_component() {
+        let cases = [
+            ("docker://localhost:5000/ns/base:1", "base:1"),
+            ("docker://example.org/x", "x"),
+            ("oci-archive:/tmp/a.tar:obs-base:15.6", "obs-base:15.6"),
+            ("containers-storage:localhost/x:1", "x:1"),
+        ];
+        for (r, want) in cases {
+            let r: ImageReference = r.parse().unwrap();
+            assert_eq!(r.default_stash_name().unwrap().to_string(), want);
+        }
+        assert!("oci-archive:/tmp/a.tar".parse::<ImageReference>().unwrap().default_stash_name().is_err());
+        let s: StashRef = "base:2".parse().unwrap();
+        assert_eq!(s.in_registry("127.0.0.1:5000/ns/").unwrap().to_string(), "docker://127.0.0.1:5000/ns/base:2");
     }
 
     #[test]

@@ -150,6 +150,17 @@ impl Store {
             .cloned()
     }
 
+    /// Every `name:tag` of `name` in `index`, in index order.
+    pub fn tags_of(&self, index: &Index, name: &str) -> Vec<String> {
+        index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotations.get(REF_NAME))
+            .filter(|r| r.split(':').next() == Some(name))
+            .cloned()
+            .collect()
+    }
+
     /// Reads and verifies a manifest.
     pub fn manifest(&self, digest: &Digest) -> Result<Manifest> {
         let bytes = oci::read_blob(&self.root, digest)?;
@@ -284,14 +295,7 @@ impl Store {
     pub fn resolve(&self, key: &str) -> Result<Descriptor> {
         let index = self.index()?;
         self.find(&index, key).ok_or_else(|| {
-            let name = key.split(':').next().unwrap_or(key);
-            let tags: Vec<String> = index
-                .manifests
-                .iter()
-                .filter_map(|d| d.annotations.get(REF_NAME))
-                .filter(|r| r.split(':').next() == Some(name))
-                .cloned()
-                .collect();
+            let tags = self.tags_of(&index, key.split(':').next().unwrap_or(key));
             let err = eyre!("no stash {key} in {}", self.root.display());
             if tags.is_empty() {
                 err.suggestion("see kiwi-stackbuild stash --list")

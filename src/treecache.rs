@@ -188,7 +188,7 @@ mod tests {
     fn chain_ids_follow_the_oci_definition() {
         let a = Digest::of(b"a");
         let b = Digest::of(b"b");
-        assert_eq!(chain_id(&[a.clone()]), Some(a.clone()));
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
         let want = Digest::of(format!("{a} {b}").as_bytes());
         assert_eq!(chain_id(&[a, b]), Some(want));
         assert_eq!(chain_id(&[]), None);

@@ -395,3 +395,20 @@ pub fn merge_preview(store: &Store, derived: &Path, output: &Path, base: Option<
     println!("{}", output.display());
     Ok(())
 }
+
+/// `stash --rm`: removes `NAME:TAG`, or every tag of `NAME`, and the blobs
+/// no remaining stash uses.
+pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
+    let keys = match &r.tag {
+        Some(_) => vec![r.key()],
+        None => store.tags_of(&store.index()?, r.name.as_str()),
+    };
+    if keys.is_empty() {
+        return Err(eyre!("no stash named {} in {}", r.name, store.root().display())).suggestion("see kiwi-stackbuild stash --list");
+    }
+    for key in keys {
+        let freed = store.remove(&key)?;
+        eprintln!("removed {key} ({freed} unused blobs freed)");
+    }
+    Ok(())
+}
