@@ -24,7 +24,7 @@ need_root() {
 install_debian() {
     local pkgs=(skopeo umoci rsync podman docker-registry xz-utils zstd
                 bzip2 gnupg debian-archive-keyring python3 python3-venv
-                python3-pip ca-certificates openssl apache2-utils attr acl
+                python3-pip ca-certificates curl openssl apache2-utils attr acl
                 time tar gzip rpm)
     local missing=()
     for p in "${pkgs[@]}"; do
@@ -45,13 +45,13 @@ install_debian() {
 
 install_suse() {
     zypper --non-interactive install --no-recommends skopeo umoci rsync podman \
-        distribution-registry xz zstd bzip2 gpg2 python3 python3-pip openssl \
+        distribution-registry xz zstd bzip2 gpg2 python3 python3-pip curl openssl \
         apache2-utils attr acl time tar gzip rpm-build
 }
 
 install_fedora() {
     dnf install -y skopeo umoci rsync podman distribution xz zstd bzip2 gnupg2 \
-        python3 python3-pip openssl httpd-tools attr acl time tar gzip rpm-build
+        python3 python3-pip curl openssl httpd-tools attr acl time tar gzip rpm-build
 }
 
 install_kiwi() {
