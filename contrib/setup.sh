@@ -25,7 +25,7 @@ install_debian() {
     local pkgs=(skopeo umoci rsync podman docker-registry xz-utils zstd
                 bzip2 gnupg debian-archive-keyring python3 python3-venv
                 python3-pip ca-certificates curl openssl apache2-utils attr acl
-                time tar gzip rpm)
+                time tar gzip rpm gcc libc6-dev)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
@@ -46,12 +46,12 @@ install_debian() {
 install_suse() {
     zypper --non-interactive install --no-recommends skopeo umoci rsync podman \
         distribution-registry xz zstd bzip2 gpg2 python3 python3-pip curl openssl \
-        apache2-utils attr acl time tar gzip rpm-build
+        apache2-utils attr acl time tar gzip rpm-build gcc
 }
 
 install_fedora() {
     dnf install -y skopeo umoci rsync podman distribution xz zstd bzip2 gnupg2 \
-        python3 python3-pip curl openssl httpd-tools attr acl time tar gzip rpm-build
+        python3 python3-pip curl openssl httpd-tools attr acl time tar gzip rpm-build gcc
 }
 
 install_kiwi() {
