@@ -64,7 +64,8 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
             .suggestion("stash the image-root of a KIWI build (TARGET/build/image-root)");
     }
     let bytes = std::fs::read(&config).wrap_err_with(|| format!("reading {}", config.display()))?;
-    let doc = Document::parse_file(&config)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| eyre!("{} is not UTF-8 text", config.display()))?;
+    let doc = Document::parse_str(text, &config.display().to_string())?;
     Ok(Facts {
         name: doc.image_name().map(str::to_string),
         version: doc.version(),
