@@ -87,12 +87,17 @@ pub enum CompressFormat {
 pub enum Command {
     /// Build an image from stored roots and/or a description
     ///
-    /// W1: --description D --keep-root REF -- --target-dir T
-    ///     builds D and stores the root at REF.
-    /// W2: --root REF -- --target-dir T
-    ///     unpacks REF and runs kiwi-ng system create with its /image.
-    /// W3: --root REF -- --description D --target-dir T
-    ///     unpacks REF and builds D on it (no bootstrap).
+    /// W1  rebuild --description D --keep-root REF -- --target-dir T
+    ///     build D, then store its root tree at REF
+    /// W2  rebuild --root REF -- --target-dir T
+    ///     unpack REF, kiwi-ng system create with its /image
+    /// W3  rebuild --root REF -- --description D --target-dir T
+    ///     unpack REF, build D on it (no bootstrap)
+    /// W4  rebuild --description D -- --target-dir T
+    ///     D says derived_from="REF": merge D into REF's description, build
+    ///
+    /// --root may be repeated to stack images; --keep-root works with all.
+    #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
     /// Store a KIWI root tree in the local store, list or remove stashes
     Stash(StashArgs),

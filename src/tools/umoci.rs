@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::Section;
 
 use super::{run, Output, Tool};
 
@@ -27,7 +28,8 @@ pub fn unpack_args(layout: &Path, image: &str, rootfs: &Path) -> Vec<OsString> {
 /// Unpacks `layout:image` into `rootfs`.
 pub fn unpack(layout: &Path, image: &str, rootfs: &Path) -> Result<()> {
     run(Tool::Umoci, &unpack_args(layout, image, rootfs), Output::Capture)
-        .wrap_err_with(|| format!("unpacking {image} into {}", rootfs.display()))?;
+        .wrap_err_with(|| format!("unpacking {image} into {}", rootfs.display()))
+        .suggestion("check the free space where the root goes; kiwi-stackbuild stash --list reads and verifies every stash")?;
     Ok(())
 }
 
