@@ -29,7 +29,7 @@ pub fn unpack_args(layout: &Path, image: &str, rootfs: &Path) -> Vec<OsString> {
 pub fn unpack(layout: &Path, image: &str, rootfs: &Path) -> Result<()> {
     run(Tool::Umoci, &unpack_args(layout, image, rootfs), Output::Capture)
         .wrap_err_with(|| format!("unpacking {image} into {}", rootfs.display()))
-        .suggestion("check the free space where the root goes; kiwi-stackbuild stash --list reads and verifies every stash")?;
+        .suggestion("check the free space where the root goes, and what umoci said below")?;
     Ok(())
 }
 
