@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 
+use crate::listing;
 use crate::reference::{ImageReference, StashRef, Tag};
+use crate::registry::{self, Credentials, RegistryAuth};
 use crate::stash::human_size;
 use crate::store::{self, Store};
-use crate::registry::{self, Credentials, RegistryAuth};
 use crate::tools::kiwi::Globals;
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 use crate::transfer;
-use crate::listing;
 use crate::workflow::{self, Rebuild};
 
 /// Store KIWI root trees as OCI images and build images from them again.
@@ -214,7 +214,9 @@ pub struct StashArgs {
 
 /// `stackbuild`.
 #[derive(Debug, Args)]
-#[command(override_usage = "kiwi-stackbuild stackbuild [OPTIONS] --stash NAME... --target-dir DIR\n       [-- KIWI ARGS...]")]
+#[command(
+    override_usage = "kiwi-stackbuild stackbuild [OPTIONS] --stash NAME... --target-dir DIR\n       [-- KIWI ARGS...]"
+)]
 pub struct StackbuildArgs {
     /// Stashes to build on, stacked in order
     #[arg(long, required = true, num_args = 1.., value_name = "NAME")]
@@ -373,7 +375,14 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         return workflow::remove(store, &r);
     }
     let root = a.root.ok_or_else(|| eyre!("stash needs --root, --list or --rm"))?;
-    let done = workflow::stash(store, &root, Some(&a.tag), a.container_name.as_deref(), target_arch, None)?;
+    let done = workflow::stash(
+        store,
+        &root,
+        Some(&a.tag),
+        a.container_name.as_deref(),
+        target_arch,
+        None,
+    )?;
     eprintln!(
         "stashed {} as {} ({} layers, new layer {}{})",
         root.display(),
@@ -385,7 +394,6 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     println!("{}", done.key);
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,8 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::io::{self, BufReader};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
@@ -34,13 +34,24 @@ impl Derived {
     /// Checks `doc` (from `file`) as a derived description before anything is
     /// fetched: known elements, required attributes, a valid `derived_from`.
     pub fn new(doc: Document, file: &Path) -> Result<Derived> {
-        let raw = doc.derived_from().ok_or_else(|| eyre!("{} has no derived_from", file.display()))?.to_string();
+        let raw = doc
+            .derived_from()
+            .ok_or_else(|| eyre!("{} has no derived_from", file.display()))?
+            .to_string();
         description::check_derived(&doc)?;
         let base = raw
             .parse::<ImageReference>()
             .wrap_err_with(|| format!("{}: derived_from={raw:?} is not an image reference", file.display()))?;
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        Ok(Derived { doc, file: file.to_path_buf(), dir, base })
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Derived {
+            doc,
+            file: file.to_path_buf(),
+            dir,
+            base,
+        })
     }
 }
 
@@ -80,10 +91,18 @@ pub fn check_symlinks(dir: &Path) -> Result<()> {
             continue;
         }
         let target = fs::read_link(entry.path())?;
-        let rel_parent = entry.path().parent().and_then(|p| p.strip_prefix(dir).ok()).unwrap_or(Path::new(""));
+        let rel_parent = entry
+            .path()
+            .parent()
+            .and_then(|p| p.strip_prefix(dir).ok())
+            .unwrap_or(Path::new(""));
         if target.is_absolute() || escapes(&rel_parent.join(&target)) {
-            return Err(eyre!("{} points outside the description ({})", entry.path().display(), target.display()))
-                .suggestion("copy the file into the description directory instead of linking to it");
+            return Err(eyre!(
+                "{} points outside the description ({})",
+                entry.path().display(),
+                target.display()
+            ))
+            .suggestion("copy the file into the description directory instead of linking to it");
         }
     }
     Ok(())
@@ -112,7 +131,10 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
     let base = Document::parse_file(&base_file)?;
     check_symlinks(&derived.dir)?;
     let merged = description::merge(&base, &derived.doc)?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
     let tmp = tempfile::Builder::new().prefix(".merged-").tempdir_in(parent)?;
     copy_tree(base_dir, tmp.path(), Some(&base_file))?;
@@ -128,7 +150,8 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
 pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dest).wrap_err_with(|| format!("creating {}", dest.display()))?;
     for l in layers {
-        let file = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest)).wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
+        let file = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest))
+            .wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
         let plain = oci::decompress(BufReader::new(file), oci::LayerCompression::of(&l.layer.media_type))?;
         let mut archive = tar::Archive::new(CompleteTar::new(plain));
         for entry in archive.entries().wrap_err("reading layer")? {
@@ -144,11 +167,15 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
                 let _ = fs::remove_dir_all(&dir);
                 fs::create_dir_all(&dir)?;
             } else if let Some(hidden) = base.strip_prefix(WHITEOUT) {
-                let victim = dest.join(rel.parent().unwrap_or(Path::new(""))).join(OsStr::from_bytes(hidden));
+                let victim = dest
+                    .join(rel.parent().unwrap_or(Path::new("")))
+                    .join(OsStr::from_bytes(hidden));
                 let _ = fs::remove_dir_all(&victim).or_else(|_| fs::remove_file(&victim));
             } else {
                 entry.set_preserve_permissions(true);
-                entry.unpack_in(dest).wrap_err_with(|| format!("extracting {}", rel.display()))?;
+                entry
+                    .unpack_in(dest)
+                    .wrap_err_with(|| format!("extracting {}", rel.display()))?;
             }
         }
         io::copy(&mut archive.into_inner(), &mut io::sink())?;
@@ -166,7 +193,13 @@ mod tests {
 
     #[test]
     fn escaping_paths_are_found() {
-        for (p, want) in [("a/b", false), ("a/../b", false), ("../b", true), ("a/../../b", true), ("./x", false)] {
+        for (p, want) in [
+            ("a/b", false),
+            ("a/../b", false),
+            ("../b", true),
+            ("a/../../b", true),
+            ("./x", false),
+        ] {
             assert_eq!(escapes(Path::new(p)), want, "{p}");
         }
     }
@@ -178,7 +211,10 @@ mod tests {
         std::os::unix::fs::symlink("../config.sh", dir.path().join("root/ok")).unwrap();
         check_symlinks(dir.path()).unwrap();
         std::os::unix::fs::symlink("/etc/shadow", dir.path().join("root/bad")).unwrap();
-        assert!(check_symlinks(dir.path()).unwrap_err().to_string().contains("points outside"));
+        assert!(check_symlinks(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("points outside"));
         fs::remove_file(dir.path().join("root/bad")).unwrap();
         std::os::unix::fs::symlink("../../secret", dir.path().join("root/up")).unwrap();
         assert!(check_symlinks(dir.path()).is_err());

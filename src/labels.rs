@@ -60,7 +60,10 @@ impl Facts {
         let bases = (!self.bases.is_empty()).then(|| self.bases.join(" "));
         let pairs = [
             (KIWI_MAINTAINER, self.author.clone()),
-            (KIWI_META, Some(format!("kiwi-stackbuild {}", env!("CARGO_PKG_VERSION")))),
+            (
+                KIWI_META,
+                Some(format!("kiwi-stackbuild {}", env!("CARGO_PKG_VERSION"))),
+            ),
             (NAME, self.name.clone()),
             (VERSION, self.version.clone()),
             (PACKAGE_MANAGER, self.package_manager.clone()),
@@ -124,6 +127,9 @@ mod tests {
         assert_eq!(l[BASES], "a:1@sha256:00 b:2@sha256:11");
         assert_eq!(l[OBS_DISTURL], "obs://build/x");
         assert!(!l.contains_key(KIWI_VERSION));
-        assert!(l.keys().filter(|k| k.starts_with("io.kiwi")).all(|k| k.starts_with(PREFIX)));
+        assert!(l
+            .keys()
+            .filter(|k| k.starts_with("io.kiwi"))
+            .all(|k| k.starts_with(PREFIX)));
     }
 }

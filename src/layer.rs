@@ -45,7 +45,9 @@ pub struct Plan<'a> {
 }
 
 fn parent_of(path: &[u8]) -> &[u8] {
-    path.iter().rposition(|&b| b == b'/').map_or(b"".as_slice(), |i| &path[..i])
+    path.iter()
+        .rposition(|&b| b == b'/')
+        .map_or(b"".as_slice(), |i| &path[..i])
 }
 
 /// Compares the scanned tree with `lower` (empty for a first layer): changed
@@ -54,13 +56,19 @@ fn parent_of(path: &[u8]) -> &[u8] {
 pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
     let present: HashSet<&[u8]> = scanned.iter().map(|s| s.path.as_slice()).collect();
     let changed = |s: &Scanned| lower.get(&s.path) != Some(&s.meta);
-    let dirty_groups: HashSet<(u64, u64)> = scanned.iter().filter(|s| changed(s)).filter_map(|s| s.link_group).collect();
+    let dirty_groups: HashSet<(u64, u64)> = scanned
+        .iter()
+        .filter(|s| changed(s))
+        .filter_map(|s| s.link_group)
+        .collect();
     let entries: Vec<&Scanned> = scanned
         .iter()
         .filter(|s| changed(s) || s.link_group.is_some_and(|g| dirty_groups.contains(&g)))
         .collect();
-    let new_kind: std::collections::HashMap<&[u8], bool> =
-        scanned.iter().map(|s| (s.path.as_slice(), s.meta.kind == Kind::Dir)).collect();
+    let new_kind: std::collections::HashMap<&[u8], bool> = scanned
+        .iter()
+        .map(|s| (s.path.as_slice(), s.meta.kind == Kind::Dir))
+        .collect();
     let mut whiteouts = BTreeSet::new();
     for (path, meta) in lower {
         let gone = !present.contains(path.as_slice());
@@ -77,7 +85,10 @@ pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
             whiteouts.insert(path.clone());
         }
     }
-    Plan { whiteouts: whiteouts.into_iter().collect(), entries }
+    Plan {
+        whiteouts: whiteouts.into_iter().collect(),
+        entries,
+    }
 }
 
 /// Writes the planned layer into `blob_dir` (a layout's `blobs/sha256`).
@@ -90,9 +101,18 @@ pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
     let file = tmp.as_file().try_clone().wrap_err("opening the new layer")?;
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let compressor = thread::spawn(move || compress(rx, file, level));
-    let total: u64 = plan.entries.iter().map(|s| if let Kind::File { size } = s.meta.kind { size } else { 0 }).sum();
+    let total: u64 = plan
+        .entries
+        .iter()
+        .map(|s| if let Kind::File { size } = s.meta.kind { size } else { 0 })
+        .sum();
     let progress = crate::progress::bytes(total, "storing");
-    let mut sink = ChunkSink { tx: Some(tx), buf: Vec::with_capacity(CHUNK), hash: Sha256::new(), progress };
+    let mut sink = ChunkSink {
+        tx: Some(tx),
+        buf: Vec::with_capacity(CHUNK),
+        hash: Sha256::new(),
+        progress,
+    };
     let written = write_tar(plan, &mut sink);
     sink.flush_chunk();
     sink.progress.finish_and_clear();
@@ -103,7 +123,13 @@ pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
     let (entries, whiteouts) = written?;
     let dest = blob_dir.join(digest.hex());
     tmp.persist(&dest).wrap_err_with(|| format!("storing layer {digest}"))?;
-    Ok(Layer { digest, diff_id, size, entries, whiteouts })
+    Ok(Layer {
+        digest,
+        diff_id,
+        size,
+        entries,
+        whiteouts,
+    })
 }
 
 struct ChunkSink {
@@ -133,7 +159,10 @@ impl ChunkSink {
 impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.tx.is_none() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the layer compressor stopped"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the layer compressor stopped",
+            ));
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -167,7 +196,11 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(Digest, u64)> {
-    let out = HashingWriter { inner: BufWriter::with_capacity(CHUNK, file), hash: Sha256::new(), count: 0 };
+    let out = HashingWriter {
+        inner: BufWriter::with_capacity(CHUNK, file),
+        hash: Sha256::new(),
+        count: 0,
+    };
     let mut gz = GzEncoder::new(out, flate2::Compression::new(level));
     for chunk in rx {
         gz.write_all(&chunk)?;

@@ -20,9 +20,17 @@ pub fn print(store: &Store, json: bool) -> Result<()> {
         eprintln!("no stashes in {}", store.root().display());
         return Ok(());
     }
-    println!("{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE", "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED");
+    println!(
+        "{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE",
+        "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED"
+    );
     for e in entries {
-        let base = e.base.as_deref().and_then(|b| b.split(' ').next_back()).map(|b| b.split('@').next().unwrap_or(b)).unwrap_or("-");
+        let base = e
+            .base
+            .as_deref()
+            .and_then(|b| b.split(' ').next_back())
+            .map(|b| b.split('@').next().unwrap_or(b))
+            .unwrap_or("-");
         println!(
             "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}",
             e.reference,

@@ -1,13 +1,20 @@
 use clap::Parser;
-use color_eyre::eyre::Result;
 use color_eyre::config::Theme;
+use color_eyre::eyre::Result;
 use std::io::{IsTerminal, Write};
 
 use kiwi_stackbuild::cli::{dispatch, Cli};
 
 fn main() -> Result<()> {
-    let theme = if std::io::stderr().is_terminal() { Theme::dark() } else { Theme::new() };
-    color_eyre::config::HookBuilder::default().display_env_section(false).theme(theme).install()?;
+    let theme = if std::io::stderr().is_terminal() {
+        Theme::dark()
+    } else {
+        Theme::new()
+    };
+    color_eyre::config::HookBuilder::default()
+        .display_env_section(false)
+        .theme(theme)
+        .install()?;
     let cli = Cli::parse();
     kiwi_stackbuild::argv::hide_creds_password();
     init_logging(cli.global.debug);
@@ -19,7 +26,11 @@ fn init_logging(debug: bool) {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });
+        .unwrap_or(if debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        });
     log::set_max_level(level);
     static LOGGER: StderrLogger = StderrLogger;
     let _ = log::set_logger(&LOGGER);

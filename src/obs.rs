@@ -24,7 +24,9 @@ pub fn in_obs_build() -> bool {
 }
 
 fn sources() -> PathBuf {
-    std::env::var_os(SOURCES_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(SOURCES))
+    std::env::var_os(SOURCES_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SOURCES))
 }
 
 /// The staged file an OBS reference names: `obs://PROJECT/REPO/NAME#TAG` is
@@ -34,7 +36,9 @@ pub fn staged_path(reference: &ImageReference) -> Option<PathBuf> {
     let containers = sources().join("containers");
     match reference {
         ImageReference::Obs(path) => Some(containers.join(path.replace(":/", ":"))),
-        ImageReference::ObsRepositories(name) => Some(containers.join("_obsrepositories").join(name.replace(":/", ":"))),
+        ImageReference::ObsRepositories(name) => {
+            Some(containers.join("_obsrepositories").join(name.replace(":/", ":")))
+        }
         _ => None,
     }
 }
@@ -45,7 +49,8 @@ fn archive_kind(file: &Path) -> Result<&'static str> {
     let mut head = [0u8; 2];
     File::open(file)?.read_exact(&mut head).ok();
     if head == [0x1f, 0x8b] || file.extension().is_some_and(|e| e == "xz" || e == "gz" || e == "zst") {
-        return Err(eyre!("{} is compressed", file.display())).suggestion("stage the container image as an uncompressed tar");
+        return Err(eyre!("{} is compressed", file.display()))
+            .suggestion("stage the container image as an uncompressed tar");
     }
     let mut archive = tar::Archive::new(BufReader::new(File::open(file)?));
     for entry in archive.entries()? {
@@ -63,10 +68,14 @@ fn archive_kind(file: &Path) -> Result<&'static str> {
 /// Resolves an OBS reference to the archive OBS staged for it; any other
 /// reference is returned as it is.
 pub fn resolve(reference: &ImageReference) -> Result<ImageReference> {
-    let Some(path) = staged_path(reference) else { return Ok(reference.clone()) };
+    let Some(path) = staged_path(reference) else {
+        return Ok(reference.clone());
+    };
     if !in_obs_build() {
-        return Err(eyre!("{reference} can only be used inside an OBS build ({BUILDENV} is missing)"))
-            .suggestion("outside OBS, pull the image from the OBS registry with docker://");
+        return Err(eyre!(
+            "{reference} can only be used inside an OBS build ({BUILDENV} is missing)"
+        ))
+        .suggestion("outside OBS, pull the image from the OBS registry with docker://");
     }
     if !path.is_file() {
         return Err(eyre!("{reference}: OBS staged no image at {}", path.display()))
@@ -90,8 +99,14 @@ mod tests {
     fn staged_paths_follow_kiwi() {
         let sources = sources();
         let cases = [
-            ("obs://SUSE:SLE-15-SP6:Update/images/sles15-image#15.6", "containers/SUSE:SLE-15-SP6:Update/images/sles15-image#15.6"),
-            ("obsrepositories:/opensuse/tumbleweed#latest", "containers/_obsrepositories/opensuse/tumbleweed#latest"),
+            (
+                "obs://SUSE:SLE-15-SP6:Update/images/sles15-image#15.6",
+                "containers/SUSE:SLE-15-SP6:Update/images/sles15-image#15.6",
+            ),
+            (
+                "obsrepositories:/opensuse/tumbleweed#latest",
+                "containers/_obsrepositories/opensuse/tumbleweed#latest",
+            ),
         ];
         for (r, want) in cases {
             assert_eq!(staged_path(&r.parse().unwrap()), Some(sources.join(want)), "{r}");

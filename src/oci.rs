@@ -61,9 +61,9 @@ impl TryFrom<String> for Digest {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        let ok = s.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
+        let ok = s
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         if ok {
             Ok(Digest(s))
         } else {
@@ -233,7 +233,10 @@ pub fn read_blob(layout: &Path, digest: &Digest) -> Result<Vec<u8>> {
     let path = blob_path(layout, digest);
     let bytes = fs::read(&path).wrap_err_with(|| format!("reading blob {digest}"))?;
     if Digest::of(&bytes) != *digest {
-        bail!("blob {} is corrupt: its content does not match its digest", path.display());
+        bail!(
+            "blob {} is corrupt: its content does not match its digest",
+            path.display()
+        );
     }
     Ok(bytes)
 }
@@ -294,7 +297,10 @@ mod tests {
     #[test]
     fn digests_are_checked() {
         let d = Digest::of(b"");
-        assert_eq!(d.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert!(Digest::try_from("sha256:abc".to_string()).is_err());
         assert!(Digest::try_from(format!("sha512:{}", d.hex())).is_err());
         assert!(Digest::try_from(d.to_string()).is_ok());
@@ -347,7 +353,9 @@ struct ZstdFrames<R: std::io::BufRead> {
 impl<R: std::io::BufRead> std::io::Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let Some(decoder) = self.decoder.as_mut() else { return Ok(0) };
+            let Some(decoder) = self.decoder.as_mut() else {
+                return Ok(0);
+            };
             let n = decoder.read(buf)?;
             if n > 0 || buf.is_empty() {
                 return Ok(n);
@@ -363,11 +371,15 @@ impl<R: std::io::BufRead> std::io::Read for ZstdFrames<R> {
 }
 
 /// The uncompressed tar stream of a layer blob read from `source`.
-pub fn decompress<'a, R: std::io::BufRead + 'a>(source: R, compression: LayerCompression) -> Result<Box<dyn std::io::Read + 'a>> {
+pub fn decompress<'a, R: std::io::BufRead + 'a>(
+    source: R,
+    compression: LayerCompression,
+) -> Result<Box<dyn std::io::Read + 'a>> {
     Ok(match compression {
         LayerCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(source)),
         LayerCompression::Zstd => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(source).map_err(|e| color_eyre::eyre::eyre!("reading a zstd layer: {e}"))?;
+            let decoder = ruzstd::decoding::StreamingDecoder::new(source)
+                .map_err(|e| color_eyre::eyre::eyre!("reading a zstd layer: {e}"))?;
             Box::new(ZstdFrames { decoder: Some(decoder) })
         }
         LayerCompression::None => Box::new(source),

@@ -152,19 +152,29 @@ impl FromStr for Tag {
     fn from_str(s: &str) -> Result<Self> {
         let b = s.as_bytes();
         let word = |x: &u8| x.is_ascii_alphanumeric() || *x == b'_';
-        let valid = !b.is_empty()
-            && b.len() <= 128
-            && word(&b[0])
-            && b.iter().all(|x| word(x) || *x == b'.' || *x == b'-');
+        let valid =
+            !b.is_empty() && b.len() <= 128 && word(&b[0]) && b.iter().all(|x| word(x) || *x == b'.' || *x == b'-');
         if !valid {
             let suggestion: String = s
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
                 .collect();
             let suggestion = suggestion.trim_start_matches(['.', '-']).to_string();
-            let suggestion = if suggestion.is_empty() { DEFAULT_TAG.to_string() } else { suggestion };
-            return Err(eyre!("invalid tag {s:?}, use {suggestion:?}: tags are letters, digits, _ . - (at most 128)")
-                .suggestion(format!("use {suggestion:?}")));
+            let suggestion = if suggestion.is_empty() {
+                DEFAULT_TAG.to_string()
+            } else {
+                suggestion
+            };
+            return Err(
+                eyre!("invalid tag {s:?}, use {suggestion:?}: tags are letters, digits, _ . - (at most 128)")
+                    .suggestion(format!("use {suggestion:?}")),
+            );
         }
         Ok(Tag(s.to_string()))
     }
@@ -196,7 +206,10 @@ impl FromStr for StashRef {
             Some((n, t)) if !t.contains('/') => (n, Some(t.parse::<Tag>()?)),
             _ => (s, None),
         };
-        Ok(StashRef { name: name.parse()?, tag })
+        Ok(StashRef {
+            name: name.parse()?,
+            tag,
+        })
     }
 }
 
@@ -223,16 +236,21 @@ impl ImageReference {
     /// reference's last path component and tag.
     pub fn default_stash_name(&self) -> Result<StashRef> {
         let image = match self {
-            ImageReference::Docker(rest) => rest.rsplit('/').next().map(|s| s.split('@').next().unwrap_or(s).to_string()),
-            ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } | ImageReference::DockerArchive { image, .. } => {
-                image.clone()
-            }
+            ImageReference::Docker(rest) => rest
+                .rsplit('/')
+                .next()
+                .map(|s| s.split('@').next().unwrap_or(s).to_string()),
+            ImageReference::Oci { image, .. }
+            | ImageReference::OciArchive { image, .. }
+            | ImageReference::DockerArchive { image, .. } => image.clone(),
             ImageReference::ContainersStorage(rest) => rest.rsplit(['/', ']']).next().map(str::to_string),
             _ => None,
         };
         let hint = "give the stash a name: pull REF NAME[:TAG]";
         match image {
-            Some(i) => i.parse().map_err(|e: color_eyre::Report| e.wrap_err(format!("naming the stash after {self}")).suggestion(hint)),
+            Some(i) => i
+                .parse()
+                .map_err(|e: color_eyre::Report| e.wrap_err(format!("naming the stash after {self}")).suggestion(hint)),
             None => Err(eyre!("{self} names no image")).suggestion(hint),
         }
     }
@@ -267,7 +285,11 @@ fn check_docker(rest: &str) -> Result<()> {
     if is_host && first.is_empty() {
         bail!("invalid reference docker://{name}: no registry host");
     }
-    let repo: Vec<&str> = if is_host { parts.collect() } else { host_and_path.split('/').collect() };
+    let repo: Vec<&str> = if is_host {
+        parts.collect()
+    } else {
+        host_and_path.split('/').collect()
+    };
     let repo = repo.join("/");
     if repo.is_empty() {
         bail!("invalid reference docker://{name}: no repository after the registry host");
@@ -321,17 +343,26 @@ impl FromStr for ImageReference {
                 Some(path) => ImageReference::Obs(path.to_string()),
                 None => bail!("invalid reference {s:?}: write obs://PROJECT/REPOSITORY/NAME"),
             },
-            "obsrepositories" => match rest.strip_prefix('/').map(|r| r.trim_start_matches('/')).filter(|r| !r.is_empty()) {
-                Some(name) => ImageReference::ObsRepositories(name.to_string()),
-                None => bail!("invalid reference {s:?}: write obsrepositories:/NAME"),
-            },
+            "obsrepositories" => {
+                match rest
+                    .strip_prefix('/')
+                    .map(|r| r.trim_start_matches('/'))
+                    .filter(|r| !r.is_empty())
+                {
+                    Some(name) => ImageReference::ObsRepositories(name.to_string()),
+                    None => bail!("invalid reference {s:?}: write obsrepositories:/NAME"),
+                }
+            }
             _ => unreachable!("is_transport lists every transport"),
         })
     }
 }
 
 fn is_transport(t: &str) -> bool {
-    matches!(t, "docker" | "oci" | "oci-archive" | "docker-archive" | "containers-storage" | "dir" | "obs" | "obsrepositories")
+    matches!(
+        t,
+        "docker" | "oci" | "oci-archive" | "docker-archive" | "containers-storage" | "dir" | "obs" | "obsrepositories"
+    )
 }
 
 fn with_image(f: &mut fmt::Formatter<'_>, transport: &str, path: &str, image: &Option<String>) -> fmt::Result {
@@ -424,7 +455,9 @@ mod tests {
     #[test]
     fn stash_references_split_name_and_tag() {
         let r: ImageReference = "kiwi/base:2".parse().unwrap();
-        let ImageReference::Stash(s) = r else { panic!("not a stash") };
+        let ImageReference::Stash(s) = r else {
+            panic!("not a stash")
+        };
         assert_eq!(s.name.as_str(), "kiwi/base");
         assert_eq!(s.tag.as_ref().map(Tag::as_str), Some("2"));
         assert_eq!("base".parse::<StashRef>().unwrap().key(), "base:latest");
@@ -442,9 +475,16 @@ mod tests {
             let r: ImageReference = r.parse().unwrap();
             assert_eq!(r.default_stash_name().unwrap().to_string(), want);
         }
-        assert!("oci-archive:/tmp/a.tar".parse::<ImageReference>().unwrap().default_stash_name().is_err());
+        assert!("oci-archive:/tmp/a.tar"
+            .parse::<ImageReference>()
+            .unwrap()
+            .default_stash_name()
+            .is_err());
         let s: StashRef = "base:2".parse().unwrap();
-        assert_eq!(s.in_registry("127.0.0.1:5000/ns/").unwrap().to_string(), "docker://127.0.0.1:5000/ns/base:2");
+        assert_eq!(
+            s.in_registry("127.0.0.1:5000/ns/").unwrap().to_string(),
+            "docker://127.0.0.1:5000/ns/base:2"
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! written into a 0600 auth file in a private temp dir, and skopeo gets that
 //! file's path.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
@@ -101,16 +101,25 @@ impl Credentials {
         if user.is_empty() {
             bail!("--creds needs a user name before the colon");
         }
-        Ok(Credentials { user, password: Secret(password) })
+        Ok(Credentials {
+            user,
+            password: Secret(password),
+        })
     }
 }
 
 /// The registry host of a `docker://` reference (`docker.io` when none is named).
 pub fn registry_host(reference: &ImageReference) -> Option<String> {
-    let ImageReference::Docker(rest) = reference else { return None };
+    let ImageReference::Docker(rest) = reference else {
+        return None;
+    };
     let first = rest.split('/').next().unwrap_or_default();
     let is_host = rest.contains('/') && (first.contains(['.', ':']) || first == "localhost");
-    Some(if is_host { first.to_string() } else { "docker.io".to_string() })
+    Some(if is_host {
+        first.to_string()
+    } else {
+        "docker.io".to_string()
+    })
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -133,38 +142,59 @@ fn base64(bytes: &[u8]) -> String {
 /// The JSON of a containers auth file holding `creds` for `hosts`.
 pub fn auth_json(creds: &Credentials, hosts: &[String]) -> String {
     let token = base64(format!("{}:{}", creds.user, creds.password.0).as_bytes());
-    let auths: serde_json::Map<String, serde_json::Value> =
-        hosts.iter().map(|h| (h.clone(), serde_json::json!({ "auth": token }))).collect();
+    let auths: serde_json::Map<String, serde_json::Value> = hosts
+        .iter()
+        .map(|h| (h.clone(), serde_json::json!({ "auth": token })))
+        .collect();
     serde_json::json!({ "auths": auths }).to_string()
 }
 
 impl RegistryAuth {
     /// The options as given. With `creds`, a private temp dir (0700) will
     /// hold a 0600 auth file with them for each registry used.
-    pub fn new(authfile: Option<PathBuf>, creds: Option<Credentials>, tls_verify: bool, cert_dir: Option<PathBuf>) -> Result<RegistryAuth> {
+    pub fn new(
+        authfile: Option<PathBuf>,
+        creds: Option<Credentials>,
+        tls_verify: bool,
+        cert_dir: Option<PathBuf>,
+    ) -> Result<RegistryAuth> {
         let creds = match creds {
             Some(creds) => {
                 let dir = tempfile::Builder::new()
                     .prefix("kiwi-stackbuild-auth-")
                     .tempdir()
                     .wrap_err("creating a private directory for credentials")?;
-                Some(CredsFile { creds, dir, hosts: RefCell::new(Vec::new()) })
+                Some(CredsFile {
+                    creds,
+                    dir,
+                    hosts: RefCell::new(Vec::new()),
+                })
             }
             None => None,
         };
-        Ok(RegistryAuth { authfile, tls_verify, cert_dir, creds })
+        Ok(RegistryAuth {
+            authfile,
+            tls_verify,
+            cert_dir,
+            creds,
+        })
     }
 
     /// Anonymous access with TLS verified: what skopeo does by default.
     pub fn anonymous() -> RegistryAuth {
-        RegistryAuth { tls_verify: true, ..RegistryAuth::default() }
+        RegistryAuth {
+            tls_verify: true,
+            ..RegistryAuth::default()
+        }
     }
 
     /// skopeo options for one side of a copy (`prefix` is `src-` or `dest-`,
     /// empty for inspect); nothing for references that are not registries.
     pub fn args(&self, prefix: &str, reference: &ImageReference) -> Result<Vec<OsString>> {
         let mut out = Vec::new();
-        let Some(host) = registry_host(reference) else { return Ok(out) };
+        let Some(host) = registry_host(reference) else {
+            return Ok(out);
+        };
         let authfile = match &self.creds {
             Some(c) => Some(c.for_host(&host)?),
             None => self.authfile.clone(),
@@ -201,19 +231,44 @@ pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
     let found = |needles: &[&str]| needles.iter().any(|n| o.contains(n));
     // Most specific first: a port number or a blob digest can look like a
     // status code, and a missing blob must not read as a missing tag.
-    if found(&["connection refused", "no such host", "i/o timeout", "network is unreachable", "connection reset", "no route to host"]) {
-        return Some(("the registry cannot be reached".into(), "check the host and port, and that the registry is running".into()));
+    if found(&[
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "connection reset",
+        "no route to host",
+    ]) {
+        return Some((
+            "the registry cannot be reached".into(),
+            "check the host and port, and that the registry is running".into(),
+        ));
     }
-    if found(&["x509:", "certificate signed by unknown authority", "certificate is not valid", "tls: failed to verify"]) {
+    if found(&[
+        "x509:",
+        "certificate signed by unknown authority",
+        "certificate is not valid",
+        "tls: failed to verify",
+    ]) {
         return Some((
             "the registry's TLS certificate is not trusted".into(),
             "pass --cert-dir DIR with the registry's CA certificate (ca.crt), or --tls-verify=false for a test registry".into(),
         ));
     }
     if found(&["http response to https client", "server gave http response"]) {
-        return Some(("the registry speaks plain HTTP, not HTTPS".into(), "pass --tls-verify=false for a registry without TLS".into()));
+        return Some((
+            "the registry speaks plain HTTP, not HTTPS".into(),
+            "pass --tls-verify=false for a registry without TLS".into(),
+        ));
     }
-    if found(&["unauthorized", "authentication required", "401 unauthorized", "status 401", "invalid username/password", "denied:"]) {
+    if found(&[
+        "unauthorized",
+        "authentication required",
+        "401 unauthorized",
+        "status 401",
+        "invalid username/password",
+        "denied:",
+    ]) {
         return Some((
             "the registry refused the credentials (401 unauthorized)".into(),
             "check --creds USER:PASSWORD or the --authfile entry for this registry".into(),
@@ -225,8 +280,18 @@ pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
             "push the image again, or ask the registry's owner to repair it".into(),
         ));
     }
-    if found(&["manifest unknown", "name unknown", "not found", "repository name not known", "does not exist", "no such image"]) {
-        return Some(("the image or tag does not exist".into(), "check the name and tag; skopeo list-tags docker://REPO lists the tags".into()));
+    if found(&[
+        "manifest unknown",
+        "name unknown",
+        "not found",
+        "repository name not known",
+        "does not exist",
+        "no such image",
+    ]) {
+        return Some((
+            "the image or tag does not exist".into(),
+            "check the name and tag; skopeo list-tags docker://REPO lists the tags".into(),
+        ));
     }
     None
 }
@@ -245,7 +310,13 @@ mod tests {
 
     #[test]
     fn base64_matches_known_values() {
-        for (raw, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("user:pa:ss", "dXNlcjpwYTpzcw==")] {
+        for (raw, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("user:pa:ss", "dXNlcjpwYTpzcw=="),
+        ] {
             assert_eq!(base64(raw.as_bytes()), want);
         }
     }
@@ -267,7 +338,10 @@ mod tests {
     #[test]
     fn args_only_for_registries_and_never_the_password() {
         let r: ImageReference = "docker://localhost:5000/a:1".parse().unwrap();
-        let creds = Credentials { user: "u".into(), password: Secret("hunter2".into()) };
+        let creds = Credentials {
+            user: "u".into(),
+            password: Secret("hunter2".into()),
+        };
         let auth = RegistryAuth::new(None, Some(creds), false, Some("/certs".into())).unwrap();
         let args = auth.args("src-", &r).unwrap();
         let file = PathBuf::from(&args[1]);
@@ -281,14 +355,20 @@ mod tests {
         assert_eq!(args, want);
         assert!(args.iter().all(|a| !a.to_string_lossy().contains("hunter2")));
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("localhost:5000") && text.contains(&base64(b"u:hunter2")), "{text}");
+        assert!(
+            text.contains("localhost:5000") && text.contains(&base64(b"u:hunter2")),
+            "{text}"
+        );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(auth.args("src-", &"oci:/x".parse().unwrap()).unwrap().is_empty());
         let other: ImageReference = "docker://example.org/b".parse().unwrap();
         auth.args("dest-", &other).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("localhost:5000") && text.contains("example.org"), "{text}");
+        assert!(
+            text.contains("localhost:5000") && text.contains("example.org"),
+            "{text}"
+        );
         assert!(!format!("{auth:?}").contains("hunter2"));
     }
 

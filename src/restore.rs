@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use sha2::{Digest as _, Sha256};
 
-use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
+use crate::oci::{
+    self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME,
+};
 use crate::reference::ImageReference;
-use crate::store::{write_atomic, Store};
 use crate::registry::RegistryAuth;
+use crate::store::{write_atomic, Store};
 use crate::tools::skopeo::{self, Compression};
 use crate::tools::umoci;
 use crate::transfer;
@@ -45,7 +47,13 @@ pub fn resolve_stash(store: &Store, reference: &ImageReference) -> Result<Option
 /// other reference is copied by skopeo into a layout under `scratch`.
 /// Blobs the store has are linked into that layout first, so they are not
 /// fetched again.
-pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize, auth: &RegistryAuth) -> Result<Fetched> {
+pub fn fetch(
+    store: &Store,
+    reference: &ImageReference,
+    scratch: &Path,
+    n: usize,
+    auth: &RegistryAuth,
+) -> Result<Fetched> {
     let (layout, desc) = match reference {
         ImageReference::Stash(r) => (store.root().to_path_buf(), store.resolve(&r.key())?),
         other => {
@@ -56,9 +64,13 @@ pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize
                 transfer::staging_layout(store, &layout)?;
             }
             let name = format!("image-{n}");
-            let dst = ImageReference::Oci { dir: layout.to_string_lossy().into_owned(), image: Some(name.clone()) };
+            let dst = ImageReference::Oci {
+                dir: layout.to_string_lossy().into_owned(),
+                image: Some(name.clone()),
+            };
             let progress = crate::progress::spinner(&format!("fetching {other}"));
-            let copied = skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"));
+            let copied =
+                skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"));
             progress.finish_and_clear();
             copied?;
             let index: Index = oci::read_json(&layout.join("index.json"))?;
@@ -75,7 +87,13 @@ pub fn fetch(store: &Store, reference: &ImageReference, scratch: &Path, n: usize
         .wrap_err_with(|| format!("reading the manifest of {reference}"))?;
     let config: ImageConfig = serde_json::from_slice(&oci::read_blob(&layout, &manifest.config.digest)?)
         .wrap_err_with(|| format!("reading the config of {reference}"))?;
-    Ok(Fetched { reference: reference.clone(), layout, digest: desc.digest, manifest, config })
+    Ok(Fetched {
+        reference: reference.clone(),
+        layout,
+        digest: desc.digest,
+        manifest,
+        config,
+    })
 }
 
 /// One stacked layer: where its blob is, its descriptor and diff_id.
@@ -98,14 +116,23 @@ pub fn stack(images: &[Fetched]) -> Result<Vec<StackedLayer>> {
     for img in images {
         let ids = &img.config.rootfs.diff_ids;
         if ids.len() != img.manifest.layers.len() {
-            return Err(eyre!("{} is inconsistent: {} layers but {} diff_ids", img.reference, img.manifest.layers.len(), ids.len()));
+            return Err(eyre!(
+                "{} is inconsistent: {} layers but {} diff_ids",
+                img.reference,
+                img.manifest.layers.len(),
+                ids.len()
+            ));
         }
         let layers: Vec<StackedLayer> = img
             .manifest
             .layers
             .iter()
             .zip(ids)
-            .map(|(l, d)| StackedLayer { layout: img.layout.clone(), layer: l.clone(), diff_id: d.clone() })
+            .map(|(l, d)| StackedLayer {
+                layout: img.layout.clone(),
+                layer: l.clone(),
+                diff_id: d.clone(),
+            })
             .collect();
         let contains_stack = layers.len() >= out.len() && out.iter().zip(&layers).all(|(a, b)| a.diff_id == b.diff_id);
         if contains_stack {
@@ -141,7 +168,10 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
     }
     let config = ImageConfig {
         os: "linux".into(),
-        rootfs: RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect() },
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+        },
         ..ImageConfig::default()
     };
     let config_bytes = serde_json::to_vec(&config)?;
@@ -155,7 +185,12 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
     };
     let mut manifest_desc = put(&layout, &serde_json::to_vec(&manifest)?, MEDIA_MANIFEST)?;
     manifest_desc.annotations.insert(REF_NAME.into(), "root".into());
-    let index = Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: vec![manifest_desc], ..Index::default() };
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_INDEX.into()),
+        manifests: vec![manifest_desc],
+        ..Index::default()
+    };
     write_atomic(&layout.join("index.json"), &serde_json::to_vec(&index)?)?;
     let progress = crate::progress::spinner(&format!("unpacking {} layers", layers.len()));
     let unpacked = umoci::unpack(&layout, "root", rootfs);
@@ -166,20 +201,34 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<
 /// Writes the uncompressed tar of layer `l` into `blobs` (named by its
 /// diff_id, which it is checked against) and returns its descriptor.
 fn decompressed_copy(l: &StackedLayer, blobs: &Path) -> Result<Descriptor> {
-    let src = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest)).wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
+    let src = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest))
+        .wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
     let mut plain = oci::decompress(std::io::BufReader::new(src), oci::LayerCompression::Zstd)?;
     let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
     let (digest, size) = {
-        let mut hashing = HashingWrite { inner: std::io::BufWriter::new(tmp.as_file_mut()), hash: Sha256::new(), size: 0 };
+        let mut hashing = HashingWrite {
+            inner: std::io::BufWriter::new(tmp.as_file_mut()),
+            hash: Sha256::new(),
+            size: 0,
+        };
         std::io::copy(&mut plain, &mut hashing).wrap_err_with(|| format!("decompressing layer {}", l.layer.digest))?;
         std::io::Write::flush(&mut hashing.inner)?;
         (Digest::from_hasher(hashing.hash), hashing.size)
     };
     if digest != l.diff_id {
-        return Err(eyre!("layer {} is corrupt: it does not decompress to its diff_id", l.layer.digest));
+        return Err(eyre!(
+            "layer {} is corrupt: it does not decompress to its diff_id",
+            l.layer.digest
+        ));
     }
     tmp.persist(blobs.join(digest.hex())).map_err(|e| e.error)?;
-    Ok(Descriptor { media_type: oci::MEDIA_LAYER_TAR.into(), digest, size, annotations: BTreeMap::new(), platform: None })
+    Ok(Descriptor {
+        media_type: oci::MEDIA_LAYER_TAR.into(),
+        digest,
+        size,
+        annotations: BTreeMap::new(),
+        platform: None,
+    })
 }
 
 struct HashingWrite<W> {
@@ -204,7 +253,13 @@ impl<W: std::io::Write> std::io::Write for HashingWrite<W> {
 fn put(layout: &Path, bytes: &[u8], media_type: &str) -> Result<Descriptor> {
     let digest = Digest::of(bytes);
     write_atomic(&oci::blob_path(layout, &digest), bytes)?;
-    Ok(Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64, annotations: BTreeMap::new(), platform: None })
+    Ok(Descriptor {
+        media_type: media_type.into(),
+        digest,
+        size: bytes.len() as u64,
+        annotations: BTreeMap::new(),
+        platform: None,
+    })
 }
 
 #[cfg(test)]
@@ -215,14 +270,38 @@ mod tests {
         let digest = |s: &str| Digest::of(s.as_bytes());
         let layers = ids
             .iter()
-            .map(|i| Descriptor { media_type: "l".into(), digest: digest(i), size: 1, annotations: BTreeMap::new(), platform: None })
+            .map(|i| Descriptor {
+                media_type: "l".into(),
+                digest: digest(i),
+                size: 1,
+                annotations: BTreeMap::new(),
+                platform: None,
+            })
             .collect();
         Fetched {
             reference: name.parse().unwrap(),
             layout: PathBuf::from(format!("/{name}")),
             digest: digest(name),
-            manifest: Manifest { schema_version: 2, media_type: None, config: Descriptor { media_type: "c".into(), digest: digest("c"), size: 1, annotations: BTreeMap::new(), platform: None }, layers, annotations: BTreeMap::new() },
-            config: ImageConfig { rootfs: RootFs { kind: "layers".into(), diff_ids: ids.iter().map(|i| digest(i)).collect() }, ..ImageConfig::default() },
+            manifest: Manifest {
+                schema_version: 2,
+                media_type: None,
+                config: Descriptor {
+                    media_type: "c".into(),
+                    digest: digest("c"),
+                    size: 1,
+                    annotations: BTreeMap::new(),
+                    platform: None,
+                },
+                layers,
+                annotations: BTreeMap::new(),
+            },
+            config: ImageConfig {
+                rootfs: RootFs {
+                    kind: "layers".into(),
+                    diff_ids: ids.iter().map(|i| digest(i)).collect(),
+                },
+                ..ImageConfig::default()
+            },
         }
     }
 
@@ -239,7 +318,10 @@ mod tests {
             // b was built on a: its layers start with a's, so a is not applied twice
             (&[("a", &["1"]), ("b", &["1", "2"])], &["1", "2"]),
             (&[("a", &["1", "2"]), ("b", &["1"])], &["1", "2", "1"]),
-            (&[("x", &["9"]), ("a", &["1"]), ("b", &["9", "1", "2"])], &["9", "1", "2"]),
+            (
+                &[("x", &["9"]), ("a", &["1"]), ("b", &["9", "1", "2"])],
+                &["9", "1", "2"],
+            ),
         ];
         for (images, want) in cases {
             let images: Vec<Fetched> = images.iter().map(|(n, l)| image(n, l)).collect();

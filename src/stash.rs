@@ -13,9 +13,12 @@ use sha2::{Digest as _, Sha256};
 use crate::description::Document;
 use crate::labels::Facts;
 use crate::layer;
-use crate::oci::{self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
-use crate::restore::{self, Fetched, StackedLayer};
+use crate::oci::{
+    self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP,
+    MEDIA_MANIFEST,
+};
 use crate::reference::{StashName, Tag};
+use crate::restore::{self, Fetched, StackedLayer};
 use crate::store::Store;
 use crate::tree::{self, Tree};
 use crate::treecache;
@@ -52,7 +55,11 @@ pub fn source_date_epoch() -> Result<Option<i64>> {
 }
 
 fn now(epoch: Option<i64>) -> i64 {
-    epoch.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64))
+    epoch.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    })
 }
 
 /// The facts of a KIWI root: its `/image/config.xml`, the host's
@@ -60,8 +67,11 @@ fn now(epoch: Option<i64>) -> i64 {
 pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
     let config = root.join("image/config.xml");
     if !config.is_file() {
-        return Err(eyre!("{} is not a KIWI root tree: it has no image/config.xml", root.display()))
-            .suggestion("stash the image-root of a KIWI build (TARGET/build/image-root)");
+        return Err(eyre!(
+            "{} is not a KIWI root tree: it has no image/config.xml",
+            root.display()
+        ))
+        .suggestion("stash the image-root of a KIWI build (TARGET/build/image-root)");
     }
     let bytes = std::fs::read(&config).wrap_err_with(|| format!("reading {}", config.display()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| eyre!("{} is not UTF-8 text", config.display()))?;
@@ -101,7 +111,10 @@ pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
         let digest = &l.layer.digest;
         let path = oci::blob_path(&l.layout, digest);
         let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
-        let mut verifying = VerifyingReader { inner: io::BufReader::with_capacity(1 << 20, file), hash: Sha256::new() };
+        let mut verifying = VerifyingReader {
+            inner: io::BufReader::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+        };
         {
             let compression = oci::LayerCompression::of(&l.layer.media_type);
             let plain = oci::decompress(io::BufReader::new(&mut verifying), compression)?;
@@ -111,7 +124,10 @@ pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
         }
         io::copy(&mut verifying, &mut io::sink())?;
         if Digest::from_hasher(verifying.hash) != *digest {
-            bail!("layer {} is corrupt: its content does not match its digest", path.display());
+            bail!(
+                "layer {} is corrupt: its content does not match its digest",
+                path.display()
+            );
         }
     }
     Ok(tree)
@@ -137,9 +153,17 @@ impl Base {
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
-            .map(|(l, id)| StackedLayer { layout: store.root().to_path_buf(), layer: l.clone(), diff_id: id.clone() })
+            .map(|(l, id)| StackedLayer {
+                layout: store.root().to_path_buf(),
+                layer: l.clone(),
+                diff_id: id.clone(),
+            })
             .collect();
-        Ok(Base { layers, config, names: vec![format!("{}@{}", ref_name(d), d.digest)] })
+        Ok(Base {
+            layers,
+            config,
+            names: vec![format!("{}@{}", ref_name(d), d.digest)],
+        })
     }
 
     /// The stack of `images` (already fetched) as a base.
@@ -152,7 +176,10 @@ impl Base {
             // Several images stacked: the top's history no longer matches.
             config.history = layers
                 .iter()
-                .map(|l| History { created_by: Some(format!("stacked layer {}", l.layer.digest)), ..History::default() })
+                .map(|l| History {
+                    created_by: Some(format!("stacked layer {}", l.layer.digest)),
+                    ..History::default()
+                })
                 .collect();
         }
         config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -180,16 +207,30 @@ fn import_blob(store: &Store, layout: &Path, digest: &Digest) -> Result<()> {
 /// Stores `root` as `name:tag`, as one delta layer on `base` when given,
 /// else on the stash of that name (the same tag, else its newest tag), else
 /// as a first layer.
-pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts: Facts, base: Option<Base>) -> Result<Stashed> {
+pub fn stash(
+    store: &Store,
+    root: &Path,
+    name: &StashName,
+    tag: &Tag,
+    mut facts: Facts,
+    base: Option<Base>,
+) -> Result<Stashed> {
     let epoch = source_date_epoch()?;
     let key = format!("{name}:{tag}");
     let lock = store.lock_exclusive()?;
     let mut index = store.index()?;
     let base = match base {
         Some(b) => Some(b),
-        None => store.find(&index, &key).or_else(|| store.latest_of(&index, name.as_str())).map(|d| Base::from_store(store, &d)).transpose()?,
+        None => store
+            .find(&index, &key)
+            .or_else(|| store.latest_of(&index, name.as_str()))
+            .map(|d| Base::from_store(store, &d))
+            .transpose()?,
     };
-    let base_ids: Vec<Digest> = base.iter().flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone())).collect();
+    let base_ids: Vec<Digest> = base
+        .iter()
+        .flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone()))
+        .collect();
     let lower = match &base {
         Some(b) => {
             let started = Instant::now();
@@ -198,7 +239,12 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
                 Some(tree) => tree,
                 None => replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
             };
-            log::debug!("read {} entries of {} in {:.2?}", tree.len(), b.names.join(" + "), started.elapsed());
+            log::debug!(
+                "read {} entries of {} in {:.2?}",
+                tree.len(),
+                b.names.join(" + "),
+                started.elapsed()
+            );
             for l in &b.layers {
                 import_blob(store, &l.layout, &l.layer.digest)?;
             }
@@ -220,7 +266,10 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         started.elapsed()
     );
     remember_tree(store, &base_ids, &layer.diff_id, &scanned);
-    facts.kiwi_version = crate::tools::Tool::KiwiNg.locate().ok().and_then(|_| crate::tools::kiwi::version().ok());
+    facts.kiwi_version = crate::tools::Tool::KiwiNg
+        .locate()
+        .ok()
+        .and_then(|_| crate::tools::kiwi::version().ok());
     if let Some(b) = &base {
         let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
         facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
@@ -241,7 +290,14 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         created: Some(created.clone()),
         created_by: Some(format!("kiwi-stackbuild {} stash", env!("CARGO_PKG_VERSION"))),
         author: facts.author.clone(),
-        comment: Some(if base.is_some() { "KIWI root tree delta" } else { "KIWI root tree" }.into()),
+        comment: Some(
+            if base.is_some() {
+                "KIWI root tree delta"
+            } else {
+                "KIWI root tree"
+            }
+            .into(),
+        ),
         empty_layer: false,
     });
     let mut labels = config.labels();
@@ -256,7 +312,11 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
         platform: None,
     });
     let config_desc = store.put_json(&config, MEDIA_CONFIG)?;
-    let base_name = base.as_ref().and_then(|b| b.names.last()).and_then(|n| n.rsplit_once('@')).map(|(n, d)| (n.to_string(), d.to_string()));
+    let base_name = base
+        .as_ref()
+        .and_then(|b| b.names.last())
+        .and_then(|n| n.rsplit_once('@'))
+        .map(|(n, d)| (n.to_string(), d.to_string()));
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
@@ -269,7 +329,13 @@ pub fn stash(store: &Store, root: &Path, name: &StashName, tag: &Tag, mut facts:
     let digest = manifest_desc.digest.clone();
     Store::set_ref(&mut index, &key, manifest_desc);
     store.write_index(&index, &lock)?;
-    Ok(Stashed { key, digest, layers, layer, base: base_name.map(|(n, _)| n) })
+    Ok(Stashed {
+        key,
+        digest,
+        layers,
+        layer,
+        base: base_name.map(|(n, _)| n),
+    })
 }
 
 /// Caches the tree just stored, so the next stash on top of it need not read
@@ -287,14 +353,23 @@ fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, scanned: &
 fn new_config() -> ImageConfig {
     ImageConfig {
         os: "linux".into(),
-        config: RuntimeConfig { cmd: Some(vec!["/bin/sh".into()]), ..RuntimeConfig::default() },
-        rootfs: RootFs { kind: "layers".into(), diff_ids: Vec::new() },
+        config: RuntimeConfig {
+            cmd: Some(vec!["/bin/sh".into()]),
+            ..RuntimeConfig::default()
+        },
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: Vec::new(),
+        },
         ..ImageConfig::default()
     }
 }
 
 fn ref_name(d: &Descriptor) -> String {
-    d.annotations.get(oci::REF_NAME).cloned().unwrap_or_else(|| d.digest.to_string())
+    d.annotations
+        .get(oci::REF_NAME)
+        .cloned()
+        .unwrap_or_else(|| d.digest.to_string())
 }
 
 /// Bytes as a short human size (`171.3 MB`).

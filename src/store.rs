@@ -84,7 +84,11 @@ impl Store {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).wrap_err_with(context)?;
         }
         if !self.exists() {
-            let index = Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), ..Index::default() };
+            let index = Index {
+                schema_version: 2,
+                media_type: Some(MEDIA_INDEX.into()),
+                ..Index::default()
+            };
             write_atomic(&self.root.join("index.json"), &serde_json::to_vec(&index)?).wrap_err_with(context)?;
         }
         Ok(())
@@ -94,7 +98,8 @@ impl Store {
     pub fn lock_exclusive(&self) -> Result<Lock> {
         self.create()?;
         let file = self.lock_file()?;
-        file.lock().wrap_err_with(|| format!("locking {}", self.root.display()))?;
+        file.lock()
+            .wrap_err_with(|| format!("locking {}", self.root.display()))?;
         Ok(Lock { _file: file })
     }
 
@@ -105,7 +110,8 @@ impl Store {
             return Ok(None);
         }
         let file = self.lock_file()?;
-        file.lock_shared().wrap_err_with(|| format!("locking {}", self.root.display()))?;
+        file.lock_shared()
+            .wrap_err_with(|| format!("locking {}", self.root.display()))?;
         Ok(Some(Lock { _file: file }))
     }
 
@@ -123,7 +129,11 @@ impl Store {
     /// The store's index (empty when there is no store).
     pub fn index(&self) -> Result<Index> {
         if !self.exists() {
-            return Ok(Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), ..Index::default() });
+            return Ok(Index {
+                schema_version: 2,
+                media_type: Some(MEDIA_INDEX.into()),
+                ..Index::default()
+            });
         }
         oci::read_json(&self.root.join("index.json"))
     }
@@ -136,7 +146,11 @@ impl Store {
 
     /// The manifest descriptor tagged `key` (`name:tag`).
     pub fn find(&self, index: &Index, key: &str) -> Option<Descriptor> {
-        index.manifests.iter().find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(key)).cloned()
+        index
+            .manifests
+            .iter()
+            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(key))
+            .cloned()
     }
 
     /// The newest ref of `name` (the one written last), any tag.
@@ -181,12 +195,20 @@ impl Store {
         if !path.exists() {
             write_atomic(&path, &bytes).wrap_err_with(|| format!("storing blob {digest}"))?;
         }
-        Ok(Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64, annotations: BTreeMap::new(), platform: None })
+        Ok(Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        })
     }
 
     /// Points `key` at `manifest` in `index` (replacing an old target).
     pub fn set_ref(index: &mut Index, key: &str, mut manifest: Descriptor) {
-        index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
         manifest.annotations.insert(REF_NAME.into(), key.into());
         index.manifests.push(manifest);
     }
@@ -196,12 +218,18 @@ impl Store {
         let index = self.index()?;
         let mut out = Vec::new();
         for d in &index.manifests {
-            let Some(reference) = d.annotations.get(REF_NAME) else { continue };
+            let Some(reference) = d.annotations.get(REF_NAME) else {
+                continue;
+            };
             if d.media_type != MEDIA_MANIFEST {
                 continue;
             }
-            let manifest = self.manifest(&d.digest).wrap_err_with(|| format!("reading {reference}"))?;
-            let config = self.config(&manifest.config.digest).wrap_err_with(|| format!("reading {reference}"))?;
+            let manifest = self
+                .manifest(&d.digest)
+                .wrap_err_with(|| format!("reading {reference}"))?;
+            let config = self
+                .config(&manifest.config.digest)
+                .wrap_err_with(|| format!("reading {reference}"))?;
             let labels = config.labels();
             out.push(Entry {
                 reference: reference.clone(),
@@ -224,9 +252,17 @@ impl Store {
         let lock = self.lock_exclusive()?;
         let mut index = self.index()?;
         if self.find(&index, key).is_none() {
-            let known: Vec<&str> = index.manifests.iter().filter_map(|d| d.annotations.get(REF_NAME)).map(String::as_str).collect();
-            return Err(eyre!("no stash {key} in {}", self.root.display()))
-                .suggestion(if known.is_empty() { "the store is empty".to_string() } else { format!("stashes: {}", known.join(", ")) });
+            let known: Vec<&str> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.annotations.get(REF_NAME))
+                .map(String::as_str)
+                .collect();
+            return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion(if known.is_empty() {
+                "the store is empty".to_string()
+            } else {
+                format!("stashes: {}", known.join(", "))
+            });
         }
         Store::remove_ref(&mut index, key);
         self.write_index(&index, &lock)?;
@@ -234,7 +270,9 @@ impl Store {
     }
 
     fn remove_ref(index: &mut Index, key: &str) {
-        index.manifests.retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
     }
 
     /// Deletes blobs that no manifest of `index` reaches, cached trees of
@@ -258,7 +296,11 @@ impl Store {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
                 let path = entry.path();
-                let gone = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let gone = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 gone.wrap_err_with(|| format!("removing {}", path.display()))?;
             }
         }
@@ -308,8 +350,13 @@ impl Store {
 
 /// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| eyre!("{} has no parent directory", path.display()))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").permissions(readable()).tempfile_in(dir)?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| eyre!("{} has no parent directory", path.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(readable())
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

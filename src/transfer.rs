@@ -23,7 +23,9 @@ pub fn staging_layout(store: &Store, dir: &Path) -> Result<()> {
     if !dir.join("index.json").exists() {
         write_atomic(&dir.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#)?;
     }
-    let Ok(entries) = fs::read_dir(store.blob_dir()) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(store.blob_dir()) else {
+        return Ok(());
+    };
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
@@ -96,12 +98,22 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
             let digest = d.digest.clone();
             Store::set_ref(&mut index, key, d);
             store.write_index(&index, &lock)?;
-            return Ok(Pulled { digest, new_blobs: 0, new_bytes: 0 });
+            return Ok(Pulled {
+                digest,
+                new_blobs: 0,
+                new_bytes: 0,
+            });
         }
     }
-    let staging = tempfile::Builder::new().prefix(".tmp-pull-").tempdir_in(store.root()).wrap_err("creating a staging area in the store")?;
+    let staging = tempfile::Builder::new()
+        .prefix(".tmp-pull-")
+        .tempdir_in(store.root())
+        .wrap_err("creating a staging area in the store")?;
     staging_layout(store, staging.path())?;
-    let dst = ImageReference::Oci { dir: staging.path().to_string_lossy().into_owned(), image: Some(key.to_string()) };
+    let dst = ImageReference::Oci {
+        dir: staging.path().to_string_lossy().into_owned(),
+        image: Some(key.to_string()),
+    };
     let progress = crate::progress::spinner(&format!("pulling {src}"));
     let copied = skopeo::copy(src, &dst, auth, Compression::Keep).wrap_err_with(|| format!("pulling {src}"));
     progress.finish_and_clear();
@@ -128,7 +140,11 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     desc.annotations.remove(REF_NAME);
     Store::set_ref(&mut index, key, desc);
     store.write_index(&index, &lock)?;
-    Ok(Pulled { digest, new_blobs, new_bytes })
+    Ok(Pulled {
+        digest,
+        new_blobs,
+        new_bytes,
+    })
 }
 
 /// Pushes `src` to a registry with zstd layers. skopeo 1.9 would reuse gzip
@@ -136,17 +152,34 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
 /// layers are recompressed into a scratch layout first and pushed from there
 /// with their digests preserved.
 fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth: &RegistryAuth) -> Result<()> {
-    let scratch = tempfile::Builder::new().prefix("kiwi-stackbuild-push-").tempdir().wrap_err("creating a scratch layout")?;
-    let zstd = ImageReference::Oci { dir: scratch.path().to_string_lossy().into_owned(), image: Some(key.to_string()) };
+    let scratch = tempfile::Builder::new()
+        .prefix("kiwi-stackbuild-push-")
+        .tempdir()
+        .wrap_err("creating a scratch layout")?;
+    let zstd = ImageReference::Oci {
+        dir: scratch.path().to_string_lossy().into_owned(),
+        image: Some(key.to_string()),
+    };
     skopeo::copy(src, &zstd, auth, Compression::Zstd)?;
     skopeo::copy(&zstd, dst, auth, Compression::Exact)
 }
 
 /// Copies the stash `key` to `dst`; a registry gets only the blobs it lacks.
-pub fn push(store: &Store, key: &str, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<()> {
-    let _lock = store.lock_shared()?.ok_or_else(|| eyre!("no stash store at {}", store.root().display()))?;
+pub fn push(
+    store: &Store,
+    key: &str,
+    dst: &ImageReference,
+    auth: &RegistryAuth,
+    compression: Compression,
+) -> Result<()> {
+    let _lock = store
+        .lock_shared()?
+        .ok_or_else(|| eyre!("no stash store at {}", store.root().display()))?;
     store.resolve(key)?;
-    let src = ImageReference::Oci { dir: store.root().to_string_lossy().into_owned(), image: Some(key.to_string()) };
+    let src = ImageReference::Oci {
+        dir: store.root().to_string_lossy().into_owned(),
+        image: Some(key.to_string()),
+    };
     let progress = crate::progress::spinner(&format!("pushing {key} to {dst}"));
     let copied = if compression == Compression::Zstd && matches!(dst, ImageReference::Docker(_)) {
         push_recompressed(&src, key, dst, auth)

@@ -87,7 +87,9 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Err(e) => return Err(e).wrap_err_with(|| format!("listing xattrs of {}", path.display())),
     };
     for name in names {
-        if let Some(value) = xattr::get(path, &name).wrap_err_with(|| format!("reading xattrs of {}", path.display()))? {
+        if let Some(value) =
+            xattr::get(path, &name).wrap_err_with(|| format!("reading xattrs of {}", path.display()))?
+        {
             out.push((name.as_bytes().to_vec(), value));
         }
     }
@@ -107,21 +109,28 @@ pub fn scan(root: &Path, epoch: Option<i64>) -> Result<Vec<Scanned>> {
         .into_iter()
         .filter_entry(|e| {
             let parent_skipped = e.depth() == 2
-                && e.path().parent().and_then(Path::file_name).is_some_and(|p| SKIP_CONTENTS.contains(&p.as_bytes()));
+                && e.path()
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|p| SKIP_CONTENTS.contains(&p.as_bytes()));
             !parent_skipped
         });
     for entry in walker {
         let entry = entry.wrap_err_with(|| format!("walking {}", root.display()))?;
         let path = entry.path();
         let rel = path.strip_prefix(root).unwrap_or(path).as_os_str().as_bytes().to_vec();
-        let md = entry.metadata().wrap_err_with(|| format!("reading {}", path.display()))?;
+        let md = entry
+            .metadata()
+            .wrap_err_with(|| format!("reading {}", path.display()))?;
         let ft = md.file_type();
         let mut link_group = None;
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).wrap_err_with(|| format!("reading link {}", path.display()))?;
-            Kind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
+            Kind::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            }
         } else if ft.is_file() {
             if md.nlink() > 1 {
                 let key = (md.dev(), md.ino());
@@ -137,9 +146,15 @@ pub fn scan(root: &Path, epoch: Option<i64>) -> Result<Vec<Scanned>> {
                 Kind::File { size: md.len() }
             }
         } else if ft.is_char_device() {
-            Kind::Char { major: major(md.rdev()), minor: minor(md.rdev()) }
+            Kind::Char {
+                major: major(md.rdev()),
+                minor: minor(md.rdev()),
+            }
         } else if ft.is_block_device() {
-            Kind::Block { major: major(md.rdev()), minor: minor(md.rdev()) }
+            Kind::Block {
+                major: major(md.rdev()),
+                minor: minor(md.rdev()),
+            }
         } else if ft.is_fifo() {
             Kind::Fifo
         } else {
@@ -155,7 +170,12 @@ pub fn scan(root: &Path, epoch: Option<i64>) -> Result<Vec<Scanned>> {
             mtime,
             xattrs: read_xattrs(path)?,
         };
-        out.push(Scanned { path: rel, meta, source: path.to_path_buf(), link_group });
+        out.push(Scanned {
+            path: rel,
+            meta,
+            source: path.to_path_buf(),
+            link_group,
+        });
     }
     Ok(out)
 }
@@ -192,7 +212,11 @@ fn remove_children(tree: &mut Tree, dir: &[u8]) {
     if !prefix.is_empty() {
         prefix.push(b'/');
     }
-    let doomed: Vec<Vec<u8>> = tree.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+    let doomed: Vec<Vec<u8>> = tree
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
     for k in doomed {
         tree.remove(&k);
     }
@@ -219,7 +243,11 @@ pub struct CompleteTar<R> {
 impl<R: Read> CompleteTar<R> {
     /// Wraps an uncompressed tar stream.
     pub fn new(inner: R) -> CompleteTar<R> {
-        CompleteTar { inner, read: 0, trailer: None }
+        CompleteTar {
+            inner,
+            read: 0,
+            trailer: None,
+        }
     }
 }
 
@@ -286,13 +314,26 @@ fn meta_of_entry<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta> {
     xattrs.sort();
     let h = entry.header();
     let link = || entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-    let dev = || (h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0));
+    let dev = || {
+        (
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        )
+    };
     let kind = match h.entry_type() {
         tar::EntryType::Directory => Kind::Dir,
         tar::EntryType::Symlink => Kind::Symlink { target: link() },
-        tar::EntryType::Link => Kind::HardLink { target: clean_path(&link()) },
-        tar::EntryType::Char => Kind::Char { major: dev().0, minor: dev().1 },
-        tar::EntryType::Block => Kind::Block { major: dev().0, minor: dev().1 },
+        tar::EntryType::Link => Kind::HardLink {
+            target: clean_path(&link()),
+        },
+        tar::EntryType::Char => Kind::Char {
+            major: dev().0,
+            minor: dev().1,
+        },
+        tar::EntryType::Block => Kind::Block {
+            major: dev().0,
+            minor: dev().1,
+        },
         tar::EntryType::Fifo => Kind::Fifo,
         _ => Kind::File { size: entry.size() },
     };
@@ -311,7 +352,14 @@ mod tests {
     use super::*;
 
     fn file(size: u64) -> Meta {
-        Meta { kind: Kind::File { size }, mode: 0o644, uid: 0, gid: 0, mtime: 1, xattrs: vec![] }
+        Meta {
+            kind: Kind::File { size },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: vec![],
+        }
     }
 
     #[test]
@@ -356,7 +404,8 @@ mod tests {
     #[test]
     fn device_numbers_split_like_glibc() {
         // glibc's makedev()
-        let makedev = |ma: u64, mi: u64| ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
+        let makedev =
+            |ma: u64, mi: u64| ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
         for (ma, mi) in [(8, 1), (259, 65536), (4095, 255), (4096, 256)] {
             let dev = makedev(ma, mi);
             assert_eq!((u64::from(major(dev)), u64::from(minor(dev))), (ma, mi));

@@ -53,7 +53,9 @@ pub fn save(store_root: &Path, chain: &Digest, tree: &Tree) -> Result<()> {
 
 /// Removes cached trees of images not in `keep` (chain IDs).
 pub fn prune(store_root: &Path, keep: &[Digest]) -> usize {
-    let Ok(entries) = fs::read_dir(dir(store_root)) else { return 0 };
+    let Ok(entries) = fs::read_dir(dir(store_root)) else {
+        return 0;
+    };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -147,8 +149,14 @@ fn decode(bytes: &[u8]) -> Option<Tree> {
             1 => Kind::HardLink { target: c.bytes()? },
             2 => Kind::Dir,
             3 => Kind::Symlink { target: c.bytes()? },
-            4 => Kind::Char { major: c.u32()?, minor: c.u32()? },
-            5 => Kind::Block { major: c.u32()?, minor: c.u32()? },
+            4 => Kind::Char {
+                major: c.u32()?,
+                minor: c.u32()?,
+            },
+            5 => Kind::Block {
+                major: c.u32()?,
+                minor: c.u32()?,
+            },
             6 => Kind::Fifo,
             _ => return None,
         };
@@ -158,7 +166,17 @@ fn decode(bytes: &[u8]) -> Option<Tree> {
         for _ in 0..n {
             xattrs.push((c.bytes()?, c.bytes()?));
         }
-        tree.insert(path, Meta { kind, mode, uid, gid, mtime, xattrs });
+        tree.insert(
+            path,
+            Meta {
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            },
+        );
     }
     Some(tree)
 }
@@ -169,14 +187,37 @@ mod tests {
 
     #[test]
     fn trees_round_trip() {
-        let meta = |kind| Meta { kind, mode: 0o4755, uid: 1234, gid: 5678, mtime: -5, xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2])] };
+        let meta = |kind| Meta {
+            kind,
+            mode: 0o4755,
+            uid: 1234,
+            gid: 5678,
+            mtime: -5,
+            xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2])],
+        };
         let mut tree = Tree::new();
         tree.insert(b"caf\\xe9".to_vec(), meta(Kind::File { size: 42 }));
         tree.insert(b"d".to_vec(), meta(Kind::Dir));
-        tree.insert(b"l".to_vec(), meta(Kind::Symlink { target: b"/x\ny".to_vec() }));
-        tree.insert(b"h".to_vec(), meta(Kind::HardLink { target: b"caf\\xe9".to_vec() }));
+        tree.insert(
+            b"l".to_vec(),
+            meta(Kind::Symlink {
+                target: b"/x\ny".to_vec(),
+            }),
+        );
+        tree.insert(
+            b"h".to_vec(),
+            meta(Kind::HardLink {
+                target: b"caf\\xe9".to_vec(),
+            }),
+        );
         tree.insert(b"c".to_vec(), meta(Kind::Char { major: 1, minor: 3 }));
-        tree.insert(b"b".to_vec(), meta(Kind::Block { major: 259, minor: 65536 }));
+        tree.insert(
+            b"b".to_vec(),
+            meta(Kind::Block {
+                major: 259,
+                minor: 65536,
+            }),
+        );
         tree.insert(b"f".to_vec(), meta(Kind::Fifo));
         assert_eq!(decode(&encode(&tree)), Some(tree.clone()));
         let bytes = encode(&tree);

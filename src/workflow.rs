@@ -1,6 +1,6 @@
-//! The user-facing jobs as sequences of steps: stash, rebuild (W1-W3) and
-//! stackbuild. Everything that can be checked is checked before the first
-//! slow step.
+//! The user-facing jobs as sequences of steps: stash and its removal,
+//! rebuild (W1-W4) and stackbuild, and the merge preview. Everything that
+//! can be checked is checked before the first slow step.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,13 +11,13 @@ use color_eyre::Section;
 
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
-use crate::reference::{ImageReference, StashName, StashRef, Tag};
-use crate::restore::{self, Fetched};
 use crate::labels::{self, Facts};
+use crate::reference::{ImageReference, StashName, StashRef, Tag};
+use crate::registry::RegistryAuth;
+use crate::restore::{self, Fetched};
 use crate::stash::{self, human_size, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals, PassThrough};
-use crate::registry::RegistryAuth;
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 
@@ -54,9 +54,15 @@ pub fn stash(
     let name = match container_name.or(facts.name.as_deref()) {
         Some(n) => n.parse::<StashName>().map_err(|e| match container_name {
             Some(_) => e,
-            None => e.note(format!("the name comes from <image name> in {}; choose another with --container-name", root.join("image/config.xml").display())),
+            None => e.note(format!(
+                "the name comes from <image name> in {}; choose another with --container-name",
+                root.join("image/config.xml").display()
+            )),
         })?,
-        None => return Err(eyre!("{} has no image name", root.join("image/config.xml").display())).suggestion("pass --container-name NAME"),
+        None => {
+            return Err(eyre!("{} has no image name", root.join("image/config.xml").display()))
+                .suggestion("pass --container-name NAME")
+        }
     };
     let tag = tag.cloned().unwrap_or_else(Tag::latest);
     let done = stash::stash(store, root, &name, &tag, facts, base)?;
@@ -85,7 +91,8 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
     let builds = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
     let pass = PassThrough::parse(&job.kiwi_args, builds)?;
     if job.description.is_some() && pass.description.is_some() {
-        return Err(eyre!("two descriptions: --description before and after --")).suggestion("give the description once");
+        return Err(eyre!("two descriptions: --description before and after --"))
+            .suggestion("give the description once");
     }
     let root_dir = image_root(&pass.target_dir);
     if root_dir.symlink_metadata().is_ok() {
@@ -154,19 +161,36 @@ fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
     };
     let file = description::find(given)?;
     let doc = Document::parse_file(&file)?;
-    let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     if doc.derived_from().is_some() {
         if !job.roots.is_empty() {
-            return Err(eyre!("{} is derived (derived_from), and --root names a base too", file.display()))
-                .suggestion("drop --root: derived_from names the base");
+            return Err(eyre!(
+                "{} is derived (derived_from), and --root names a base too",
+                file.display()
+            ))
+            .suggestion("drop --root: derived_from names the base");
         }
         return Ok(Mode::Derived(Derived::new(doc, &file)?));
     }
-    Ok(if job.roots.is_empty() { Mode::Fresh(doc, dir) } else { Mode::OnRoot(doc, dir) })
+    Ok(if job.roots.is_empty() {
+        Mode::Fresh(doc, dir)
+    } else {
+        Mode::OnRoot(doc, dir)
+    })
 }
 
 /// Runs kiwi-ng for `mode` on the unpacked `root_dir`.
-fn run_kiwi_for(job: &Rebuild, pass: &PassThrough, mode: &Mode, images: &[Fetched], root_dir: &Path, scratch: &Path) -> Result<()> {
+fn run_kiwi_for(
+    job: &Rebuild,
+    pass: &PassThrough,
+    mode: &Mode,
+    images: &[Fetched],
+    root_dir: &Path,
+    scratch: &Path,
+) -> Result<()> {
     let (globals, target) = (&job.globals, &pass.target_dir);
     let args = match mode {
         Mode::Create => {
@@ -181,15 +205,25 @@ fn run_kiwi_for(job: &Rebuild, pass: &PassThrough, mode: &Mode, images: &[Fetche
         Mode::Derived(d) => {
             let stored = root_dir.join("image");
             if !stored.join("config.xml").is_file() {
-                return Err(eyre!("the base {} has no /image/config.xml: it is not a KIWI root tree", d.base))
-                    .suggestion("derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR");
+                return Err(eyre!(
+                    "the base {} has no /image/config.xml: it is not a KIWI root tree",
+                    d.base
+                ))
+                .suggestion(
+                    "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
+                );
             }
             let out = target.join("build/merged-description");
             if out.exists() {
                 std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
             }
             let merged = derive::write_merged(&stored, d, &out)?;
-            log::info!("merged {} into the description of {}: {}", d.file.display(), d.base, out.display());
+            log::info!(
+                "merged {} into the description of {}: {}",
+                d.file.display(),
+                d.base,
+                out.display()
+            );
             check_fit(images, Some(&merged), globals.target_arch.as_deref(), job.force)?;
             kiwi::build_args(globals, &out, true, pass)
         }
@@ -213,7 +247,6 @@ fn without_bootstrap(doc: &Document, dir: &Path, scratch: &Path) -> Result<PathB
     Ok(copy)
 }
 
-
 /// Where `--keep-root` stores the result: a stash `name:tag`, and for any
 /// other reference the place it is copied to from there.
 #[derive(Debug, Clone)]
@@ -229,7 +262,9 @@ struct Keep {
 fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Keep> {
     let version_tag = || -> Result<Tag> {
         match description.and_then(Document::version) {
-            Some(v) => v.parse::<Tag>().wrap_err("the description's <version> is not a valid tag"),
+            Some(v) => v
+                .parse::<Tag>()
+                .wrap_err("the description's <version> is not a valid tag"),
             None => Ok(Tag::latest()),
         }
     };
@@ -238,7 +273,11 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
             Some(t) => t.clone(),
             None => version_tag()?,
         };
-        return Ok(Keep { name: name.clone(), tag, copy_to: None });
+        return Ok(Keep {
+            name: name.clone(),
+            tag,
+            copy_to: None,
+        });
     }
     let image = match r {
         ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } => image.clone(),
@@ -251,30 +290,54 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
     };
     let name = match (&parsed, description.and_then(Document::image_name)) {
         (Some(p), _) => p.name.clone(),
-        (None, Some(n)) => n.parse::<StashName>().wrap_err("the description's <image name> is not a valid image name")?,
-        (None, None) => return Err(eyre!("--keep-root {r} names no image")).suggestion(format!("add a name: {r}:NAME:TAG")),
+        (None, Some(n)) => n
+            .parse::<StashName>()
+            .wrap_err("the description's <image name> is not a valid image name")?,
+        (None, None) => {
+            return Err(eyre!("--keep-root {r} names no image")).suggestion(format!("add a name: {r}:NAME:TAG"))
+        }
     };
     let tag = match parsed.and_then(|p| p.tag) {
         Some(t) => t,
         None => version_tag()?,
     };
-    Ok(Keep { name, tag, copy_to: Some(r.clone()) })
+    Ok(Keep {
+        name,
+        tag,
+        copy_to: Some(r.clone()),
+    })
 }
 
 /// Stores the built root as `--keep-root` says: on `base` when the root came
 /// from stored images.
-fn keep_root(store: &Store, root: &Path, keep: &Keep, base: Option<Base>, job: &Rebuild, scratch: &Path, auth: &RegistryAuth) -> Result<()> {
+fn keep_root(
+    store: &Store,
+    root: &Path,
+    keep: &Keep,
+    base: Option<Base>,
+    job: &Rebuild,
+    scratch: &Path,
+    auth: &RegistryAuth,
+) -> Result<()> {
     let arch = job.globals.target_arch.as_deref();
     let Some(dest) = &keep.copy_to else {
         let done = stash(store, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
-        log::info!("kept the root as {} ({} layers, new layer {})", done.key, done.layers, human_size(done.layer.size));
+        log::info!(
+            "kept the root as {} ({} layers, new layer {})",
+            done.key,
+            done.layers,
+            human_size(done.layer.size)
+        );
         println!("{}", done.key);
         return Ok(());
     };
     tools::require(&[Tool::Skopeo])?;
     let staging = Store::new(scratch.join("keep"));
     let done = stash(&staging, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
-    let src = ImageReference::Oci { dir: staging.root().to_string_lossy().into_owned(), image: Some(done.key.clone()) };
+    let src = ImageReference::Oci {
+        dir: staging.root().to_string_lossy().into_owned(),
+        image: Some(done.key.clone()),
+    };
     crate::tools::skopeo::copy(&src, dest, auth, job.compression)?;
     log::info!("kept the root as {dest} ({} layers)", done.layers);
     println!("{dest}");
@@ -296,8 +359,10 @@ fn fit_facts(image: &Fetched) -> Option<Facts> {
 /// Refuses to stack images, or build a description on them, when their
 /// package manager, architecture or distribution differ (unless `force`).
 fn check_fit(images: &[Fetched], description: Option<&Document>, target_arch: Option<&str>, force: bool) -> Result<()> {
-    let mut sides: Vec<(String, Facts)> =
-        images.iter().filter_map(|i| fit_facts(i).map(|f| (i.reference.to_string(), f))).collect();
+    let mut sides: Vec<(String, Facts)> = images
+        .iter()
+        .filter_map(|i| fit_facts(i).map(|f| (i.reference.to_string(), f)))
+        .collect();
     if let Some(doc) = description {
         let facts = Facts {
             package_manager: doc.package_manager(),
@@ -335,7 +400,11 @@ fn describe(roots: &[ImageReference]) -> String {
 }
 
 fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &RegistryAuth) -> Result<Vec<Fetched>> {
-    roots.iter().enumerate().map(|(n, r)| restore::fetch(store, r, scratch, n, auth)).collect()
+    roots
+        .iter()
+        .enumerate()
+        .map(|(n, r)| restore::fetch(store, r, scratch, n, auth))
+        .collect()
 }
 
 fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<()> {
@@ -363,12 +432,21 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<(
 /// `merge`: writes the merged description of the derived description at
 /// `derived` into `output`, without building. The base is `base` (a
 /// description directory or an image reference), else `derived_from`.
-pub fn merge_preview(store: &Store, derived: &Path, output: &Path, base: Option<&str>, auth: &RegistryAuth) -> Result<()> {
+pub fn merge_preview(
+    store: &Store,
+    derived: &Path,
+    output: &Path,
+    base: Option<&str>,
+    auth: &RegistryAuth,
+) -> Result<()> {
     let file = description::find(derived)?;
     let d = Derived::new(Document::parse_file(&file)?, &file)?;
-    let occupied = std::fs::read_dir(output).map(|mut e| e.next().is_some()).unwrap_or(output.exists());
+    let occupied = std::fs::read_dir(output)
+        .map(|mut e| e.next().is_some())
+        .unwrap_or(output.exists());
     if occupied {
-        return Err(eyre!("{} exists and is not empty", output.display())).suggestion("choose a new --output directory");
+        return Err(eyre!("{} exists and is not empty", output.display()))
+            .suggestion("choose a new --output directory");
     }
     if output.exists() {
         std::fs::remove_dir(output).wrap_err_with(|| format!("replacing {}", output.display()))?;
@@ -378,7 +456,9 @@ pub fn merge_preview(store: &Store, derived: &Path, output: &Path, base: Option<
         derive::write_merged(dir, &d, output)?;
     } else {
         let reference = match base {
-            Some(b) => b.parse::<ImageReference>().wrap_err_with(|| format!("--base {b} is neither a directory nor an image reference"))?,
+            Some(b) => b
+                .parse::<ImageReference>()
+                .wrap_err_with(|| format!("--base {b} is neither a directory nor an image reference"))?,
             None => d.base.clone(),
         };
         if !matches!(reference, ImageReference::Stash(_)) {
@@ -386,9 +466,11 @@ pub fn merge_preview(store: &Store, derived: &Path, output: &Path, base: Option<
         }
         let scratch = tempfile::tempdir().wrap_err("creating a work directory")?;
         let _lock = store.lock_shared()?;
-        let image = restore::fetch(store, &reference, scratch.path(), 0, auth).wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
+        let image = restore::fetch(store, &reference, scratch.path(), 0, auth)
+            .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
         let layers = restore::stack(std::slice::from_ref(&image))?;
-        let stored = derive::extract_image_dir(&layers, &scratch.path().join("base")).wrap_err_with(|| format!("reading the description stored in {reference}"))?;
+        let stored = derive::extract_image_dir(&layers, &scratch.path().join("base"))
+            .wrap_err_with(|| format!("reading the description stored in {reference}"))?;
         derive::write_merged(&stored, &d, output)?;
     }
     log::info!("merged {} into its base: {}", file.display(), output.display());
@@ -404,7 +486,8 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         None => store.tags_of(&store.index()?, r.name.as_str()),
     };
     if keys.is_empty() {
-        return Err(eyre!("no stash named {} in {}", r.name, store.root().display())).suggestion("see kiwi-stackbuild stash --list");
+        return Err(eyre!("no stash named {} in {}", r.name, store.root().display()))
+            .suggestion("see kiwi-stackbuild stash --list");
     }
     for key in keys {
         let freed = store.remove(&key)?;

@@ -128,8 +128,14 @@ struct Run {
 
 impl Sandbox {
     fn new() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("cli-fake-tools-").tempdir().expect("creating a temp dir");
-        let sandbox = Sandbox { dir, runs: Cell::new(0) };
+        let dir = tempfile::Builder::new()
+            .prefix("cli-fake-tools-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let sandbox = Sandbox {
+            dir,
+            runs: Cell::new(0),
+        };
         fs::create_dir(sandbox.bin()).unwrap();
         for (name, script) in [("umoci", FAKE_UMOCI), ("kiwi-ng", FAKE_KIWI), ("skopeo", FAKE_SKOPEO)] {
             let path = sandbox.bin().join(name);
@@ -221,12 +227,24 @@ impl Sandbox {
 
 impl Run {
     fn assert_ok(&self) {
-        assert!(self.status.success(), "expected success, got {}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        assert!(
+            self.status.success(),
+            "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
     }
 
     /// Asserts failure with exit status `code`.
     fn assert_fails(&self, code: i32) {
-        assert_eq!(self.status.code(), Some(code), "expected exit status {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "expected exit status {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
     }
 
     /// Asserts that stderr contains every one of `texts`.
@@ -240,17 +258,25 @@ impl Run {
     /// (color-eyre prints it as `   0: MESSAGE`, and more causes as `1:`...).
     fn assert_one_line_error(&self, message: &str) {
         self.assert_stderr_has(&[&format!("   0: {message}\n")]);
-        assert!(!self.stderr.contains("   1: "), "expected one error line:\n{}", self.stderr);
+        assert!(
+            !self.stderr.contains("   1: "),
+            "expected one error line:\n{}",
+            self.stderr
+        );
     }
 
     /// Every call of `tool` in this run, each as its argv (without argv[0]).
     fn calls(&self, tool: &str) -> Vec<Vec<String>> {
-        let Ok(bytes) = fs::read(self.calls.join(tool)) else { return Vec::new() };
+        let Ok(bytes) = fs::read(self.calls.join(tool)) else {
+            return Vec::new();
+        };
         let text = String::from_utf8(bytes).unwrap();
         let mut fields = text.split('\0');
         let mut calls = Vec::new();
         while let Some(count) = fields.next().filter(|c| !c.is_empty()) {
-            let count: usize = count.parse().unwrap_or_else(|_| panic!("bad record of {tool}: {text:?}"));
+            let count: usize = count
+                .parse()
+                .unwrap_or_else(|_| panic!("bad record of {tool}: {text:?}"));
             calls.push((0..count).map(|_| fields.next().unwrap().to_string()).collect());
         }
         calls
@@ -258,7 +284,10 @@ impl Run {
 
     /// Asserts that no fake tool ran at all.
     fn assert_no_tool_ran(&self) {
-        let files: Vec<_> = fs::read_dir(&self.calls).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let files: Vec<_> = fs::read_dir(&self.calls)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert!(files.is_empty(), "tools ran: {files:?}\nstderr:\n{}", self.stderr);
     }
 }
@@ -320,7 +349,11 @@ fn assert_in_scratch(arg: &str, target: &str, suffix: &str) {
 fn subcommands(sandbox: &Sandbox) -> Vec<String> {
     let run = sandbox.run(&["--help"]);
     run.assert_ok();
-    let listed = run.stdout.split("Commands:\n").nth(1).unwrap_or_else(|| panic!("no Commands: in\n{}", run.stdout));
+    let listed = run
+        .stdout
+        .split("Commands:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Commands: in\n{}", run.stdout));
     listed
         .lines()
         .take_while(|l| !l.trim().is_empty())
@@ -337,9 +370,14 @@ fn help_of_every_command_fits_80_columns() {
     let sandbox = Sandbox::new();
     let listed = subcommands(&sandbox);
     for known in ["rebuild", "stash", "stackbuild", "merge", "push", "pull"] {
-        assert!(listed.iter().any(|c| c == known), "--help does not list {known}: {listed:?}");
+        assert!(
+            listed.iter().any(|c| c == known),
+            "--help does not list {known}: {listed:?}"
+        );
     }
-    let commands: Vec<Vec<&str>> = std::iter::once(Vec::new()).chain(listed.iter().map(|c| vec![c.as_str()])).collect();
+    let commands: Vec<Vec<&str>> = std::iter::once(Vec::new())
+        .chain(listed.iter().map(|c| vec![c.as_str()]))
+        .collect();
     for columns in [None, Some("200")] {
         for command in &commands {
             for flag in ["--help", "-h"] {
@@ -351,7 +389,11 @@ fn help_of_every_command_fits_80_columns() {
                 });
                 run.assert_ok();
                 assert!(run.stderr.is_empty(), "{args:?} wrote to stderr: {}", run.stderr);
-                assert!(run.stdout.contains("Usage: kiwi-stackbuild"), "{args:?}: no usage line:\n{}", run.stdout);
+                assert!(
+                    run.stdout.contains("Usage: kiwi-stackbuild"),
+                    "{args:?}: no usage line:\n{}",
+                    run.stdout
+                );
                 for line in run.stdout.lines() {
                     assert!(
                         line.chars().count() <= 80,
@@ -418,7 +460,14 @@ fn registry_root_without_skopeo_is_one_line_error_with_install_hint() {
     fs::remove_file(sandbox.fake("skopeo")).unwrap();
     let target = sandbox.arg("target");
     let run = sandbox.run_with(
-        &["rebuild", "--root", "docker://registry.example/kiwi/base:1", "--", "--target-dir", &target],
+        &[
+            "rebuild",
+            "--root",
+            "docker://registry.example/kiwi/base:1",
+            "--",
+            "--target-dir",
+            &target,
+        ],
         |c| {
             c.env_remove("SKOPEO");
         },
@@ -437,7 +486,13 @@ fn container_name_with_upper_case_suggests_a_valid_name() {
     let sandbox = Sandbox::new();
     let root = sandbox.path("root");
     kiwi_tree(&root, "fake-base");
-    let run = sandbox.run(&["stash", "--root", root.to_str().unwrap(), "--container-name", "Hello_World"]);
+    let run = sandbox.run(&[
+        "stash",
+        "--root",
+        root.to_str().unwrap(),
+        "--container-name",
+        "Hello_World",
+    ]);
     run.assert_fails(1);
     run.assert_stderr_has(&["invalid image name \"Hello_World\"", "Suggestion: use \"hello-world\""]);
     run.assert_no_tool_ran();
@@ -449,9 +504,21 @@ fn container_name_with_upper_case_suggests_a_valid_name() {
 fn keep_root_with_a_space_is_rejected_by_argument_parsing() {
     let sandbox = Sandbox::new();
     let target = sandbox.arg("target");
-    let run = sandbox.run(&["rebuild", "--root", "base", "--keep-root", "Bad Name", "--", "--target-dir", &target]);
+    let run = sandbox.run(&[
+        "rebuild",
+        "--root",
+        "base",
+        "--keep-root",
+        "Bad Name",
+        "--",
+        "--target-dir",
+        &target,
+    ]);
     run.assert_fails(2);
-    run.assert_stderr_has(&["invalid value 'Bad Name' for '--keep-root <REF>'", "invalid image name \"Bad Name\""]);
+    run.assert_stderr_has(&[
+        "invalid value 'Bad Name' for '--keep-root <REF>'",
+        "invalid image name \"Bad Name\"",
+    ]);
     run.assert_no_tool_ran();
     assert!(!Path::new(&target).exists(), "the target dir was created");
 }
@@ -462,7 +529,16 @@ fn keep_root_with_a_space_is_rejected_by_argument_parsing() {
 fn bad_reference_on_the_command_line_suggests_a_valid_name() {
     let sandbox = Sandbox::new();
     let target = sandbox.arg("target");
-    let run = sandbox.run(&["rebuild", "--root", "base", "--keep-root", "Bad Name", "--", "--target-dir", &target]);
+    let run = sandbox.run(&[
+        "rebuild",
+        "--root",
+        "base",
+        "--keep-root",
+        "Bad Name",
+        "--",
+        "--target-dir",
+        &target,
+    ]);
     run.assert_fails(2);
     run.assert_stderr_has(&["\"bad-name\""]);
 }
@@ -483,7 +559,10 @@ fn invalid_image_name_in_config_xml_points_to_container_name() {
     ]);
     assert!(!sandbox.store().exists(), "a rejected stash created the store");
     // Following the advice works.
-    assert_eq!(sandbox.stash(Path::new(root), &["--container-name", "my-image"]), "my-image:latest");
+    assert_eq!(
+        sandbox.stash(Path::new(root), &["--container-name", "my-image"]),
+        "my-image:latest"
+    );
 }
 
 // ---------------------------------------------------------------- target dir and kiwi options
@@ -515,7 +594,15 @@ fn unknown_kiwi_option_is_named_before_anything_runs() {
     let target = sandbox.arg("target");
     let runs = [
         sandbox.run(&["rebuild", "--root", "base", "--", "--target-dir", &target, "--bogus"]),
-        sandbox.run(&["stackbuild", "--stash", "base", "--target-dir", &target, "--", "--bogus"]),
+        sandbox.run(&[
+            "stackbuild",
+            "--stash",
+            "base",
+            "--target-dir",
+            &target,
+            "--",
+            "--bogus",
+        ]),
     ];
     for run in runs {
         run.assert_fails(1);
@@ -530,7 +617,16 @@ fn unknown_kiwi_option_is_named_before_anything_runs() {
 fn build_option_without_description_belongs_to_system_build() {
     let sandbox = Sandbox::new();
     let target = sandbox.arg("target");
-    let run = sandbox.run(&["rebuild", "--root", "base", "--", "--target-dir", &target, "--add-package", "vim"]);
+    let run = sandbox.run(&[
+        "rebuild",
+        "--root",
+        "base",
+        "--",
+        "--target-dir",
+        &target,
+        "--add-package",
+        "vim",
+    ]);
     run.assert_fails(1);
     run.assert_one_line_error("kiwi-ng system create has no option \"--add-package\"");
     run.assert_stderr_has(&["Suggestion: --add-package is an option of system build: give a --description to build"]);
@@ -570,11 +666,30 @@ fn unknown_stash_is_named_and_nothing_is_created() {
 fn globals(sandbox: &Sandbox) -> (Vec<String>, Vec<String>) {
     let (cache, config) = (sandbox.arg("cache"), sandbox.arg("kiwi.yml"));
     let ours = strings(&[
-        "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", &cache, "--kiwi-config", &config,
+        "--profile",
+        "a",
+        "--profile",
+        "b",
+        "--type",
+        "tbz",
+        "--shared-cache-dir",
+        &cache,
+        "--kiwi-config",
+        &config,
         "--debug",
     ]);
     let kiwis = strings(&[
-        "--debug", "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", &cache, "--config", &config,
+        "--debug",
+        "--profile",
+        "a",
+        "--profile",
+        "b",
+        "--type",
+        "tbz",
+        "--shared-cache-dir",
+        &cache,
+        "--config",
+        &config,
     ]);
     (ours, kiwis)
 }
@@ -589,7 +704,11 @@ fn assert_unpacked_then_created(sandbox: &Sandbox, run: &Run, key: &str, target:
     assert_eq!(umoci.len(), 1, "umoci calls: {umoci:?}");
     let argv = &umoci[0];
     assert_eq!(argv.len(), 6, "umoci argv: {argv:?}");
-    assert_eq!(argv[..4], strings(&["raw", "unpack", "--keep-dirlinks", "--image"]), "umoci argv: {argv:?}");
+    assert_eq!(
+        argv[..4],
+        strings(&["raw", "unpack", "--keep-dirlinks", "--image"]),
+        "umoci argv: {argv:?}"
+    );
     assert_in_scratch(&argv[4], target, "/unpack:root");
     assert_eq!(argv[5], image_root, "umoci argv: {argv:?}");
     // The layout umoci got holds one image, `root`, made of the stash's layers.
@@ -603,8 +722,16 @@ fn assert_unpacked_then_created(sandbox: &Sandbox, run: &Run, key: &str, target:
     assert_eq!(run.calls("kiwi-ng"), vec![kiwi_argv.to_vec()]);
     assert!(run.calls("skopeo").is_empty(), "skopeo ran for a stash");
     assert!(Path::new(&image_root).join("image/config.xml").is_file());
-    assert_eq!(scratch_dirs(Path::new(target)), Vec::<String>::new(), "scratch dir left in {target}");
-    assert!(run.stdout.is_empty(), "a rebuild without --keep-root printed: {}", run.stdout);
+    assert_eq!(
+        scratch_dirs(Path::new(target)),
+        Vec::<String>::new(),
+        "scratch dir left in {target}"
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "a rebuild without --keep-root printed: {}",
+        run.stdout
+    );
     run.assert_stderr_has(&[&format!("fake kiwi-ng: building in {target}")]);
 }
 
@@ -625,10 +752,20 @@ fn w2_unpacks_with_umoci_and_runs_system_create_with_globals_first() {
     });
     let image_root = format!("{target}/build/image-root");
     let mut want = kiwis;
-    want.extend(strings(&["system", "create", "--root", &image_root, "--target-dir", &target]));
+    want.extend(strings(&[
+        "system",
+        "create",
+        "--root",
+        &image_root,
+        "--target-dir",
+        &target,
+    ]));
     assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
     // --debug logs every child as a shell-quoted line.
-    let line = std::iter::once(sandbox.fake("kiwi-ng").to_str().unwrap().to_string()).chain(want).collect::<Vec<_>>().join(" ");
+    let line = std::iter::once(sandbox.fake("kiwi-ng").to_str().unwrap().to_string())
+        .chain(want)
+        .collect::<Vec<_>>()
+        .join(" ");
     run.assert_stderr_has(&[&format!("kiwi-stackbuild: debug: running {line}\n")]);
 }
 
@@ -644,13 +781,31 @@ fn stackbuild_runs_the_same_commands_as_rebuild_root() {
     let (ours, kiwis) = globals(&sandbox);
     // Global options go anywhere before `--`, here before the subcommand.
     let mut args = ours;
-    args.extend(strings(&["stackbuild", "--stash", "fake-base:7", "--target-dir", &target, "--", "--signing-key", &key_file]));
+    args.extend(strings(&[
+        "stackbuild",
+        "--stash",
+        "fake-base:7",
+        "--target-dir",
+        &target,
+        "--",
+        "--signing-key",
+        &key_file,
+    ]));
     let run = sandbox.run_with(&args, |c| {
         c.env("FAKE_UMOCI_SEED", &root);
     });
     let image_root = format!("{target}/build/image-root");
     let mut want = kiwis;
-    want.extend(strings(&["system", "create", "--root", &image_root, "--target-dir", &target, "--signing-key", &key_file]));
+    want.extend(strings(&[
+        "system",
+        "create",
+        "--root",
+        &image_root,
+        "--target-dir",
+        &target,
+        "--signing-key",
+        &key_file,
+    ]));
     assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
 }
 
@@ -667,10 +822,18 @@ fn unpacked_image_without_image_dir_is_refused_and_removed() {
     run.assert_one_line_error("fake-base is not a KIWI root tree: it has no /image/config.xml");
     run.assert_stderr_has(&["Suggestion: pass --description to build on it"]);
     assert_eq!(run.calls("umoci").len(), 1, "umoci should have unpacked once");
-    assert!(run.calls("kiwi-ng").is_empty(), "kiwi-ng ran: {:?}", run.calls("kiwi-ng"));
+    assert!(
+        run.calls("kiwi-ng").is_empty(),
+        "kiwi-ng ran: {:?}",
+        run.calls("kiwi-ng")
+    );
     let image_root = sandbox.path("target/build/image-root");
     assert!(!image_root.exists(), "{} was left behind", image_root.display());
-    assert_eq!(scratch_dirs(Path::new(&target)), Vec::<String>::new(), "scratch dir left in {target}");
+    assert_eq!(
+        scratch_dirs(Path::new(&target)),
+        Vec::<String>::new(),
+        "scratch dir left in {target}"
+    );
 }
 
 #[test]
@@ -680,20 +843,30 @@ fn failing_kiwi_ng_shows_its_command_and_output() {
     kiwi_tree(&root, "fake-base");
     sandbox.stash(&root, &[]);
     let target = sandbox.arg("target");
-    let run = sandbox.run_with(&["rebuild", "--root", "fake-base", "--", "--target-dir", &target], |c| {
-        c.env("FAKE_UMOCI_SEED", &root).env("FAKE_KIWI_EXIT", "3");
-    });
+    let run = sandbox.run_with(
+        &["rebuild", "--root", "fake-base", "--", "--target-dir", &target],
+        |c| {
+            c.env("FAKE_UMOCI_SEED", &root).env("FAKE_KIWI_EXIT", "3");
+        },
+    );
     run.assert_fails(1);
     run.assert_stderr_has(&[
         "   0: the kiwi-ng build failed\n",
         "   1: kiwi-ng failed: it exited with 3\n",
-        &format!("Command:\n   {} system create --root {target}/build/image-root --target-dir {target}", sandbox.fake("kiwi-ng").display()),
+        &format!(
+            "Command:\n   {} system create --root {target}/build/image-root --target-dir {target}",
+            sandbox.fake("kiwi-ng").display()
+        ),
         "Its last output:",
         "fake kiwi-ng: something broke",
         &format!("{target}/build/image-root.log"),
     ]);
     assert_eq!(run.calls("kiwi-ng").len(), 1);
-    assert_eq!(scratch_dirs(Path::new(&target)), Vec::<String>::new(), "scratch dir left in {target}");
+    assert_eq!(
+        scratch_dirs(Path::new(&target)),
+        Vec::<String>::new(),
+        "scratch dir left in {target}"
+    );
 }
 
 // ---------------------------------------------------------------- W1 and W3
@@ -703,16 +876,35 @@ fn w1_builds_the_description_and_keeps_the_root_tagged_with_its_version() {
     let sandbox = Sandbox::new();
     let description = sandbox.path("description");
     fs::create_dir_all(&description).unwrap();
-    fs::write(description.join("config.xml"), CONFIG_XML.replace("@NAME@", "fake-base")).unwrap();
+    fs::write(
+        description.join("config.xml"),
+        CONFIG_XML.replace("@NAME@", "fake-base"),
+    )
+    .unwrap();
     let built = sandbox.path("built");
     kiwi_tree(&built, "fake-base");
     let (description, target) = (description.to_str().unwrap(), sandbox.arg("target"));
-    let run = sandbox.run_with(&["rebuild", "--description", description, "--keep-root", "kept", "--", "--target-dir", &target], |c| {
-        c.env("FAKE_KIWI_ROOT", &built);
-    });
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            description,
+            "--keep-root",
+            "kept",
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_KIWI_ROOT", &built);
+        },
+    );
     run.assert_ok();
     let kiwi = run.calls("kiwi-ng");
-    assert_eq!(kiwi[0], strings(&["system", "build", "--description", description, "--target-dir", &target]));
+    assert_eq!(
+        kiwi[0],
+        strings(&["system", "build", "--description", description, "--target-dir", &target])
+    );
     // The only other call is the version query for the stash's label.
     assert_eq!(kiwi[1..], [strings(&["--version"])], "kiwi-ng calls: {kiwi:?}");
     assert!(run.calls("umoci").is_empty() && run.calls("skopeo").is_empty());
@@ -736,7 +928,16 @@ fn w3_builds_on_the_root_without_bootstrap_packages() {
     fs::write(description.join("config.sh"), "#!/bin/sh\n").unwrap();
     let target = sandbox.arg("target");
     let run = sandbox.run_with(
-        &["rebuild", "--root", "fake-base", "--", "--description", description.to_str().unwrap(), "--target-dir", &target],
+        &[
+            "rebuild",
+            "--root",
+            "fake-base",
+            "--",
+            "--description",
+            description.to_str().unwrap(),
+            "--target-dir",
+            &target,
+        ],
         |c| {
             c.env("FAKE_UMOCI_SEED", &root);
         },
@@ -752,12 +953,23 @@ fn w3_builds_on_the_root_without_bootstrap_packages() {
     // kiwi-ng got a copy of the description without the bootstrap packages.
     let seen = run.calls.join("description");
     let handed = fs::read_to_string(seen.join("config.xml")).unwrap();
-    assert!(!handed.contains("bootstrap"), "bootstrap packages reached kiwi-ng:\n{handed}");
-    assert!(handed.contains("<package name=\"vim\"/>"), "image packages lost:\n{handed}");
-    assert!(seen.join("config.sh").is_file(), "config.sh not copied with the description");
+    assert!(
+        !handed.contains("bootstrap"),
+        "bootstrap packages reached kiwi-ng:\n{handed}"
+    );
+    assert!(
+        handed.contains("<package name=\"vim\"/>"),
+        "image packages lost:\n{handed}"
+    );
+    assert!(
+        seen.join("config.sh").is_file(),
+        "config.sh not copied with the description"
+    );
     run.assert_stderr_has(&["dropped <packages type=\"bootstrap\">"]);
     // The user's description is untouched.
-    assert!(fs::read_to_string(description.join("config.xml")).unwrap().contains("debootstrap-me"));
+    assert!(fs::read_to_string(description.join("config.xml"))
+        .unwrap()
+        .contains("debootstrap-me"));
 }
 
 // ---------------------------------------------------------------- stash --list and --rm
@@ -767,7 +979,10 @@ fn list_of_a_missing_store_is_empty_and_creates_nothing() {
     let sandbox = Sandbox::new();
     let home = sandbox.path("nowhere");
     let home = home.to_str().unwrap();
-    for args in [["stash", "--list", "--stash-home", home].as_slice(), &["--stash-home", home, "stash", "--list", "--json"]] {
+    for args in [
+        ["stash", "--list", "--stash-home", home].as_slice(),
+        &["--stash-home", home, "stash", "--list", "--json"],
+    ] {
         let run = sandbox.run(args);
         run.assert_ok();
         run.assert_no_tool_ran();
@@ -779,7 +994,10 @@ fn list_of_a_missing_store_is_empty_and_creates_nothing() {
         }
     }
     assert!(!Path::new(home).exists(), "listing created {home}");
-    assert!(!sandbox.store().exists(), "listing created KIWI_STACKBUILD_HOME though --stash-home was given");
+    assert!(
+        !sandbox.store().exists(),
+        "listing created KIWI_STACKBUILD_HOME though --stash-home was given"
+    );
 }
 
 #[test]
@@ -788,10 +1006,18 @@ fn removing_from_a_missing_store_fails_and_creates_nothing() {
     for stash in ["fake-base:1", "fake-base"] {
         let run = sandbox.run(&["stash", "--rm", stash]);
         run.assert_fails(1);
-        let message = if stash.contains(':') { "no stash fake-base:1 in" } else { "no stash named fake-base in" };
+        let message = if stash.contains(':') {
+            "no stash fake-base:1 in"
+        } else {
+            "no stash named fake-base in"
+        };
         run.assert_stderr_has(&[&format!("   0: {message} {}\n", sandbox.store().display())]);
         run.assert_no_tool_ran();
-        assert!(!sandbox.store().exists(), "stash --rm {stash} created the store {}", sandbox.store().display());
+        assert!(
+            !sandbox.store().exists(),
+            "stash --rm {stash} created the store {}",
+            sandbox.store().display()
+        );
     }
 }
 
@@ -821,7 +1047,10 @@ fn stash_twice_then_list_and_remove_everything() {
     let run = sandbox.run(&["stash", "--root", root.to_str().unwrap(), "--tag", "2"]);
     run.assert_ok();
     assert_eq!(run.stdout, "fake-base:2\n");
-    run.assert_stderr_has(&[&format!("stashed {} as fake-base:2 (2 layers", root.display()), ", on fake-base:1)"]);
+    run.assert_stderr_has(&[
+        &format!("stashed {} as fake-base:2 (2 layers", root.display()),
+        ", on fake-base:1)",
+    ]);
 
     let run = sandbox.run(&["stash", "--list", "--json"]);
     run.assert_ok();
@@ -851,9 +1080,21 @@ fn stash_twice_then_list_and_remove_everything() {
     run.assert_ok();
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
-    assert!(lines[0].starts_with("STASH ") && lines[0].ends_with("  BASE"), "header: {:?}", lines[0]);
-    assert!(lines[1].starts_with("fake-base:1 ") && lines[1].ends_with("  -"), "{:?}", lines[1]);
-    assert!(lines[2].starts_with("fake-base:2 ") && lines[2].ends_with("  fake-base:1"), "{:?}", lines[2]);
+    assert!(
+        lines[0].starts_with("STASH ") && lines[0].ends_with("  BASE"),
+        "header: {:?}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("fake-base:1 ") && lines[1].ends_with("  -"),
+        "{:?}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("fake-base:2 ") && lines[2].ends_with("  fake-base:1"),
+        "{:?}",
+        lines[2]
+    );
 
     // The first tag goes; its layer stays, since the second uses it.
     let run = sandbox.run(&["stash", "--rm", "fake-base:1"]);
@@ -861,18 +1102,33 @@ fn stash_twice_then_list_and_remove_everything() {
     run.assert_stderr_has(&["removed fake-base:1 (2 unused blobs freed)\n"]);
     let run = sandbox.run(&["stash", "--list", "--json"]);
     let list: Value = serde_json::from_str(&run.stdout).unwrap();
-    let refs: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["reference"].as_str().unwrap()).collect();
+    let refs: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reference"].as_str().unwrap())
+        .collect();
     assert_eq!(refs, ["fake-base:2"]);
     for layer in layers("fake-base:2") {
-        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-        assert!(sandbox.store().join("blobs/sha256").join(&hex).is_file(), "layer {hex} of fake-base:2 was freed");
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        assert!(
+            sandbox.store().join("blobs/sha256").join(&hex).is_file(),
+            "layer {hex} of fake-base:2 was freed"
+        );
     }
 
     // A bare name removes every tag left.
     let run = sandbox.run(&["stash", "--rm", "fake-base"]);
     run.assert_ok();
     run.assert_stderr_has(&["removed fake-base:2 (4 unused blobs freed)\n"]);
-    let blobs: Vec<_> = fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let blobs: Vec<_> = fs::read_dir(sandbox.store().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(blobs.is_empty(), "blobs left in an empty store: {blobs:?}");
     let run = sandbox.run(&["stash", "--list"]);
     run.assert_ok();
@@ -893,7 +1149,10 @@ fn stash_twice_then_list_and_remove_everything() {
 fn not_root_is_refused_before_any_work() {
     use std::os::unix::fs::PermissionsExt;
     // A place the unprivileged user can reach: test temp dirs may be private.
-    let dir = tempfile::Builder::new().prefix("kiwi-stackbuild-nobody-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kiwi-stackbuild-nobody-")
+        .tempdir()
+        .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("kiwi-stackbuild");
     fs::copy(BIN, &bin).unwrap();
@@ -920,7 +1179,13 @@ fn not_root_is_refused_before_any_work() {
             .expect("running setpriv");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} ran as nobody");
-        assert!(stderr.contains("needs root") && stderr.contains("run it as root"), "{args:?}: {stderr}");
-        assert!(!target.exists() && !dir.path().join("store").exists(), "{args:?} started work");
+        assert!(
+            stderr.contains("needs root") && stderr.contains("run it as root"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !target.exists() && !dir.path().join("store").exists(),
+            "{args:?} started work"
+        );
     }
 }

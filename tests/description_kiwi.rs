@@ -77,11 +77,8 @@ fn cases() -> Vec<Case> {
         });
     }
     for dir in sorted_entries(&fixtures().join("merge")) {
-        let merged = merge(
-            &parse(&dir.join("base.kiwi")),
-            &parse(&dir.join("derived.kiwi")),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let merged =
+            merge(&parse(&dir.join("base.kiwi")), &parse(&dir.join("derived.kiwi"))).unwrap_or_else(|e| panic!("{e}"));
         let beside = sorted_entries(&dir)
             .into_iter()
             .filter(|p| p.extension().is_none_or(|e| e != "kiwi"))
@@ -130,12 +127,7 @@ fn image_info_args(profiles: &[String], dir: &Path) -> Vec<OsString> {
     for profile in profiles {
         args.extend(["--profile".into(), profile.into()]);
     }
-    args.extend([
-        "image".into(),
-        "info".into(),
-        "--description".into(),
-        dir.into(),
-    ]);
+    args.extend(["image".into(), "info".into(), "--description".into(), dir.into()]);
     args
 }
 
@@ -143,13 +135,9 @@ fn image_info_args(profiles: &[String], dir: &Path) -> Vec<OsString> {
 fn validate(kiwi: &OsString, run: &Run) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("config.xml");
-    run.case
-        .doc
-        .write_to(&config)
-        .map_err(|e| format!("{e:#}"))?;
+    run.case.doc.write_to(&config).map_err(|e| format!("{e:#}"))?;
     for file in &run.case.beside {
-        std::fs::copy(file, dir.path().join(file.file_name().unwrap()))
-            .map_err(|e| e.to_string())?;
+        std::fs::copy(file, dir.path().join(file.file_name().unwrap())).map_err(|e| e.to_string())?;
     }
     assert_eq!(find(dir.path()).unwrap(), config);
     let output = Command::new(kiwi)
@@ -160,8 +148,7 @@ fn validate(kiwi: &OsString, run: &Run) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
-    let log = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
+    let log = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
     let tail: Vec<&str> = log
         .lines()
         .rev()
@@ -170,29 +157,20 @@ fn validate(kiwi: &OsString, run: &Run) -> Result<(), String> {
         .into_iter()
         .rev()
         .collect();
-    Err(format!(
-        "{}\n--- description ---\n{}",
-        tail.join("\n"),
-        run.case.doc
-    ))
+    Err(format!("{}\n--- description ---\n{}", tail.join("\n"), run.case.doc))
 }
 
 /// Runs `validate` over `runs` on all cores; returns the failures.
 fn validate_all(kiwi: &OsString, runs: &[Run]) -> Vec<String> {
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 while let Some(run) = runs.get(next.fetch_add(1, Ordering::SeqCst)) {
                     if let Err(error) = validate(kiwi, run) {
-                        let message = format!(
-                            "{} with profiles {:?}:\n{error}",
-                            run.case.name, run.profiles
-                        );
+                        let message = format!("{} with profiles {:?}:\n{error}", run.case.name, run.profiles);
                         failures.lock().unwrap().push(message);
                     }
                 }
@@ -240,12 +218,8 @@ fn kiwi_accepts_corpus_and_merged_descriptions() {
 #[test]
 fn kiwi_rejects_an_invalid_description() {
     let Some(kiwi) = kiwi_or_skip() else { return };
-    let text =
-        std::fs::read_to_string(fixtures().join("corpus/tumbleweed-rootfs-tbz.kiwi")).unwrap();
-    let broken = text.replace(
-        "<type image=\"tbz\"/>",
-        "<type image=\"tbz\"/><no-such-preference/>",
-    );
+    let text = std::fs::read_to_string(fixtures().join("corpus/tumbleweed-rootfs-tbz.kiwi")).unwrap();
+    let broken = text.replace("<type image=\"tbz\"/>", "<type image=\"tbz\"/><no-such-preference/>");
     assert_ne!(broken, text);
     let doc = Document::parse_str(&broken, "broken").unwrap();
     let case = Case {
@@ -269,14 +243,7 @@ fn image_info_argv() {
         (&[], &["image", "info", "--description", "/tmp/d"]),
         (
             &["Disk"],
-            &[
-                "--profile",
-                "Disk",
-                "image",
-                "info",
-                "--description",
-                "/tmp/d",
-            ],
+            &["--profile", "Disk", "image", "info", "--description", "/tmp/d"],
         ),
         (
             &["A", "B"],

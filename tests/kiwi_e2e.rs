@@ -64,14 +64,20 @@ impl Env {
 
     fn stash_entry(&self, key: &str) -> serde_json::Value {
         let list = self.list();
-        list.into_iter().find(|e| e["reference"] == key).unwrap_or_else(|| panic!("{key} not in the store"))
+        list.into_iter()
+            .find(|e| e["reference"] == key)
+            .unwrap_or_else(|| panic!("{key} not in the store"))
     }
 }
 
 fn add_package(description: &Path, package: &str) {
     let config = description.join("config.xml");
     let text = fs::read_to_string(&config).unwrap();
-    let text = text.replacen("<package name=\"bash\"/>", &format!("<package name=\"bash\"/>\n        <package name=\"{package}\"/>"), 1);
+    let text = text.replacen(
+        "<package name=\"bash\"/>",
+        &format!("<package name=\"bash\"/>\n        <package name=\"{package}\"/>"),
+        1,
+    );
     fs::write(&config, text).unwrap();
 }
 
@@ -102,28 +108,62 @@ fn debian_build_keep_rebuild_stack() {
     let t1 = env.path("w1");
 
     // W1: build and keep the root; the tag is the description's version.
-    let out = env.ok(&[OsStr::new("rebuild"), OsStr::new("--description"), desc.as_os_str(), OsStr::new("--keep-root"), OsStr::new("debian-base"), OsStr::new("--"), OsStr::new("--target-dir"), t1.as_os_str()]);
+    let out = env.ok(&[
+        OsStr::new("rebuild"),
+        OsStr::new("--description"),
+        desc.as_os_str(),
+        OsStr::new("--keep-root"),
+        OsStr::new("debian-base"),
+        OsStr::new("--"),
+        OsStr::new("--target-dir"),
+        t1.as_os_str(),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "debian-base:1.0.0");
     let base = env.stash_entry("debian-base:1.0.0");
     assert_eq!(base["layers"], 1);
     assert_eq!(base["labels"]["io.kiwi-stackbuild.package-manager"], "apt");
     assert_eq!(base["labels"]["io.kiwi-stackbuild.distribution"], "bookworm");
-    assert_eq!(base["labels"]["io.osinside.kiwi.maintainer"], "kiwi-stackbuild developers");
-    assert!(base["labels"]["io.kiwi-stackbuild.kiwi-version"].as_str().unwrap().starts_with("11.1"), "{base}");
+    assert_eq!(
+        base["labels"]["io.osinside.kiwi.maintainer"],
+        "kiwi-stackbuild developers"
+    );
+    assert!(
+        base["labels"]["io.kiwi-stackbuild.kiwi-version"]
+            .as_str()
+            .unwrap()
+            .starts_with("11.1"),
+        "{base}"
+    );
     let built = archive_list(&t1);
 
     // stash of the same root with the plain stash command, seen in --list.
     let root1 = t1.join("build/image-root");
-    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), root1.as_os_str(), OsStr::new("--container-name"), OsStr::new("plain")]);
+    env.ok(&[
+        OsStr::new("stash"),
+        OsStr::new("--root"),
+        root1.as_os_str(),
+        OsStr::new("--container-name"),
+        OsStr::new("plain"),
+    ]);
     let text = String::from_utf8_lossy(&env.ok(&["stash", "--list"]).stdout).into_owned();
     assert!(text.lines().any(|l| l.starts_with("plain:latest ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("debian-base:1.0.0 ")), "{text}");
 
     // W2: rebuild from the stash alone gives the same image.
     let t2 = env.path("w2");
-    env.ok(&[OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("plain"), OsStr::new("--"), OsStr::new("--target-dir"), t2.as_os_str()]);
+    env.ok(&[
+        OsStr::new("rebuild"),
+        OsStr::new("--root"),
+        OsStr::new("plain"),
+        OsStr::new("--"),
+        OsStr::new("--target-dir"),
+        t2.as_os_str(),
+    ]);
     assert_eq!(archive_list(&t2), built);
-    assert!(fs::symlink_metadata(t2.join("build/image-root/bin")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(t2.join("build/image-root/bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     kiwi_own_stash_is_a_root(&env, &root1, &built);
 
@@ -132,55 +172,124 @@ fn debian_build_keep_rebuild_stack() {
     add_package(&desc3, "xz-utils");
     let t3 = env.path("w3");
     let out = env.run(&[
-        OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("debian-base:1.0.0"), OsStr::new("--keep-root"), OsStr::new("debian-xz:1"),
-        OsStr::new("--"), OsStr::new("--description"), desc3.as_os_str(), OsStr::new("--target-dir"), t3.as_os_str(),
+        OsStr::new("rebuild"),
+        OsStr::new("--root"),
+        OsStr::new("debian-base:1.0.0"),
+        OsStr::new("--keep-root"),
+        OsStr::new("debian-xz:1"),
+        OsStr::new("--"),
+        OsStr::new("--description"),
+        desc3.as_os_str(),
+        OsStr::new("--target-dir"),
+        t3.as_os_str(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "W3 failed:\n{}", tail(&stderr));
-    assert!(stderr.contains("dropped <packages type=\"bootstrap\">"), "the log does not say the bootstrap section was dropped");
+    assert!(
+        stderr.contains("dropped <packages type=\"bootstrap\">"),
+        "the log does not say the bootstrap section was dropped"
+    );
     let root3 = t3.join("build/image-root");
     assert!(root3.join("usr/bin/xz").is_file(), "xz-utils is not installed");
-    assert!(fs::symlink_metadata(root3.join("bin")).unwrap().file_type().is_symlink(), "/bin is no longer a symlink");
+    assert!(
+        fs::symlink_metadata(root3.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "/bin is no longer a symlink"
+    );
     for p in &built {
-        assert!(fs::symlink_metadata(root3.join(p)).is_ok() || p.is_empty(), "{p} of the base is missing after W3");
+        assert!(
+            fs::symlink_metadata(root3.join(p)).is_ok() || p.is_empty(),
+            "{p} of the base is missing after W3"
+        );
     }
     let xz = env.stash_entry("debian-xz:1");
     assert_eq!(xz["layers"], 2, "{xz}");
-    assert!(xz["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"), "{xz}");
+    assert!(
+        xz["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"),
+        "{xz}"
+    );
 
     // Stacking: X = the Debian stash; A stashed twice (a file deleted, one added).
     let a = env.path("a-root");
-    write_small_root(&a, "layer-a", &[("usr/bin/a-tool", "#!/bin/sh\n"), ("etc/a-old", "old\n")]);
+    write_small_root(
+        &a,
+        "layer-a",
+        &[("usr/bin/a-tool", "#!/bin/sh\n"), ("etc/a-old", "old\n")],
+    );
     fs::create_dir_all(a.join("bin")).unwrap();
     fs::write(a.join("bin/a-bin"), "in a real bin/ directory\n").unwrap();
-    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), a.as_os_str(), OsStr::new("--tag"), OsStr::new("1")]);
+    env.ok(&[
+        OsStr::new("stash"),
+        OsStr::new("--root"),
+        a.as_os_str(),
+        OsStr::new("--tag"),
+        OsStr::new("1"),
+    ]);
     fs::remove_file(a.join("etc/a-old")).unwrap();
     fs::write(a.join("etc/a-new"), "new\n").unwrap();
-    env.ok(&[OsStr::new("stash"), OsStr::new("--root"), a.as_os_str(), OsStr::new("--tag"), OsStr::new("2")]);
+    env.ok(&[
+        OsStr::new("stash"),
+        OsStr::new("--root"),
+        a.as_os_str(),
+        OsStr::new("--tag"),
+        OsStr::new("2"),
+    ]);
     let t4 = env.path("stack");
     env.ok(&[
-        OsStr::new("stackbuild"), OsStr::new("--stash"), OsStr::new("plain"), OsStr::new("layer-a:2"), OsStr::new("--target-dir"), t4.as_os_str(),
+        OsStr::new("stackbuild"),
+        OsStr::new("--stash"),
+        OsStr::new("plain"),
+        OsStr::new("layer-a:2"),
+        OsStr::new("--target-dir"),
+        t4.as_os_str(),
     ]);
     let root4 = t4.join("build/image-root");
     assert!(root4.join("usr/bin/bash").is_file(), "X's own files are gone");
     assert!(root4.join("etc/a-new").is_file(), "A's new file is missing");
     assert!(!root4.join("etc/a-old").exists(), "A's deleted file came back");
-    assert!(fs::symlink_metadata(root4.join("bin")).unwrap().file_type().is_symlink(), "/bin is no longer a symlink");
-    assert!(root4.join("usr/bin/a-bin").is_file(), "A's bin/ file did not land behind the symlink");
+    assert!(
+        fs::symlink_metadata(root4.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "/bin is no longer a symlink"
+    );
+    assert!(
+        root4.join("usr/bin/a-bin").is_file(),
+        "A's bin/ file did not land behind the symlink"
+    );
 
     // A description for another package manager does not fit on an apt stash.
     let zypper = env.path("zypper");
     fs::create_dir_all(&zypper).unwrap();
-    let text = fs::read_to_string(desc.join("config.xml")).unwrap().replace("<packagemanager>apt</packagemanager>", "<packagemanager>zypper</packagemanager>");
+    let text = fs::read_to_string(desc.join("config.xml")).unwrap().replace(
+        "<packagemanager>apt</packagemanager>",
+        "<packagemanager>zypper</packagemanager>",
+    );
     fs::write(zypper.join("config.xml"), text).unwrap();
     let t5 = env.path("misfit");
     let out = env.run(&[
-        OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new("plain"), OsStr::new("--"), OsStr::new("--description"), zypper.as_os_str(), OsStr::new("--target-dir"), t5.as_os_str(),
+        OsStr::new("rebuild"),
+        OsStr::new("--root"),
+        OsStr::new("plain"),
+        OsStr::new("--"),
+        OsStr::new("--description"),
+        zypper.as_os_str(),
+        OsStr::new("--target-dir"),
+        t5.as_os_str(),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("package manager differs") && stderr.contains("apt") && stderr.contains("zypper"), "{stderr}");
-    assert!(!t5.join("build/image-root").exists(), "a misfit build unpacked the root");
+    assert!(
+        stderr.contains("package manager differs") && stderr.contains("apt") && stderr.contains("zypper"),
+        "{stderr}"
+    );
+    assert!(
+        !t5.join("build/image-root").exists(),
+        "a misfit build unpacked the root"
+    );
 
     derived_build(&env);
 }
@@ -207,12 +316,23 @@ fn kiwi_own_stash_is_a_root(env: &Env, root: &Path, built: &BTreeSet<String>) {
         .env("CONTAINERS_STORAGE_CONF", &conf)
         .output()
         .unwrap();
-    assert!(out.status.success(), "kiwi-ng system stash failed: {}", tail(&String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        out.status.success(),
+        "kiwi-ng system stash failed: {}",
+        tail(&String::from_utf8_lossy(&out.stderr))
+    );
     let archive = dir.0.join(format!("{name}.tar"));
     assert!(archive.is_file(), "KIWI wrote no {}", archive.display());
     let t = env.path("from-kiwi-stash");
     let reference = format!("oci-archive:{}", archive.display());
-    env.ok(&[OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new(&reference), OsStr::new("--"), OsStr::new("--target-dir"), t.as_os_str()]);
+    env.ok(&[
+        OsStr::new("rebuild"),
+        OsStr::new("--root"),
+        OsStr::new(&reference),
+        OsStr::new("--"),
+        OsStr::new("--target-dir"),
+        t.as_os_str(),
+    ]);
     assert_eq!(archive_list(&t), *built);
 }
 
@@ -223,30 +343,80 @@ fn derived_build(env: &Env) {
 
     // The merge preview, from derived_from, is a description kiwi-ng accepts.
     let preview = env.path("preview");
-    env.ok(&[OsStr::new("merge"), OsStr::new("--description"), derived.as_os_str(), OsStr::new("--output"), preview.as_os_str()]);
+    env.ok(&[
+        OsStr::new("merge"),
+        OsStr::new("--description"),
+        derived.as_os_str(),
+        OsStr::new("--output"),
+        preview.as_os_str(),
+    ]);
     let merged = fs::read_to_string(preview.join("config.xml")).unwrap();
-    assert!(merged.contains("name=\"kiwi-stackbuild-derived\"") && !merged.contains("derived_from="), "{merged}");
-    assert!(merged.contains("<package name=\"bash\"/>") && merged.contains("<package name=\"less\"/>"), "{merged}");
+    assert!(
+        merged.contains("name=\"kiwi-stackbuild-derived\"") && !merged.contains("derived_from="),
+        "{merged}"
+    );
+    assert!(
+        merged.contains("<package name=\"bash\"/>") && merged.contains("<package name=\"less\"/>"),
+        "{merged}"
+    );
     assert!(!merged.contains("type=\"bootstrap\""), "{merged}");
     assert!(preview.join("config.sh").is_file());
-    let info = Command::new(kiwi_ng()).args(["image", "info", "--description"]).arg(&preview).output().unwrap();
-    assert!(info.status.success(), "kiwi-ng rejects the merged description: {}", String::from_utf8_lossy(&info.stderr));
+    let info = Command::new(kiwi_ng())
+        .args(["image", "info", "--description"])
+        .arg(&preview)
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "kiwi-ng rejects the merged description: {}",
+        String::from_utf8_lossy(&info.stderr)
+    );
 
     let t = env.path("w4");
     let out = env.run(&[
-        OsStr::new("rebuild"), OsStr::new("--description"), derived.as_os_str(), OsStr::new("--keep-root"), OsStr::new("derived"),
-        OsStr::new("--"), OsStr::new("--target-dir"), t.as_os_str(),
+        OsStr::new("rebuild"),
+        OsStr::new("--description"),
+        derived.as_os_str(),
+        OsStr::new("--keep-root"),
+        OsStr::new("derived"),
+        OsStr::new("--"),
+        OsStr::new("--target-dir"),
+        t.as_os_str(),
     ]);
-    assert!(out.status.success(), "W4 failed:\n{}", tail(&String::from_utf8_lossy(&out.stderr)));
-    let names: Vec<String> = fs::read_dir(&t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().any(|n| n.starts_with("kiwi-stackbuild-derived.") && n.ends_with("-2.0.0.tar.xz")), "{names:?}");
+    assert!(
+        out.status.success(),
+        "W4 failed:\n{}",
+        tail(&String::from_utf8_lossy(&out.stderr))
+    );
+    let names: Vec<String> = fs::read_dir(&t)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("kiwi-stackbuild-derived.") && n.ends_with("-2.0.0.tar.xz")),
+        "{names:?}"
+    );
     let root = t.join("build/image-root");
     assert!(root.join("usr/bin/less").is_file(), "less is not installed");
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
-    assert!(passwd.lines().any(|l| l.starts_with("tester:")), "no user tester in /etc/passwd");
-    assert_eq!(fs::read_to_string(root.join("etc/derived-marker")).unwrap().trim(), "written by the derived description's config.sh");
-    assert!(t.join("build/merged-description/config.xml").is_file(), "the merged description is not kept");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("tester:")),
+        "no user tester in /etc/passwd"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/derived-marker")).unwrap().trim(),
+        "written by the derived description's config.sh"
+    );
+    assert!(
+        t.join("build/merged-description/config.xml").is_file(),
+        "the merged description is not kept"
+    );
     let kept = env.stash_entry("derived:2.0.0");
     assert_eq!(kept["layers"], 2, "{kept}");
-    assert!(kept["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"), "{kept}");
+    assert!(
+        kept["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"),
+        "{kept}"
+    );
 }

@@ -17,7 +17,12 @@ fn kiwi_python() -> PathBuf {
     let path = if Path::new(&kiwi).components().count() > 1 {
         PathBuf::from(&kiwi)
     } else {
-        let out = Command::new("sh").arg("-c").arg("command -v \"$0\"").arg(&kiwi).output().unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("command -v \"$0\"")
+            .arg(&kiwi)
+            .output()
+            .unwrap();
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     };
     let script = fs::read_to_string(fs::canonicalize(&path).unwrap()).unwrap();
@@ -33,12 +38,24 @@ fn install_plugin(dir: &Path) {
     let copied = Command::new("cp").arg("-r").arg(&source).arg(&plugin).status().unwrap();
     assert!(copied.success());
     let out = Command::new(kiwi_python())
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+        ])
         .arg(dir)
         .arg(&plugin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "pip install failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pip install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -48,7 +65,11 @@ fn kiwi_ng_system_rebuild_hands_over_to_kiwi_stackbuild() {
     install_plugin(&site);
     let recorder = tmp.path().join("record-argv");
     let argv_file = tmp.path().join("argv");
-    fs::write(&recorder, format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\nexit 7\n", argv_file.display())).unwrap();
+    fs::write(
+        &recorder,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\nexit 7\n", argv_file.display()),
+    )
+    .unwrap();
     fs::set_permissions(&recorder, fs::Permissions::from_mode(0o755)).unwrap();
 
     let kiwi = |program: &Path, args: &[&str]| {
@@ -63,22 +84,74 @@ fn kiwi_ng_system_rebuild_hands_over_to_kiwi_stackbuild() {
     };
     let out = kiwi(
         &recorder,
-        &["--profile", "a", "--profile", "b", "--type", "tbz", "--target-arch", "x86_64", "system", "rebuild", "--root", "base:1", "--", "--target-dir", "/t", "--add-package", "vim"],
+        &[
+            "--profile",
+            "a",
+            "--profile",
+            "b",
+            "--type",
+            "tbz",
+            "--target-arch",
+            "x86_64",
+            "system",
+            "rebuild",
+            "--root",
+            "base:1",
+            "--",
+            "--target-dir",
+            "/t",
+            "--add-package",
+            "vim",
+        ],
     );
-    assert_eq!(out.status.code(), Some(7), "kiwi-stackbuild's exit status is kiwi-ng's: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "kiwi-stackbuild's exit status is kiwi-ng's: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let argv = fs::read_to_string(&argv_file).unwrap();
     let want = [
-        "--profile", "a", "--profile", "b", "--type", "tbz", "--target-arch", "x86_64", "rebuild", "--root", "base:1", "--", "--target-dir", "/t", "--add-package", "vim",
+        "--profile",
+        "a",
+        "--profile",
+        "b",
+        "--type",
+        "tbz",
+        "--target-arch",
+        "x86_64",
+        "rebuild",
+        "--root",
+        "base:1",
+        "--",
+        "--target-dir",
+        "/t",
+        "--add-package",
+        "vim",
     ];
     assert_eq!(argv.lines().collect::<Vec<_>>(), want);
 
     // With the real binary, its own checks and errors come through.
     let real = Path::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"));
-    let out = kiwi(real, &["system", "rebuild", "--root", "nosuch:1", "--", "--target-dir", tmp.path().join("t").to_str().unwrap()]);
+    let out = kiwi(
+        real,
+        &[
+            "system",
+            "rebuild",
+            "--root",
+            "nosuch:1",
+            "--",
+            "--target-dir",
+            tmp.path().join("t").to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no stash nosuch:1"), "{stderr}");
 
     let help = kiwi(real, &["system", "--help"]);
-    assert!(String::from_utf8_lossy(&help.stdout).contains("rebuild"), "kiwi-ng system --help does not list rebuild");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("rebuild"),
+        "kiwi-ng system --help does not list rebuild"
+    );
 }

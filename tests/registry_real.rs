@@ -30,7 +30,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { tmp: tempfile::tempdir().unwrap() }
+        Env {
+            tmp: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -45,7 +47,18 @@ impl Env {
     fn special_stash(&self, home: &Path, name: &str, tag: &str) -> PathBuf {
         let root = self.path(&format!("tree-{name}"));
         make_special_tree(&root);
-        ok(home, &["stash", "--root", root.to_str().unwrap(), "--container-name", name, "--tag", tag]);
+        ok(
+            home,
+            &[
+                "stash",
+                "--root",
+                root.to_str().unwrap(),
+                "--container-name",
+                name,
+                "--tag",
+                tag,
+            ],
+        );
         root
     }
 }
@@ -67,7 +80,11 @@ fn run<S: AsRef<OsStr>>(home: &Path, args: &[S]) -> Output {
 
 fn ok<S: AsRef<OsStr> + std::fmt::Debug>(home: &Path, args: &[S]) -> Output {
     let out = run(home, args);
-    assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -77,7 +94,10 @@ fn list(home: &Path) -> Vec<serde_json::Value> {
 
 fn digest_of(home: &Path, key: &str) -> String {
     let entries = list(home);
-    let e = entries.iter().find(|e| e["reference"] == key).unwrap_or_else(|| panic!("{key} not in {entries:?}"));
+    let e = entries
+        .iter()
+        .find(|e| e["reference"] == key)
+        .unwrap_or_else(|| panic!("{key} not in {entries:?}"));
     e["digest"].as_str().unwrap().to_string()
 }
 
@@ -86,7 +106,10 @@ fn blobs_of(home: &Path, key: &str) -> (String, Vec<String>) {
     let store = Store::new(home);
     let index = store.index().unwrap();
     let m = store.manifest(&store.find(&index, key).unwrap().digest).unwrap();
-    (m.config.digest.to_string(), m.layers.iter().map(|l| l.digest.to_string()).collect())
+    (
+        m.config.digest.to_string(),
+        m.layers.iter().map(|l| l.digest.to_string()).collect(),
+    )
 }
 
 fn assert_restores_to(home: &Path, key: &str, root: &Path, scratch: &Path) {
@@ -101,7 +124,10 @@ fn sorted<I: IntoIterator<Item = String>>(items: I) -> BTreeSet<String> {
 /// The number of new blobs a pull reported (`... (N new blobs, SIZE)`).
 fn new_blobs(out: &Output) -> usize {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().find(|l| l.starts_with("pulled ")).unwrap_or_else(|| panic!("no 'pulled' line in:\n{stderr}"));
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("pulled "))
+        .unwrap_or_else(|| panic!("no 'pulled' line in:\n{stderr}"));
     let count = line.split(" new blobs").next().unwrap().rsplit('(').next().unwrap();
     count.parse().unwrap_or_else(|_| panic!("no blob count in {line:?}"))
 }
@@ -117,13 +143,25 @@ fn a_pushed_stash_pulls_into_an_empty_store_entry_by_entry_and_a_second_pull_fet
 
     let before = reg.access_log();
     let out = ok(&b, &[PLAIN, "pull", &remote]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x:1", "a pull without a name is named after the reference");
-    assert_eq!(digest_of(&b, "x:1"), digest_of(&a, "x:latest"), "the manifest changed on its way through the registry");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "x:1",
+        "a pull without a name is named after the reference"
+    );
+    assert_eq!(
+        digest_of(&b, "x:1"),
+        digest_of(&a, "x:latest"),
+        "the manifest changed on its way through the registry"
+    );
     let (config, layers) = blobs_of(&a, "x:latest");
     // An empty store: the config and every layer come from the registry,
     // and the count includes the manifest, which is a blob of the layout too.
     let fetched = blob_gets(&reg.access_log()[before.len()..], "ns/x");
-    assert_eq!(sorted(fetched.clone()), sorted(layers.iter().cloned().chain([config])), "{fetched:?}");
+    assert_eq!(
+        sorted(fetched.clone()),
+        sorted(layers.iter().cloned().chain([config])),
+        "{fetched:?}"
+    );
     assert_eq!(fetched.len(), layers.len() + 1, "a blob was fetched twice: {fetched:?}");
     assert_eq!(new_blobs(&out), layers.len() + 2);
     assert_restores_to(&b, "x:1", &root, &env.path("out"));
@@ -131,7 +169,11 @@ fn a_pushed_stash_pulls_into_an_empty_store_entry_by_entry_and_a_second_pull_fet
     let before = reg.access_log();
     let out = ok(&b, &[PLAIN, "pull", &remote, "x:again"]);
     let after = reg.access_log();
-    assert_eq!(blob_gets(&after[before.len()..], "ns/x"), Vec::<String>::new(), "the second pull fetched blobs");
+    assert_eq!(
+        blob_gets(&after[before.len()..], "ns/x"),
+        Vec::<String>::new(),
+        "the second pull fetched blobs"
+    );
     assert_eq!(new_blobs(&out), 0);
     assert_eq!(digest_of(&b, "x:again"), digest_of(&b, "x:1"));
 }
@@ -145,7 +187,18 @@ fn a_derived_push_uploads_only_its_new_layer_and_config_and_a_pull_fetches_only_
     ok(&a, &[PLAIN, "push", "derived:1", &reg.docker("ns/derived:1")]);
 
     fs::write(root.join("etc/hostname"), "changed for tag 2\n").unwrap();
-    ok(&a, &["stash", "--root", root.to_str().unwrap(), "--container-name", "derived", "--tag", "2"]);
+    ok(
+        &a,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "derived",
+            "--tag",
+            "2",
+        ],
+    );
     let (config1, layers1) = blobs_of(&a, "derived:1");
     let (config2, layers2) = blobs_of(&a, "derived:2");
     assert_eq!(layers2.len(), 2, "the re-stash should add one delta layer");
@@ -162,15 +215,27 @@ fn a_derived_push_uploads_only_its_new_layer_and_config_and_a_pull_fetches_only_
     let uploads = blob_upload_requests(pushed, "ns/derived");
     let starts = uploads.iter().filter(|(m, _)| m == "POST").count();
     assert_eq!(starts, 2, "upload sessions: {uploads:?}");
-    assert_eq!(sorted(uploaded_blobs(pushed, "ns/derived")), sorted([layers2[1].clone(), config2.clone()]), "{uploads:?}");
-    let manifests: Vec<_> = pushed.iter().filter_map(|l| request(l)).filter(|(m, p, _)| *m == "PUT" && p.contains("/manifests/")).collect();
+    assert_eq!(
+        sorted(uploaded_blobs(pushed, "ns/derived")),
+        sorted([layers2[1].clone(), config2.clone()]),
+        "{uploads:?}"
+    );
+    let manifests: Vec<_> = pushed
+        .iter()
+        .filter_map(|l| request(l))
+        .filter(|(m, p, _)| *m == "PUT" && p.contains("/manifests/"))
+        .collect();
     assert_eq!(manifests.len(), 1, "{manifests:?}");
 
     ok(&b, &[PLAIN, "pull", &reg.docker("ns/derived:1")]);
     let before = reg.access_log();
     let out = ok(&b, &[PLAIN, "pull", &reg.docker("ns/derived:2")]);
     let fetched = blob_gets(&reg.access_log()[before.len()..], "ns/derived");
-    assert_eq!(sorted(fetched.clone()), sorted([layers2[1].clone(), config2]), "{fetched:?}");
+    assert_eq!(
+        sorted(fetched.clone()),
+        sorted([layers2[1].clone(), config2]),
+        "{fetched:?}"
+    );
     assert_eq!(fetched.len(), 2, "{fetched:?}");
     // Manifest, config and delta layer are new to the store.
     assert_eq!(new_blobs(&out), 3);
@@ -188,7 +253,10 @@ fn a_zstd_push_stores_zstd_layers_in_the_registry() {
     ok(&a, &[PLAIN, "--compress-format", "zstd", "push", "z:1", &remote]);
     let types = layer_media_types(&remote);
     assert!(!types.is_empty());
-    assert!(types.iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"), "{types:?}");
+    assert!(
+        types.iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
     assert_eq!(digest_of(&a, "z:1"), digest, "the push changed the stash");
 }
 
@@ -205,7 +273,10 @@ fn a_zstd_push_recompresses_layers_the_registry_has_as_gzip() {
     let remote = reg.docker("ns/z:zstd");
     ok(&a, &[PLAIN, "--compress-format", "zstd", "push", "z:1", &remote]);
     let types = layer_media_types(&remote);
-    assert!(types.iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"), "--compress-format zstd pushed {types:?}");
+    assert!(
+        types.iter().all(|t| t == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "--compress-format zstd pushed {types:?}"
+    );
 }
 
 /// A stash pushed with zstd layers is usable again: pulled into an empty
@@ -224,10 +295,18 @@ fn a_zstd_pushed_stash_pulls_back_and_restores() {
 
 /// The media types of a registry image's layers, as skopeo reads them.
 fn layer_media_types(remote: &str) -> Vec<String> {
-    let out = Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", remote]).output().unwrap();
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", remote])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap().to_string()).collect()
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -238,18 +317,37 @@ fn containers_storage_both_ways() {
     let storage = env.path("containers");
     let conf = private_podman_storage(&storage);
 
-    let out = cmd(&a, &["push", "x:latest", "containers-storage:localhost/x:1"]).env("CONTAINERS_STORAGE_CONF", &conf).output().unwrap();
+    let out = cmd(&a, &["push", "x:latest", "containers-storage:localhost/x:1"])
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let podman = Command::new("podman").args(["images", "--format", "json"]).env("CONTAINERS_STORAGE_CONF", &conf).output().unwrap();
+    let podman = Command::new("podman")
+        .args(["images", "--format", "json"])
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
     assert!(podman.status.success(), "{}", String::from_utf8_lossy(&podman.stderr));
     let images: Vec<serde_json::Value> = serde_json::from_slice(&podman.stdout).unwrap();
-    let names: Vec<&str> = images.iter().flat_map(|i| i["Names"].as_array().into_iter().flatten()).filter_map(|n| n.as_str()).collect();
-    assert_eq!(names, ["localhost/x:1"], "podman with the private storage sees {names:?}");
+    let names: Vec<&str> = images
+        .iter()
+        .flat_map(|i| i["Names"].as_array().into_iter().flatten())
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["localhost/x:1"],
+        "podman with the private storage sees {names:?}"
+    );
     // The image is in the private storage, not the machine's.
-    let images_json = fs::read_to_string(storage.join("graph/vfs-images/images.json")).expect("the private graphroot holds the image");
+    let images_json = fs::read_to_string(storage.join("graph/vfs-images/images.json"))
+        .expect("the private graphroot holds the image");
     assert!(images_json.contains("localhost/x:1"), "{images_json}");
 
-    let out = cmd(&b, &["pull", "containers-storage:localhost/x:1", "y:1"]).env("CONTAINERS_STORAGE_CONF", &conf).output().unwrap();
+    let out = cmd(&b, &["pull", "containers-storage:localhost/x:1", "y:1"])
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "y:1");
     assert_restores_to(&b, "y:1", &root, &env.path("out"));
@@ -265,7 +363,11 @@ fn oci_archive_both_ways() {
     ok(&a, &["push", "x:latest", &reference]);
     assert!(archive.is_file());
     let out = ok(&b, &["pull", &reference]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x:1", "a pull without a name is named after the archive's ref");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "x:1",
+        "a pull without a name is named after the archive's ref"
+    );
     assert_eq!(digest_of(&b, "x:1"), digest_of(&a, "x:latest"));
     assert_restores_to(&b, "x:1", &root, &env.path("out"));
 }
@@ -285,13 +387,19 @@ fn error_report(stderr: &str) -> (Vec<String>, Option<String>) {
         }
         chain.push(msg.to_string());
     }
-    let suggestion = stderr.lines().find_map(|l| l.strip_prefix("Suggestion: ")).map(str::to_string);
+    let suggestion = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Suggestion: "))
+        .map(str::to_string);
     (chain, suggestion)
 }
 
 /// Entries of the store directory, to prove a failed command left nothing.
 fn store_entries(home: &Path) -> BTreeSet<String> {
-    fs::read_dir(home).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    fs::read_dir(home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Runs `args`, which must fail: non-zero exit, the error chain ends with
@@ -303,7 +411,10 @@ fn assert_clean_failure(home: &Path, args: &[&str], names: &str, message: &str, 
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{args:?} succeeded:\n{stderr}");
     let (chain, hint) = error_report(&stderr);
-    assert!(chain.first().is_some_and(|c| c.contains(names)), "the error does not name {names}: {chain:?}\n{stderr}");
+    assert!(
+        chain.first().is_some_and(|c| c.contains(names)),
+        "the error does not name {names}: {chain:?}\n{stderr}"
+    );
     assert_eq!(chain.last().map(String::as_str), Some(message), "{args:?}:\n{stderr}");
     let hint = hint.unwrap_or_else(|| panic!("no suggestion:\n{stderr}"));
     assert!(hint.contains(suggestion), "suggestion {hint:?} lacks {suggestion:?}");
@@ -320,8 +431,14 @@ fn store_with_one_stash(env: &Env) -> PathBuf {
 }
 
 fn login() -> Login {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    Login { user: "builder".into(), password: format!("pw-{}-{nanos}", std::process::id()) }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    Login {
+        user: "builder".into(),
+        password: format!("pw-{}-{nanos}", std::process::id()),
+    }
 }
 
 /// The registry serves the manifest but lost the config blob: the pull
@@ -336,7 +453,18 @@ fn a_pull_that_fails_midway_leaves_the_store_as_it_was() {
     make_special_tree(&root);
     // A layer the store lacks (the special tree alone would give kept:1's).
     fs::write(root.join("etc/only-in-x"), "x\n").unwrap();
-    ok(&a, &["stash", "--root", root.to_str().unwrap(), "--container-name", "x", "--tag", "1"]);
+    ok(
+        &a,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "x",
+            "--tag",
+            "1",
+        ],
+    );
     let reg = Registry::plain();
     let remote = reg.docker("ns/x:1");
     ok(&a, &[PLAIN, "push", "x:1", &remote]);
@@ -351,13 +479,28 @@ fn a_pull_that_fails_midway_leaves_the_store_as_it_was() {
     assert!(!out.status.success(), "the pull succeeded without the layer:\n{stderr}");
     assert_eq!(list(&home), refs, "the failed pull changed the refs");
     assert_eq!(store_entries(&home), entries, "the failed pull left files in the store");
-    assert_eq!(store_entries(&home.join("blobs/sha256")), blobs, "the failed pull left blobs in the store");
-    assert!(reg.access_log().iter().any(|l| l.contains("GET /v2/ns/x/blobs/") && l.contains("\" 200 ")), "no layer was fetched before the failure");
+    assert_eq!(
+        store_entries(&home.join("blobs/sha256")),
+        blobs,
+        "the failed pull left blobs in the store"
+    );
+    assert!(
+        reg.access_log()
+            .iter()
+            .any(|l| l.contains("GET /v2/ns/x/blobs/") && l.contains("\" 200 ")),
+        "no layer was fetched before the failure"
+    );
     // The tag exists (its manifest was read): the error must not say otherwise.
     let (chain, _) = error_report(&stderr);
     let last = chain.last().cloned().unwrap_or_default();
-    assert_ne!(last, "the image or tag does not exist", "a missing blob is reported as a missing tag:\n{stderr}");
-    assert!(chain.iter().any(|c| c.contains("blob")), "the error does not say a blob is missing:\n{stderr}");
+    assert_ne!(
+        last, "the image or tag does not exist",
+        "a missing blob is reported as a missing tag:\n{stderr}"
+    );
+    assert!(
+        chain.iter().any(|c| c.contains("blob")),
+        "the error does not say a blob is missing:\n{stderr}"
+    );
 }
 
 #[test]
@@ -370,9 +513,21 @@ fn a_wrong_password_is_one_clear_error() {
     let remote = reg.docker("ns/x:1");
     let refused = "the registry refused the credentials (401 unauthorized)";
     let wrong = "builder:not-the-password";
-    let stderr = assert_clean_failure(&home, &["--cert-dir", certs, "--creds", wrong, "pull", &remote, "x:1"], &remote, refused, "--creds");
+    let stderr = assert_clean_failure(
+        &home,
+        &["--cert-dir", certs, "--creds", wrong, "pull", &remote, "x:1"],
+        &remote,
+        refused,
+        "--creds",
+    );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
-    let stderr = assert_clean_failure(&home, &["--cert-dir", certs, "--creds", wrong, "push", "kept:1", &remote], "kept:1", refused, "--creds");
+    let stderr = assert_clean_failure(
+        &home,
+        &["--cert-dir", certs, "--creds", wrong, "push", "kept:1", &remote],
+        "kept:1",
+        refused,
+        "--creds",
+    );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 }
 
@@ -383,7 +538,13 @@ fn an_unknown_tag_is_one_clear_error() {
     let reg = Registry::plain();
     ok(&home, &[PLAIN, "push", "kept:1", &reg.docker("ns/kept:1")]);
     let remote = reg.docker("ns/kept:nope");
-    assert_clean_failure(&home, &[PLAIN, "pull", &remote, "kept:nope"], &remote, "the image or tag does not exist", "list-tags");
+    assert_clean_failure(
+        &home,
+        &[PLAIN, "pull", &remote, "kept:nope"],
+        &remote,
+        "the image or tag does not exist",
+        "list-tags",
+    );
 }
 
 #[test]
@@ -398,7 +559,9 @@ fn a_stopped_registry_is_one_clear_error() {
     assert_clean_failure(&home, &[PLAIN, "push", "kept:1", &remote], "kept:1", gone, "running");
     // skopeo's output names the port: one with "401" in it is still no
     // refused login.
-    let port = (40100..40200).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port 40100-40199");
+    let port = (40100..40200)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port 40100-40199");
     let remote = format!("docker://127.0.0.1:{port}/ns/kept:1");
     assert_clean_failure(&home, &[PLAIN, "pull", &remote, "kept:2"], &remote, gone, "running");
 }
@@ -411,7 +574,13 @@ fn an_untrusted_certificate_is_one_clear_error() {
     let creds = format!("builder:{}", reg.login().unwrap().password);
     let remote = reg.docker("ns/kept:1");
     let untrusted = "the registry's TLS certificate is not trusted";
-    assert_clean_failure(&home, &["--creds", &creds, "pull", &remote, "kept:2"], &remote, untrusted, "--cert-dir");
+    assert_clean_failure(
+        &home,
+        &["--creds", &creds, "pull", &remote, "kept:2"],
+        &remote,
+        untrusted,
+        "--cert-dir",
+    );
 }
 
 // --- Credentials ------------------------------------------------------------
@@ -445,7 +614,11 @@ struct Leak {
 /// Runs `command` to its end, reading every process's argv over and over.
 fn watch_argv(mut command: Command, secrets: &[String], host: &str) -> (Output, Sightings) {
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = command.stdout(Stdio::null()).stderr(log.reopen().unwrap()).spawn().unwrap();
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
     let mut seen = Sightings::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -458,14 +631,21 @@ fn watch_argv(mut command: Command, secrets: &[String], host: &str) -> (Output, 
         let mut hidden_now = false;
         let mut leaks = Vec::new();
         for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(raw) = fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let text = String::from_utf8_lossy(&raw).replace('\0', " ");
             let argv0 = text.split(' ').next().unwrap_or_default();
             if argv0.ends_with("skopeo") && text.contains(host) {
                 skopeo_now = true;
                 let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
-                if secrets.iter().any(|s| environ.windows(s.len()).any(|w| w == s.as_bytes())) {
+                if secrets
+                    .iter()
+                    .any(|s| environ.windows(s.len()).any(|w| w == s.as_bytes()))
+                {
                     seen.environ_leaks += 1;
                 }
             }
@@ -479,23 +659,39 @@ fn watch_argv(mut command: Command, secrets: &[String], host: &str) -> (Output, 
             seen.skopeo_seen += 1;
         }
         let after_hidden = seen.skopeo_seen > 0 || seen.hidden_seen;
-        seen.leaks.extend(leaks.into_iter().map(|(pid, cmdline)| Leak { cmdline, ours: pid == child.id(), after_hidden }));
+        seen.leaks.extend(leaks.into_iter().map(|(pid, cmdline)| Leak {
+            cmdline,
+            ours: pid == child.id(),
+            after_hidden,
+        }));
         seen.hidden_seen |= hidden_now;
     };
     let stderr = fs::read(log.path()).unwrap();
-    (Output { status, stdout: Vec::new(), stderr }, seen)
+    (
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        },
+        seen,
+    )
 }
 
 /// The forms a password could leak in: itself and the base64 auth token.
 fn secret_forms(login: &Login) -> Vec<String> {
     let creds = Credentials::parse(&format!("{}:{}", login.user, login.password)).unwrap();
     let json: serde_json::Value = serde_json::from_str(&auth_json(&creds, &["h".to_string()])).unwrap();
-    vec![login.password.clone(), json["auths"]["h"]["auth"].as_str().unwrap().to_string()]
+    vec![
+        login.password.clone(),
+        json["auths"]["h"]["auth"].as_str().unwrap().to_string(),
+    ]
 }
 
 /// The `--dest-authfile` a `--debug` log shows skopeo was given.
 fn authfile_in(log: &str) -> Option<PathBuf> {
-    let line = log.lines().find(|l| l.contains("running") && l.contains("--dest-authfile"))?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("running") && l.contains("--dest-authfile"))?;
     let mut words = line.split_whitespace().skip_while(|w| *w != "--dest-authfile");
     words.next();
     words.next().map(PathBuf::from)
@@ -506,21 +702,38 @@ fn assert_push_hides_password(command: Command, login: &Login, reg: &Registry, f
     let (out, seen) = watch_argv(command, &secrets, &reg.host());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what}: the authenticated push failed:\n{log}");
-    assert!(seen.skopeo_seen > 0, "{what}: no scan of {} saw skopeo running; the proof is empty", seen.scans);
+    assert!(
+        seen.skopeo_seen > 0,
+        "{what}: no scan of {} saw skopeo running; the proof is empty",
+        seen.scans
+    );
     // Our own argv holds the password from exec until it has been parsed
     // (src/argv.rs says so, and no program can avoid it): only there, only
     // while no scan has yet seen it hidden and no child has run, and only
     // when the password was on our command line, is a sighting allowed.
-    let bad: Vec<&str> = seen.leaks.iter().filter(|l| !(from_argv && l.ours && !l.after_hidden)).map(|l| l.cmdline.as_str()).collect();
+    let bad: Vec<&str> = seen
+        .leaks
+        .iter()
+        .filter(|l| !(from_argv && l.ours && !l.after_hidden))
+        .map(|l| l.cmdline.as_str())
+        .collect();
     if !seen.leaks.is_empty() {
         eprintln!("{what}: {} scans saw our argv before it was parsed", seen.leaks.len());
     }
     assert!(bad.is_empty(), "{what}: the password was visible in ps: {bad:?}");
     for s in &secrets {
-        assert!(!log.contains(s.as_str()), "{what}: the --debug log shows the password or its token:\n{log}");
+        assert!(
+            !log.contains(s.as_str()),
+            "{what}: the --debug log shows the password or its token:\n{log}"
+        );
     }
-    let authfile = authfile_in(&log).unwrap_or_else(|| panic!("{what}: --debug did not log skopeo's command line:\n{log}"));
-    assert!(!authfile.exists(), "{what}: the credentials file {} outlived the run", authfile.display());
+    let authfile =
+        authfile_in(&log).unwrap_or_else(|| panic!("{what}: --debug did not log skopeo's command line:\n{log}"));
+    assert!(
+        !authfile.exists(),
+        "{what}: the credentials file {} outlived the run",
+        authfile.display()
+    );
 }
 
 #[test]
@@ -539,24 +752,57 @@ fn creds_stay_out_of_ps_and_debug_logs_and_authenticated_transfers_work() {
         noise.extend_from_slice(&x.to_le_bytes());
     }
     fs::write(root.join("var/noise.bin"), &noise).unwrap();
-    ok(&a, &["stash", "--root", root.to_str().unwrap(), "--container-name", "x"]);
+    ok(
+        &a,
+        &["stash", "--root", root.to_str().unwrap(), "--container-name", "x"],
+    );
 
     let login = login();
     let reg = Registry::tls_auth(login.clone());
     let certs = reg.cert_dir();
     let user_pass = format!("{}:{}", login.user, login.password);
 
-    let mut push = cmd(&a, &[OsStr::new("--debug"), OsStr::new("--cert-dir"), certs.as_os_str(), OsStr::new("--creds"), OsStr::new(&user_pass)]);
+    let mut push = cmd(
+        &a,
+        &[
+            OsStr::new("--debug"),
+            OsStr::new("--cert-dir"),
+            certs.as_os_str(),
+            OsStr::new("--creds"),
+            OsStr::new(&user_pass),
+        ],
+    );
     push.args(["push", "x", &reg.docker("ns/x:1")]);
     assert_push_hides_password(push, &login, &reg, true, "--creds USER:PASSWORD");
 
-    let mut push = cmd(&a, &[OsStr::new("--debug"), OsStr::new("--cert-dir"), certs.as_os_str(), OsStr::new("--creds"), OsStr::new(&login.user)]);
-    push.args(["push", "x", &reg.docker("ns/x:2")]).env("KIWI_STACKBUILD_PASSWORD", &login.password);
+    let mut push = cmd(
+        &a,
+        &[
+            OsStr::new("--debug"),
+            OsStr::new("--cert-dir"),
+            certs.as_os_str(),
+            OsStr::new("--creds"),
+            OsStr::new(&login.user),
+        ],
+    );
+    push.args(["push", "x", &reg.docker("ns/x:2")])
+        .env("KIWI_STACKBUILD_PASSWORD", &login.password);
     assert_push_hides_password(push, &login, &reg, false, "--creds USER and KIWI_STACKBUILD_PASSWORD");
 
     let certs = certs.to_str().unwrap();
     for tag in ["1", "2"] {
-        let out = ok(&b, &["--cert-dir", certs, "--creds", &user_pass, "pull", &reg.docker(&format!("ns/x:{tag}")), &format!("x:{tag}")]);
+        let out = ok(
+            &b,
+            &[
+                "--cert-dir",
+                certs,
+                "--creds",
+                &user_pass,
+                "pull",
+                &reg.docker(&format!("ns/x:{tag}")),
+                &format!("x:{tag}"),
+            ],
+        );
         assert!(!String::from_utf8_lossy(&out.stderr).contains(&login.password));
         assert_eq!(digest_of(&b, &format!("x:{tag}")), digest_of(&a, "x:latest"));
     }
@@ -574,26 +820,51 @@ fn the_password_variable_is_not_handed_to_skopeo() {
     let login = login();
     let reg = Registry::tls_auth(login.clone());
     let certs = reg.cert_dir();
-    let mut push = cmd(&a, &[OsStr::new("--cert-dir"), certs.as_os_str(), OsStr::new("--creds"), OsStr::new(&login.user)]);
-    push.args(["push", "x", &reg.docker("ns/x:1")]).env("KIWI_STACKBUILD_PASSWORD", &login.password);
+    let mut push = cmd(
+        &a,
+        &[
+            OsStr::new("--cert-dir"),
+            certs.as_os_str(),
+            OsStr::new("--creds"),
+            OsStr::new(&login.user),
+        ],
+    );
+    push.args(["push", "x", &reg.docker("ns/x:1")])
+        .env("KIWI_STACKBUILD_PASSWORD", &login.password);
     let (out, seen) = watch_argv(push, std::slice::from_ref(&login.password), &reg.host());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(seen.skopeo_seen > 0, "no scan of {} saw skopeo running", seen.scans);
-    assert_eq!(seen.environ_leaks, 0, "skopeo's environment held KIWI_STACKBUILD_PASSWORD in {} of {} scans", seen.environ_leaks, seen.skopeo_seen);
+    assert_eq!(
+        seen.environ_leaks, 0,
+        "skopeo's environment held KIWI_STACKBUILD_PASSWORD in {} of {} scans",
+        seen.environ_leaks, seen.skopeo_seen
+    );
 }
 
 // --- Real KIWI builds from a registry ----------------------------------------
 
 /// kiwi-stackbuild as the KIWI tests run it: fast xz, a private cache.
 fn kiwi_cmd<S: AsRef<OsStr>>(home: &Path, cache: &Path, args: &[S]) -> Command {
-    let mut c = cmd(home, &[OsStr::new("--kiwi-config"), common::fixture::kiwi_config().as_os_str(), OsStr::new("--shared-cache-dir"), cache.as_os_str()]);
+    let mut c = cmd(
+        home,
+        &[
+            OsStr::new("--kiwi-config"),
+            common::fixture::kiwi_config().as_os_str(),
+            OsStr::new("--shared-cache-dir"),
+            cache.as_os_str(),
+        ],
+    );
     c.args(args).env("KIWI_NG", common::fixture::kiwi_ng());
     c
 }
 
 fn kiwi_ok<S: AsRef<OsStr> + std::fmt::Debug>(home: &Path, cache: &Path, args: &[S]) {
     let out = kiwi_cmd(home, cache, args).output().expect("running kiwi-stackbuild");
-    assert!(out.status.success(), "{args:?} failed:\n{}", tail(&String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}",
+        tail(&String::from_utf8_lossy(&out.stderr))
+    );
 }
 
 /// One real Debian build (W1) keeps its root; pushed to a registry, it is
@@ -605,19 +876,71 @@ fn kiwi_builds_from_a_root_in_a_registry() {
     let (a, cache) = (env.store("a"), env.path("cache"));
     let desc = common::fixture::debian_description(&env.path("desc"));
     let t1 = env.path("w1");
-    kiwi_ok(&a, &cache, &[OsStr::new("rebuild"), OsStr::new("--description"), desc.as_os_str(), OsStr::new("--keep-root"), OsStr::new("debian-base"), OsStr::new("--"), OsStr::new("--target-dir"), t1.as_os_str()]);
+    kiwi_ok(
+        &a,
+        &cache,
+        &[
+            OsStr::new("rebuild"),
+            OsStr::new("--description"),
+            desc.as_os_str(),
+            OsStr::new("--keep-root"),
+            OsStr::new("debian-base"),
+            OsStr::new("--"),
+            OsStr::new("--target-dir"),
+            t1.as_os_str(),
+        ],
+    );
     let built = archive_list(&t1);
     let reg = Registry::plain();
-    ok(&a, &[PLAIN, "push", "debian-base:1.0.0", &reg.docker("ns/debian-base:1.0.0")]);
+    ok(
+        &a,
+        &[PLAIN, "push", "debian-base:1.0.0", &reg.docker("ns/debian-base:1.0.0")],
+    );
 
     let t2 = env.path("stackbuild");
     let from = format!("{}/ns", reg.host());
-    kiwi_ok(&env.store("b"), &cache, &[OsStr::new(PLAIN), OsStr::new("stackbuild"), OsStr::new("--stash"), OsStr::new("debian-base:1.0.0"), OsStr::new("--from-registry"), OsStr::new(&from), OsStr::new("--target-dir"), t2.as_os_str()]);
-    assert_eq!(archive_list(&t2), built, "stackbuild --from-registry built another image");
-    assert!(fs::symlink_metadata(t2.join("build/image-root/bin")).unwrap().file_type().is_symlink());
+    kiwi_ok(
+        &env.store("b"),
+        &cache,
+        &[
+            OsStr::new(PLAIN),
+            OsStr::new("stackbuild"),
+            OsStr::new("--stash"),
+            OsStr::new("debian-base:1.0.0"),
+            OsStr::new("--from-registry"),
+            OsStr::new(&from),
+            OsStr::new("--target-dir"),
+            t2.as_os_str(),
+        ],
+    );
+    assert_eq!(
+        archive_list(&t2),
+        built,
+        "stackbuild --from-registry built another image"
+    );
+    assert!(fs::symlink_metadata(t2.join("build/image-root/bin"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     let t3 = env.path("w2");
     let remote = reg.docker("ns/debian-base:1.0.0");
-    kiwi_ok(&env.store("c"), &cache, &[OsStr::new(PLAIN), OsStr::new("rebuild"), OsStr::new("--root"), OsStr::new(&remote), OsStr::new("--"), OsStr::new("--target-dir"), t3.as_os_str()]);
-    assert_eq!(archive_list(&t3), built, "rebuild --root docker://... built another image");
+    kiwi_ok(
+        &env.store("c"),
+        &cache,
+        &[
+            OsStr::new(PLAIN),
+            OsStr::new("rebuild"),
+            OsStr::new("--root"),
+            OsStr::new(&remote),
+            OsStr::new("--"),
+            OsStr::new("--target-dir"),
+            t3.as_os_str(),
+        ],
+    );
+    assert_eq!(
+        archive_list(&t3),
+        built,
+        "rebuild --root docker://... built another image"
+    );
 }

@@ -19,7 +19,11 @@ fn run(home: &Path, args: &[&str]) -> Output {
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .expect("running kiwi-stackbuild");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -31,9 +35,24 @@ fn list(home: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_stash_restores_every_entry_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    let (root, home, out) = (
+        tmp.path().join("root"),
+        tmp.path().join("store"),
+        tmp.path().join("out"),
+    );
     make_special_tree(&root);
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special", "--tag", "1"]);
+    run(
+        &home,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "special",
+            "--tag",
+            "1",
+        ],
+    );
     restore(&home, "special:1", &out);
     assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&out));
     for dir in ["dev", "proc", "sys"] {
@@ -45,23 +64,53 @@ fn a_stash_restores_every_entry_exactly() {
 #[test]
 fn a_restash_adds_one_small_layer_that_deletes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    let (root, home, out) = (
+        tmp.path().join("root"),
+        tmp.path().join("store"),
+        tmp.path().join("out"),
+    );
     make_special_tree(&root);
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special"]);
+    run(
+        &home,
+        &["stash", "--root", root.to_str().unwrap(), "--container-name", "special"],
+    );
     let victim = root.join("etc/hostname");
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(root.join("added.txt"), "new in layer two\n").unwrap();
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "special", "--tag", "2"]);
+    run(
+        &home,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "special",
+            "--tag",
+            "2",
+        ],
+    );
 
     let stashes = list(&home);
     assert_eq!(stashes.len(), 2, "{stashes:?}");
-    let second = stashes.iter().find(|s| s["reference"] == "special:2").expect("special:2 listed");
+    let second = stashes
+        .iter()
+        .find(|s| s["reference"] == "special:2")
+        .expect("special:2 listed");
     assert_eq!(second["layers"], 2);
-    assert!(second["base"].as_str().unwrap().contains("special:latest@sha256:"), "{second}");
+    assert!(
+        second["base"].as_str().unwrap().contains("special:latest@sha256:"),
+        "{second}"
+    );
 
     restore(&home, "special:2", &out);
-    assert!(!out.join(victim.strip_prefix(&root).unwrap()).exists(), "the deleted file came back");
-    assert_eq!(std::fs::read_to_string(out.join("added.txt")).unwrap(), "new in layer two\n");
+    assert!(
+        !out.join(victim.strip_prefix(&root).unwrap()).exists(),
+        "the deleted file came back"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("added.txt")).unwrap(),
+        "new in layer two\n"
+    );
     assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&out));
 
     let store = Store::new(&home);
@@ -69,7 +118,10 @@ fn a_restash_adds_one_small_layer_that_deletes() {
     let d = store.find(&index, "special:2").unwrap();
     let m = store.manifest(&d.digest).unwrap();
     let (first, delta) = (m.layers[0].size, m.layers[1].size);
-    assert!(delta * 100 < first, "delta layer {delta} B is not under 1% of the first {first} B");
+    assert!(
+        delta * 100 < first,
+        "delta layer {delta} B is not under 1% of the first {first} B"
+    );
 }
 
 #[test]
@@ -87,7 +139,8 @@ fn the_same_tree_and_epoch_give_the_same_digest() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&run(&home, &["stash", "--list", "--json"]).stdout).unwrap();
+        let list: Vec<serde_json::Value> =
+            serde_json::from_slice(&run(&home, &["stash", "--list", "--json"]).stdout).unwrap();
         assert_eq!(list[0]["created"], "2023-11-14T22:13:20Z");
         digests.push(list[0]["digest"].as_str().unwrap().to_string());
     }
@@ -96,7 +149,9 @@ fn the_same_tree_and_epoch_give_the_same_digest() {
 
 fn stash_cmd(home: &Path, root: &Path, name: &str, tag: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"));
-    cmd.args(["stash", "--root"]).arg(root).args(["--container-name", name, "--tag", tag]);
+    cmd.args(["stash", "--root"])
+        .arg(root)
+        .args(["--container-name", name, "--tag", tag]);
     cmd.env("KIWI_STACKBUILD_HOME", home).env_remove("SOURCE_DATE_EPOCH");
     cmd
 }
@@ -106,16 +161,35 @@ fn concurrent_stashes_lose_no_tag() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
     make_special_tree(&root);
-    let jobs = [("same", "1"), ("same", "2"), ("same", "3"), ("other", "1"), ("third", "x")];
+    let jobs = [
+        ("same", "1"),
+        ("same", "2"),
+        ("same", "3"),
+        ("other", "1"),
+        ("third", "x"),
+    ];
     let children: Vec<_> = jobs
         .iter()
-        .map(|(n, t)| stash_cmd(&home, &root, n, t).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|(n, t)| {
+            stash_cmd(&home, &root, n, t)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for (child, job) in children.into_iter().zip(&jobs) {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{job:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{job:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let mut refs: Vec<String> = list(&home).iter().map(|e| e["reference"].as_str().unwrap().to_string()).collect();
+    let mut refs: Vec<String> = list(&home)
+        .iter()
+        .map(|e| e["reference"].as_str().unwrap().to_string())
+        .collect();
     refs.sort();
     assert_eq!(refs, ["other:1", "same:1", "same:2", "same:3", "third:x"]);
 }
@@ -139,9 +213,24 @@ fn write_noise(dir: &Path, files: usize, size: usize) {
 #[test]
 fn a_killed_stash_leaves_existing_tags_readable() {
     let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (tmp.path().join("root"), tmp.path().join("store"), tmp.path().join("out"));
+    let (root, home, out) = (
+        tmp.path().join("root"),
+        tmp.path().join("store"),
+        tmp.path().join("out"),
+    );
     make_special_tree(&root);
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "victim", "--tag", "old"]);
+    run(
+        &home,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "victim",
+            "--tag",
+            "old",
+        ],
+    );
     let before = list(&home);
     let stored = snapshot_excluding(&root, &SKIPPED);
     write_noise(&root.join("var/noise"), 64, 4 << 20);
@@ -163,7 +252,10 @@ fn a_killed_stash_leaves_existing_tags_readable() {
     restore(&home, "victim:old", &out);
     assert_same_tree(&stored, &snapshot(&out));
     // The next change collects what the killed runs left behind.
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "spare"]);
+    run(
+        &home,
+        &["stash", "--root", root.to_str().unwrap(), "--container-name", "spare"],
+    );
     run(&home, &["stash", "--rm", "spare"]);
     let leftovers: Vec<_> = std::fs::read_dir(home.join("blobs/sha256"))
         .unwrap()
@@ -178,19 +270,54 @@ fn podman_loads_a_stash() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
     make_special_tree(&root);
-    run(&home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "for-podman", "--tag", "7"]);
+    run(
+        &home,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "for-podman",
+            "--tag",
+            "7",
+        ],
+    );
     let archive = tmp.path().join("for-podman.tar");
-    run(&home, &["push", "for-podman:7", &format!("oci-archive:{}:for-podman:7", archive.display())]);
+    run(
+        &home,
+        &[
+            "push",
+            "for-podman:7",
+            &format!("oci-archive:{}:for-podman:7", archive.display()),
+        ],
+    );
     let conf = private_podman_storage(tmp.path());
     let podman = |args: &[&str]| {
-        let out = Command::new("podman").args(args).env("CONTAINERS_STORAGE_CONF", &conf).output().expect("running podman");
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("podman")
+            .args(args)
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .output()
+            .expect("running podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     podman(&["load", "-q", "-i", archive.to_str().unwrap()]);
     let images = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-    assert!(images.lines().any(|l| l.ends_with("for-podman:7")), "podman images: {images}");
-    let labels = podman(&["image", "inspect", "--format", "{{index .Labels \"io.kiwi-stackbuild.image.name\"}}", "for-podman:7"]);
+    assert!(
+        images.lines().any(|l| l.ends_with("for-podman:7")),
+        "podman images: {images}"
+    );
+    let labels = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .Labels \"io.kiwi-stackbuild.image.name\"}}",
+        "for-podman:7",
+    ]);
     assert_eq!(labels.trim(), "special-tree", "the image name label as podman reads it");
 }
 
@@ -201,22 +328,49 @@ fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
     make_special_tree(&root);
     let (cached, uncached) = (tmp.path().join("cached"), tmp.path().join("uncached"));
     for home in [&cached, &uncached] {
-        run(home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "c"]);
+        run(
+            home,
+            &["stash", "--root", root.to_str().unwrap(), "--container-name", "c"],
+        );
     }
     let cache_dir = uncached.join(".kiwi-stackbuild-trees");
-    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1, "the first stash cached its tree");
+    assert_eq!(
+        std::fs::read_dir(&cache_dir).unwrap().count(),
+        1,
+        "the first stash cached its tree"
+    );
     std::fs::remove_dir_all(&cache_dir).unwrap();
     std::fs::remove_file(root.join("etc/hostname")).unwrap();
     std::fs::write(root.join("etc/new"), "new\n").unwrap();
     let mut layers = Vec::new();
     for home in [&cached, &uncached] {
-        run(home, &["stash", "--root", root.to_str().unwrap(), "--container-name", "c", "--tag", "2"]);
+        run(
+            home,
+            &[
+                "stash",
+                "--root",
+                root.to_str().unwrap(),
+                "--container-name",
+                "c",
+                "--tag",
+                "2",
+            ],
+        );
         let store = Store::new(home);
         let index = store.index().unwrap();
         let m = store.manifest(&store.find(&index, "c:2").unwrap().digest).unwrap();
         layers.push(m.layers[1].digest.clone());
     }
-    assert_eq!(layers[0], layers[1], "the delta differs with and without the cached tree");
+    assert_eq!(
+        layers[0], layers[1],
+        "the delta differs with and without the cached tree"
+    );
     run(&cached, &["stash", "--rm", "c"]);
-    assert_eq!(std::fs::read_dir(cached.join(".kiwi-stackbuild-trees")).unwrap().count(), 0, "rm left cached trees");
+    assert_eq!(
+        std::fs::read_dir(cached.join(".kiwi-stackbuild-trees"))
+            .unwrap()
+            .count(),
+        0,
+        "rm left cached trees"
+    );
 }

@@ -21,9 +21,7 @@ fn special_tree(dir: &Path) -> std::path::PathBuf {
 }
 
 fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     assert!(
         output.status.success(),
         "{command:?}: {}",
@@ -59,10 +57,7 @@ fn special_tree_has_every_kind_of_entry() {
     let root = special_tree(dir.path());
     let snap = tree::snapshot(&root);
     let has = |what: &str, wanted: &dyn Fn(&Entry) -> bool| {
-        assert!(
-            !entries(&snap, wanted).is_empty(),
-            "no {what} in the special tree"
-        );
+        assert!(!entries(&snap, wanted).is_empty(), "no {what} in the special tree");
     };
     has("character device 1:3", &|e| {
         e.kind == Kind::CharDevice { major: 1, minor: 3 }
@@ -72,9 +67,7 @@ fn special_tree_has_every_kind_of_entry() {
     });
     has("fifo", &|e| e.kind == Kind::Fifo);
     has("setuid+setgid file", &|e| e.mode & 0o6000 == 0o6000);
-    has("sticky 1777 directory", &|e| {
-        e.kind == Kind::Dir && e.mode == 0o1777
-    });
+    has("sticky 1777 directory", &|e| e.kind == Kind::Dir && e.mode == 0o1777);
     has("user-owned symlink", &|e| {
         matches!(e.kind, Kind::Symlink { .. }) && e.uid == 1234 && e.gid == 5678
     });
@@ -86,9 +79,7 @@ fn special_tree_has_every_kind_of_entry() {
         "relative symlink",
         &|e| matches!(&e.kind, Kind::Symlink { target } if target.starts_with(b"../")),
     );
-    has("empty file", &|e| {
-        matches!(e.kind, Kind::File { size: 0, .. })
-    });
+    has("empty file", &|e| matches!(e.kind, Kind::File { size: 0, .. }));
     has(
         "1 MiB file",
         &|e| matches!(e.kind, Kind::File { size, .. } if size > 1024 * 1024),
@@ -103,33 +94,20 @@ fn special_tree_has_every_kind_of_entry() {
         e.xattrs.contains_key(b"system.posix_acl_access".as_slice())
     });
     has("default ACL", &|e| {
-        e.xattrs
-            .contains_key(b"system.posix_acl_default".as_slice())
+        e.xattrs.contains_key(b"system.posix_acl_default".as_slice())
     });
     assert!(
         snap.keys().any(|path| std::str::from_utf8(path).is_err()),
         "no non-UTF-8 name"
     );
-    assert!(
-        snap.keys().any(|path| path.contains(&b'\n')),
-        "no name with a newline"
-    );
-    assert!(
-        snap.keys().any(|path| path.len() > 100),
-        "no name over 100 bytes"
-    );
+    assert!(snap.keys().any(|path| path.contains(&b'\n')), "no name with a newline");
+    assert!(snap.keys().any(|path| path.len() > 100), "no name over 100 bytes");
     assert!(snap.contains_key(b"image/config.xml".as_slice()));
     for kept in ["bin", "usr/bin/relative", "etc/dangling"] {
-        assert!(
-            fs::symlink_metadata(root.join(kept)).unwrap().is_symlink(),
-            "{kept}"
-        );
+        assert!(fs::symlink_metadata(root.join(kept)).unwrap().is_symlink(), "{kept}");
     }
     assert!(root.join("bin").is_dir(), "bin should point to a directory");
-    assert!(
-        !root.join("etc/dangling").exists(),
-        "etc/dangling should dangle"
-    );
+    assert!(!root.join("etc/dangling").exists(), "etc/dangling should dangle");
     for dir in ["dev", "proc", "sys", "srv/empty"] {
         let children = fs::read_dir(root.join(dir)).unwrap().count();
         assert_eq!(children > 0, dir != "srv/empty", "children of {dir}");
@@ -140,10 +118,7 @@ fn special_tree_has_every_kind_of_entry() {
 fn special_tree_links_three_names_across_directories() {
     let dir = tempfile::tempdir().unwrap();
     let snap = tree::snapshot(&special_tree(dir.path()));
-    let groups: BTreeSet<&Vec<u8>> = snap
-        .values()
-        .filter_map(|e| e.link_group.as_ref())
-        .collect();
+    let groups: BTreeSet<&Vec<u8>> = snap.values().filter_map(|e| e.link_group.as_ref()).collect();
     let biggest = groups
         .iter()
         .map(|group| entries(&snap, |e| e.link_group.as_ref() == Some(group)))
@@ -154,11 +129,7 @@ fn special_tree_links_three_names_across_directories() {
         .iter()
         .map(|path| Path::new(OsStr::from_bytes(path)).parent())
         .collect();
-    assert_eq!(
-        parents.len(),
-        3,
-        "the three names should be in three directories"
-    );
+    assert_eq!(parents.len(), 3, "the three names should be in three directories");
 }
 
 #[test]
@@ -209,12 +180,7 @@ fn copy_through_tar_compares_equal() {
     let root = special_tree(dir.path());
     let copy = dir.path().join("copy");
     fs::create_dir(&copy).unwrap();
-    let flags = [
-        "--xattrs",
-        "--xattrs-include=*",
-        "--acls",
-        "--numeric-owner",
-    ];
+    let flags = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"];
     let mut create = Command::new("tar")
         .args(flags)
         .args(["-cpf", "-", "-C"])
@@ -240,10 +206,7 @@ fn excluding_keeps_the_directories_but_not_their_contents() {
     let all = tree::snapshot(&root);
     let kept = tree::snapshot_excluding(&root, &[b"dev", b"proc/", b"sys"]);
     for name in ["dev", "proc", "sys"] {
-        assert!(
-            kept.contains_key(name.as_bytes()),
-            "{name} itself should stay"
-        );
+        assert!(kept.contains_key(name.as_bytes()), "{name} itself should stay");
         let inside = format!("{name}/");
         assert!(
             all.keys().any(|p| p.starts_with(inside.as_bytes())),
@@ -265,13 +228,9 @@ type Change = (&'static str, fn(&Path));
 
 fn changes() -> Vec<Change> {
     vec![
-        ("etc/hostname", |r| {
-            fs::remove_file(r.join("etc/hostname")).unwrap()
-        }),
+        ("etc/hostname", |r| fs::remove_file(r.join("etc/hostname")).unwrap()),
         ("usr/bin/suid", |r| {
-            run(Command::new("chmod")
-                .arg("0755")
-                .arg(r.join("usr/bin/suid")));
+            run(Command::new("chmod").arg("0755").arg(r.join("usr/bin/suid")));
         }),
         ("home/user/link", |r| {
             std::os::unix::fs::lchown(r.join("home/user/link"), Some(0), None).unwrap()
@@ -367,11 +326,7 @@ fn one_line_sources_give_the_debian_bookworm_main_uri() {
         ),
     ];
     for (text, mirror) in cases {
-        assert_eq!(
-            fixture::mirror_in_one_line_sources(text).as_deref(),
-            mirror,
-            "{text}"
-        );
+        assert_eq!(fixture::mirror_in_one_line_sources(text).as_deref(), mirror, "{text}");
     }
 }
 
@@ -382,20 +337,26 @@ fn deb822_sources_give_the_debian_bookworm_main_uri() {
     let security = "Types: deb\nURIs: http://mirror.example.invalid/debian-security\nSuites: bookworm-security\n\
                     Components: main\n";
     let vendor = "Types: deb\nURIs: https://vendor.example.invalid/node\nSuites: nodistro\nComponents: main\n";
-    let disabled = "Enabled: no\nTypes: deb\nURIs: http://off.example.invalid/debian\nSuites: bookworm\nComponents: main\n";
+    let disabled =
+        "Enabled: no\nTypes: deb\nURIs: http://off.example.invalid/debian\nSuites: bookworm\nComponents: main\n";
     let cases = [
-        (format!("{security}\n{debian}"), Some("http://mirror.example.invalid/debian")),
+        (
+            format!("{security}\n{debian}"),
+            Some("http://mirror.example.invalid/debian"),
+        ),
         (format!("{vendor}\n# comment\n\n{security}"), None),
-        (format!("{disabled}\n{debian}"), Some("http://mirror.example.invalid/debian")),
-        ("Types: deb-src deb\nURIs:\n http://wrapped.example.invalid/debian\nSuites: bookworm\nComponents: main\n".into(),
-            Some("http://wrapped.example.invalid/debian")),
+        (
+            format!("{disabled}\n{debian}"),
+            Some("http://mirror.example.invalid/debian"),
+        ),
+        (
+            "Types: deb-src deb\nURIs:\n http://wrapped.example.invalid/debian\nSuites: bookworm\nComponents: main\n"
+                .into(),
+            Some("http://wrapped.example.invalid/debian"),
+        ),
     ];
     for (text, mirror) in cases {
-        assert_eq!(
-            fixture::mirror_in_deb822_sources(&text).as_deref(),
-            mirror,
-            "{text}"
-        );
+        assert_eq!(fixture::mirror_in_deb822_sources(&text).as_deref(), mirror, "{text}");
     }
 }
 
@@ -405,24 +366,14 @@ fn debian_description_gets_this_machines_mirror() {
     let description = fixture::debian_description(dir.path());
     let config = fs::read_to_string(description.join("config.xml")).unwrap();
     let mirror = fixture::debian_mirror();
-    assert!(
-        !mirror.is_empty() && !mirror.ends_with('/'),
-        "mirror {mirror:?}"
-    );
+    assert!(!mirror.is_empty() && !mirror.ends_with('/'), "mirror {mirror:?}");
     assert!(
         !config.contains(fixture::MIRROR_PLACEHOLDER),
         "placeholder left in {config}"
     );
-    assert!(
-        config.contains(&format!("<source path=\"{mirror}\">")),
-        "{config}"
-    );
-    let original =
-        fs::read_to_string(fixture::fixtures_dir().join("debian-bookworm/config.xml")).unwrap();
-    assert_eq!(
-        config.replace(&mirror, fixture::MIRROR_PLACEHOLDER),
-        original
-    );
+    assert!(config.contains(&format!("<source path=\"{mirror}\">")), "{config}");
+    let original = fs::read_to_string(fixture::fixtures_dir().join("debian-bookworm/config.xml")).unwrap();
+    assert_eq!(config.replace(&mirror, fixture::MIRROR_PLACEHOLDER), original);
 }
 
 #[test]
@@ -434,13 +385,7 @@ fn kiwi_config_sets_xz_options_as_a_mapping() {
         .lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .collect();
-    let xz = lines
-        .iter()
-        .position(|line| *line == "xz:")
-        .expect("no xz: section");
-    assert!(
-        lines[xz + 1].trim_start().starts_with("options: "),
-        "{text}"
-    );
+    let xz = lines.iter().position(|line| *line == "xz:").expect("no xz: section");
+    assert!(lines[xz + 1].trim_start().starts_with("options: "), "{text}");
     assert!(!fixture::kiwi_ng().is_empty());
 }

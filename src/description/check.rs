@@ -36,20 +36,14 @@ fn problems(root: &Element) -> Vec<Problem> {
         return out;
     }
     match root.attr("derived_from").map(str::trim) {
-        None => out.push((
-            root.line(),
-            "<image> needs derived_from (the image to build on)".into(),
-        )),
+        None => out.push((root.line(), "<image> needs derived_from (the image to build on)".into())),
         Some("") => out.push((root.line(), "<image> has an empty derived_from".into())),
         Some(_) => {}
     }
     out.extend(missing_attributes(root, &["name"]));
     for child in root.elements() {
         if KNOWN_ELEMENTS.contains(&child.name()) && !IMAGE_CHILDREN.contains(&child.name()) {
-            out.push((
-                child.line(),
-                format!("<{}> is not allowed in <image>", child.name()),
-            ));
+            out.push((child.line(), format!("<{}> is not allowed in <image>", child.name())));
         } else {
             check_element(child, &mut out);
         }
@@ -59,22 +53,13 @@ fn problems(root: &Element) -> Vec<Problem> {
 
 fn check_element(element: &Element, out: &mut Vec<Problem>) {
     if !KNOWN_ELEMENTS.contains(&element.name()) {
-        out.push((
-            element.line(),
-            format!("<{}> is not a KIWI element", element.name()),
-        ));
+        out.push((element.line(), format!("<{}> is not a KIWI element", element.name())));
         return;
     }
-    if let Some((_, required)) = REQUIRED_ATTRIBUTES
-        .iter()
-        .find(|(name, _)| *name == element.name())
-    {
+    if let Some((_, required)) = REQUIRED_ATTRIBUTES.iter().find(|(name, _)| *name == element.name()) {
         out.extend(missing_attributes(element, required));
     }
-    if let Some((_, required)) = REQUIRED_CHILDREN
-        .iter()
-        .find(|(name, _)| *name == element.name())
-    {
+    if let Some((_, required)) = REQUIRED_CHILDREN.iter().find(|(name, _)| *name == element.name()) {
         for child in required.iter().filter(|c| element.first(c).is_none()) {
             let what = if *child == "source" {
                 "<source path=\"...\"/>".to_string()
@@ -194,30 +179,18 @@ mod tests {
                 "<image name=\"d\" derived_from=\" \"/>",
                 "d.kiwi:1: <image> has an empty derived_from",
             ),
-            (
-                "<image derived_from=\"oci:b\"/>",
-                "d.kiwi:1: <image> needs a name",
-            ),
-            (
-                "\n<config/>",
-                "d.kiwi:2: the root element is <config>, not <image>",
-            ),
+            ("<image derived_from=\"oci:b\"/>", "d.kiwi:1: <image> needs a name"),
+            ("\n<config/>", "d.kiwi:2: the root element is <config>, not <image>"),
         ];
         for (text, expected) in cases {
             let doc = Document::parse_str(text, "d.kiwi").unwrap();
-            assert_eq!(
-                check_derived(&doc).unwrap_err().to_string(),
-                expected,
-                "{text}"
-            );
+            assert_eq!(check_derived(&doc).unwrap_err().to_string(), expected, "{text}");
         }
     }
 
     #[test]
     fn all_problems_are_reported() {
-        let error = check("<users><user/></users>\n<bogus/>")
-            .unwrap_err()
-            .to_string();
+        let error = check("<users><user/></users>\n<bogus/>").unwrap_err().to_string();
         let expected = "derived.kiwi:2: <user> needs a name\nderived.kiwi:2: <user> needs the password attribute\n\
                         derived.kiwi:3: <bogus> is not a KIWI element";
         assert_eq!(error, expected);

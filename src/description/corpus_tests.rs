@@ -35,11 +35,7 @@ fn parse(path: &Path) -> Document {
 #[test]
 fn corpus_round_trips() {
     let files = corpus();
-    assert!(
-        files.len() >= 20,
-        "only {} corpus descriptions",
-        files.len()
-    );
+    assert!(files.len() >= 20, "only {} corpus descriptions", files.len());
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc = parse(&path);
@@ -65,35 +61,16 @@ fn corpus_takes_a_derived_description() {
         assert_eq!(reparsed.to_string(), text, "{}", path.display());
         assert_eq!(merged.image_name(), Some("derived-workstation"));
         assert_eq!(merged.derived_from(), None);
-        assert_eq!(
-            merged.package_manager(),
-            base.package_manager(),
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            merged.distribution(),
-            base.distribution(),
-            "{}",
-            path.display()
-        );
+        assert_eq!(merged.package_manager(), base.package_manager(), "{}", path.display());
+        assert_eq!(merged.distribution(), base.distribution(), "{}", path.display());
         assert!(
             text.contains("<!-- OBS-Profiles: @BUILD_FLAVOR@ -->"),
             "{}",
             path.display()
         );
-        assert!(
-            text.contains("<package name=\"tmux\"/>"),
-            "{}",
-            path.display()
-        );
+        assert!(text.contains("<package name=\"tmux\"/>"), "{}", path.display());
         assert!(!text.contains("type=\"bootstrap\""), "{}", path.display());
-        assert_eq!(
-            merged.profile_names(),
-            base.profile_names(),
-            "{}",
-            path.display()
-        );
+        assert_eq!(merged.profile_names(), base.profile_names(), "{}", path.display());
     }
 }
 
@@ -161,23 +138,14 @@ fn write_to_replaces_atomically() {
         use std::os::unix::fs::PermissionsExt;
         let fresh = dir.path().join("new.kiwi");
         doc.write_to(&fresh).unwrap();
-        assert_eq!(
-            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o644);
     }
 }
 
 #[test]
 fn corpus_facts() {
     let cases = [
-        (
-            "archlinux-tbz.kiwi",
-            "archlinux-rootfs",
-            "pacman",
-            "2024.11.1",
-            None,
-        ),
+        ("archlinux-tbz.kiwi", "archlinux-rootfs", "pacman", "2024.11.1", None),
         (
             "debian-12-container.kiwi",
             "debian-bookworm-container",

@@ -41,10 +41,7 @@ pub(crate) fn groups(parent: &Element) -> Vec<Group> {
         }
     }
     if !lead.is_empty() {
-        out.push(Group {
-            lead,
-            element: None,
-        });
+        out.push(Group { lead, element: None });
     }
     out
 }
@@ -129,15 +126,11 @@ pub(crate) fn insert(parent: &mut Element, slot: Slot, nodes: Vec<Node>, parent_
     let children = parent.children_mut();
     match slot {
         Slot::After(i) => {
-            let spliced = nodes
-                .into_iter()
-                .flat_map(|n| [Node::Text(indent.clone()), n]);
+            let spliced = nodes.into_iter().flat_map(|n| [Node::Text(indent.clone()), n]);
             children.splice(i + 1..i + 1, spliced);
         }
         Slot::Before(i) => {
-            let spliced = nodes
-                .into_iter()
-                .flat_map(|n| [n, Node::Text(indent.clone())]);
+            let spliced = nodes.into_iter().flat_map(|n| [n, Node::Text(indent.clone())]);
             children.splice(i..i, spliced);
         }
         Slot::End => {
@@ -163,19 +156,9 @@ pub(crate) fn remove(parent: &mut Element, index: usize) -> Node {
 
 /// Replaces the child node at `index` by `element`, with `lead` comments
 /// right before it unless the same comments are already in its group.
-pub(crate) fn replace(
-    parent: &mut Element,
-    index: usize,
-    lead: Vec<Node>,
-    element: Element,
-    parent_indent: &str,
-) {
+pub(crate) fn replace(parent: &mut Element, index: usize, lead: Vec<Node>, element: Element, parent_indent: &str) {
     let mut nodes = [Node::Element(element)];
-    reindent_all(
-        &mut nodes,
-        &child_indent(parent, parent_indent),
-        parent_indent,
-    );
+    reindent_all(&mut nodes, &child_indent(parent, parent_indent), parent_indent);
     let [element] = nodes;
     parent.children_mut()[index] = element;
     add_lead(parent, index, lead, parent_indent);
@@ -238,11 +221,7 @@ pub(crate) fn ordered_slot(parent: &Element, name: &str, order: &[&str]) -> Slot
     if new_rank == order.len() {
         return Slot::End;
     }
-    if let Some((i, _)) = elements
-        .iter()
-        .rev()
-        .find(|(_, e)| rank(order, e.name()) < new_rank)
-    {
+    if let Some((i, _)) = elements.iter().rev().find(|(_, e)| rank(order, e.name()) < new_rank) {
         return Slot::After(*i);
     }
     match elements.first() {
@@ -252,12 +231,7 @@ pub(crate) fn ordered_slot(parent: &Element, name: &str, order: &[&str]) -> Slot
 }
 
 /// Inserts `group` where its element belongs by `order` (see [`ordered_slot`]).
-pub(crate) fn insert_ordered(
-    parent: &mut Element,
-    group: Group,
-    order: &[&str],
-    parent_indent: &str,
-) {
+pub(crate) fn insert_ordered(parent: &mut Element, group: Group, order: &[&str], parent_indent: &str) {
     let slot = match &group.element {
         Some(e) => ordered_slot(parent, e.name(), order),
         None => Slot::End,
@@ -284,8 +258,7 @@ mod tests {
 
     #[test]
     fn ordered_insert_keeps_schema_order_and_indentation() {
-        let base =
-            "<image>\n  <description/>\n  <!-- repos -->\n  <repository/>\n  <packages/>\n</image>";
+        let base = "<image>\n  <description/>\n  <!-- repos -->\n  <repository/>\n  <packages/>\n</image>";
         let cases = [
             ("repository", "<image>\n  <description/>\n  <!-- repos -->\n  <repository/>\n  <repository/>\n  <packages/>\n</image>"),
             ("preferences", "<image>\n  <description/>\n  <preferences/>\n  <!-- repos -->\n  <repository/>\n  <packages/>\n</image>"),
@@ -311,12 +284,7 @@ mod tests {
         ];
         for (text, expected) in cases {
             let mut p = root(text);
-            insert(
-                &mut p,
-                Slot::End,
-                vec![Node::Element(Element::new("a"))],
-                "\n  ",
-            );
+            insert(&mut p, Slot::End, vec![Node::Element(Element::new("a"))], "\n  ");
             assert_eq!(show(&p), expected, "{text}");
         }
     }
@@ -330,12 +298,7 @@ mod tests {
                 "    ",
                 "<p>\n        <a>\n            <b/>\n        </a>\n    </p>",
             ),
-            (
-                "<p>\n\n\t<a>x</a>\n</p>",
-                "\t",
-                "\t",
-                "<p>\n\n\t\t<a>x</a>\n\t</p>",
-            ),
+            ("<p>\n\n\t<a>x</a>\n</p>", "\t", "\t", "<p>\n\n\t\t<a>x</a>\n\t</p>"),
             ("<p>\r\n  <a/>\r\n</p>", "", "  ", "<p>\r\n  <a/>\r\n</p>"),
             ("<p><a> text </a></p>", "  ", "  ", "<p><a> text </a></p>"),
         ];
@@ -368,10 +331,7 @@ mod tests {
         let mut x = Element::new("x");
         x.set_attr("n", "2");
         replace(&mut e, 3, lead, x, "\n");
-        assert_eq!(
-            show(&e),
-            "<i>\n  <!-- a -->\n  <!-- b -->\n  <x n=\"2\"/>\n</i>"
-        );
+        assert_eq!(show(&e), "<i>\n  <!-- a -->\n  <!-- b -->\n  <x n=\"2\"/>\n</i>");
     }
 
     #[test]
@@ -381,9 +341,6 @@ mod tests {
             .into_iter()
             .map(|g| (g.lead.len(), g.element.map(|e| e.name().to_string())))
             .collect();
-        assert_eq!(
-            shape,
-            [(2, Some("x".into())), (0, Some("y".into())), (1, None)]
-        );
+        assert_eq!(shape, [(2, Some("x".into())), (0, Some("y".into())), (1, None)]);
     }
 }

@@ -42,9 +42,7 @@ impl Document {
     /// `fedora-40` or `bookworm`: from the first repository that tells
     /// (see [`distribution_from_apt`] and [`distribution_from_source`]).
     pub fn distribution(&self) -> Option<String> {
-        self.root
-            .elements_named("repository")
-            .find_map(repository_distribution)
+        self.root.elements_named("repository").find_map(repository_distribution)
     }
 
     /// The names of all `<profile>`s in document order.
@@ -53,17 +51,11 @@ impl Document {
             .root
             .elements_named("profiles")
             .flat_map(|p| p.elements_named("profile"));
-        profiles
-            .filter_map(|p| p.attr("name"))
-            .map(str::to_string)
-            .collect()
+        profiles.filter_map(|p| p.attr("name")).map(str::to_string).collect()
     }
 
     fn first_text(&self, section: &str, child: &str) -> Option<String> {
-        let mut children = self
-            .root
-            .elements_named(section)
-            .flat_map(|s| s.elements_named(child));
+        let mut children = self.root.elements_named(section).flat_map(|s| s.elements_named(child));
         children.find_map(|e| non_empty(e.text()))
     }
 }
@@ -108,9 +100,7 @@ fn from_obs_project(project: &str) -> Option<String> {
         ["opensuse", "leap", "micro", version, ..] if is_version(version) => {
             Some(format!("opensuse-leap-micro-{version}"))
         }
-        ["opensuse", "leap", version, ..] if is_version(version) => {
-            Some(format!("opensuse-leap-{version}"))
-        }
+        ["opensuse", "leap", version, ..] if is_version(version) => Some(format!("opensuse-leap-{version}")),
         ["opensuse", "factory" | "tumbleweed", ..] => Some("opensuse-tumbleweed".to_string()),
         ["opensuse", "slowroll", ..] => Some("opensuse-slowroll".to_string()),
         ["suse", sle, ..] if sle.starts_with("sle-") => Some((*sle).to_string()),
@@ -143,8 +133,7 @@ fn from_path_segments(segments: &[&str]) -> Option<String> {
 }
 
 fn is_version(text: &str) -> bool {
-    text.starts_with(|c: char| c.is_ascii_digit())
-        && text.chars().all(|c| c.is_ascii_digit() || c == '.')
+    text.starts_with(|c: char| c.is_ascii_digit()) && text.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
 #[cfg(test)]
@@ -154,22 +143,10 @@ mod tests {
     #[test]
     fn distribution_from_source_paths() {
         let cases = [
-            (
-                "obs://openSUSE:Leap:15.6/standard",
-                Some("opensuse-leap-15.6"),
-            ),
-            (
-                "obs://openSUSE:Leap:15.6:Update/standard",
-                Some("opensuse-leap-15.6"),
-            ),
-            (
-                "obs://openSUSE:Factory/snapshot",
-                Some("opensuse-tumbleweed"),
-            ),
-            (
-                "obs://openSUSE:Tumbleweed/standard",
-                Some("opensuse-tumbleweed"),
-            ),
+            ("obs://openSUSE:Leap:15.6/standard", Some("opensuse-leap-15.6")),
+            ("obs://openSUSE:Leap:15.6:Update/standard", Some("opensuse-leap-15.6")),
+            ("obs://openSUSE:Factory/snapshot", Some("opensuse-tumbleweed")),
+            ("obs://openSUSE:Tumbleweed/standard", Some("opensuse-tumbleweed")),
             ("obs://SUSE:SLE-15-SP6:GA/standard", Some("sle-15-sp6")),
             ("obs://Fedora:40/standard", Some("fedora-40")),
             ("obs://Debian:12/standard", Some("debian-12")),
@@ -178,18 +155,9 @@ mod tests {
                 "https://example.org/distribution/leap/15.6/repo/oss",
                 Some("opensuse-leap-15.6"),
             ),
-            (
-                "https://example.org/update/leap/15.5/oss/",
-                Some("opensuse-leap-15.5"),
-            ),
-            (
-                "https://example.org/tumbleweed/repo/oss",
-                Some("opensuse-tumbleweed"),
-            ),
-            (
-                "https://example.org/slowroll/repo/oss",
-                Some("opensuse-slowroll"),
-            ),
+            ("https://example.org/update/leap/15.5/oss/", Some("opensuse-leap-15.5")),
+            ("https://example.org/tumbleweed/repo/oss", Some("opensuse-tumbleweed")),
+            ("https://example.org/slowroll/repo/oss", Some("opensuse-slowroll")),
             (
                 "https://example.org/pub/fedora/linux/releases/40/Everything/x86_64/os/",
                 Some("fedora-40"),
@@ -216,11 +184,7 @@ mod tests {
             ("", None),
         ];
         for (path, expected) in cases {
-            assert_eq!(
-                distribution_from_source(path).as_deref(),
-                expected,
-                "{path}"
-            );
+            assert_eq!(distribution_from_source(path).as_deref(), expected, "{path}");
         }
     }
 
@@ -271,12 +235,7 @@ mod tests {
         assert_eq!(doc.image_name(), None);
         assert_eq!(doc.derived_from(), Some("oci:base"));
         assert_eq!(
-            (
-                doc.version(),
-                doc.author(),
-                doc.package_manager(),
-                doc.distribution()
-            ),
+            (doc.version(), doc.author(), doc.package_manager(), doc.distribution()),
             (None, None, None, None)
         );
         assert!(doc.profile_names().is_empty());

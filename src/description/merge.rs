@@ -7,8 +7,7 @@ use color_eyre::Result;
 
 use super::check::check_derived;
 use super::edit::{
-    add_lead, child_indent, element_mut, find_children, groups, insert, insert_ordered, remove,
-    replace, Group, Slot,
+    add_lead, child_indent, element_mut, find_children, groups, insert, insert_ordered, remove, replace, Group, Slot,
 };
 use super::model::{Document, Element, Node};
 use super::schema::{IMAGE_CHILDREN, PREFERENCES_CHILDREN};
@@ -216,11 +215,7 @@ fn replace_or_add(image: &mut Element, index: Option<usize>, group: Group) {
 }
 
 fn merge_description(image: &mut Element, group: Group) {
-    let kind = group
-        .element
-        .as_ref()
-        .and_then(|e| e.attr("type"))
-        .map(str::to_string);
+    let kind = group.element.as_ref().and_then(|e| e.attr("type")).map(str::to_string);
     let same = find_children(image, |e| {
         e.name() == "description" && e.attr("type") == kind.as_deref()
     });
@@ -228,13 +223,7 @@ fn merge_description(image: &mut Element, group: Group) {
 }
 
 fn merge_preferences(image: &mut Element, group: Group) {
-    merge_into(
-        image,
-        group,
-        same_section,
-        preferences_child_key,
-        PREFERENCES_CHILDREN,
-    );
+    merge_into(image, group, same_section, preferences_child_key, PREFERENCES_CHILDREN);
 }
 
 fn merge_users(image: &mut Element, group: Group) {
@@ -243,19 +232,11 @@ fn merge_users(image: &mut Element, group: Group) {
 
 /// Merges a section child by child into the first base section that
 /// `matches` it, or adds it in schema order.
-fn merge_into(
-    image: &mut Element,
-    group: Group,
-    matches: SameFn,
-    child_key: KeyFn,
-    order: &[&str],
-) {
+fn merge_into(image: &mut Element, group: Group, matches: SameFn, child_key: KeyFn, order: &[&str]) {
     let Some(incoming) = &group.element else {
         return;
     };
-    let found = find_children(image, |e| matches(e, incoming))
-        .first()
-        .copied();
+    let found = find_children(image, |e| matches(e, incoming)).first().copied();
     let Some(index) = found else {
         return insert_ordered(image, group, IMAGE_CHILDREN, ROOT_INDENT);
     };
@@ -295,10 +276,7 @@ fn merge_profiles(image: &mut Element, group: Group) {
             .as_ref()
             .and_then(|p| p.attr("name"))
             .map(str::to_string);
-        let has_name = |s: &Element| {
-            s.elements_named("profile")
-                .any(|p| p.attr("name") == name.as_deref())
-        };
+        let has_name = |s: &Element| s.elements_named("profile").any(|p| p.attr("name") == name.as_deref());
         let target = sections
             .iter()
             .copied()
@@ -314,15 +292,12 @@ fn merge_repository(image: &mut Element, group: Group) {
     let Some(incoming) = group.element.as_ref() else {
         return;
     };
-    let same = find_children(image, |e| {
-        e.name() == "repository" && same_repository(e, incoming)
-    });
+    let same = find_children(image, |e| e.name() == "repository" && same_repository(e, incoming));
     let key = section_key(incoming);
-    let in_same_section = same.iter().copied().find(|i| {
-        image.children()[*i]
-            .as_element()
-            .is_some_and(|e| section_key(e) == key)
-    });
+    let in_same_section = same
+        .iter()
+        .copied()
+        .find(|i| image.children()[*i].as_element().is_some_and(|e| section_key(e) == key));
     replace_or_add(image, in_same_section.or(same.first().copied()), group);
 }
 
@@ -330,11 +305,7 @@ fn merge_repository(image: &mut Element, group: Group) {
 /// same `<source path>` unless both have (different) aliases. With several
 /// matches, one with the same `profiles`/`arch` is replaced first.
 fn same_repository(a: &Element, b: &Element) -> bool {
-    let path = |e: &Element| {
-        e.first("source")
-            .and_then(|s| s.attr("path"))
-            .map(str::to_string)
-    };
+    let path = |e: &Element| e.first("source").and_then(|s| s.attr("path")).map(str::to_string);
     match (a.attr("alias"), b.attr("alias")) {
         (Some(x), Some(y)) => x == y,
         _ => path(a).is_some() && path(a) == path(b),
@@ -380,20 +351,10 @@ pub(crate) fn section_key(e: &Element) -> BTreeMap<String, BTreeSet<String>> {
 /// with a key replaces the target's children with that key (all of them, so
 /// repeatable elements such as `<showlicense>` are replaced as a set); the
 /// rest are added after their kind or in `order`.
-fn merge_children(
-    target: &mut Element,
-    incoming: &Element,
-    key: KeyFn,
-    order: &[&str],
-    indent: &str,
-) {
+fn merge_children(target: &mut Element, incoming: &Element, key: KeyFn, order: &[&str], indent: &str) {
     let mut seen = BTreeSet::new();
     for group in groups(incoming) {
-        let first_time = group
-            .element
-            .as_ref()
-            .and_then(key)
-            .is_some_and(|k| seen.insert(k));
+        let first_time = group.element.as_ref().and_then(key).is_some_and(|k| seen.insert(k));
         put_child(target, group, &key, order, indent, first_time);
     }
 }
@@ -414,9 +375,7 @@ fn put_child(
     };
     let wanted = key(&element);
     let matches = match &wanted {
-        Some(_) if replace_matches => {
-            find_children(target, |e| e.name() == element.name() && key(e) == wanted)
-        }
+        Some(_) if replace_matches => find_children(target, |e| e.name() == element.name() && key(e) == wanted),
         _ => Vec::new(),
     };
     match matches.split_first() {

@@ -50,8 +50,7 @@ fn merge_bodies(base: &str, derived: &str) -> String {
         &format!("<image schemaversion=\"8.5\" name=\"base\">\n  {base}\n</image>\n"),
         "base.kiwi",
     );
-    let derived =
-        format!("<image name=\"new\" derived_from=\"oci:base\">\n  {derived}\n</image>\n");
+    let derived = format!("<image name=\"new\" derived_from=\"oci:base\">\n  {derived}\n</image>\n");
     let merged = merge(&base, &doc(&derived, "derived.kiwi")).unwrap_or_else(|e| panic!("{e}"));
     let text = compact(&merged);
     let inner = text
@@ -124,11 +123,7 @@ fn schema_versions() {
         (None, None, None),
     ];
     for (base, derived, expected) in cases {
-        assert_eq!(
-            older_schema_version(base, derived),
-            expected,
-            "{base:?} {derived:?}"
-        );
+        assert_eq!(older_schema_version(base, derived), expected, "{base:?} {derived:?}");
     }
 }
 
@@ -187,15 +182,23 @@ fn preferences() {
 fn profiles() {
     let base = "<profiles><profile name=\"A\" description=\"a\"/><profile name=\"B\" description=\"b\"/></profiles>";
     check_table(&[
-        (base, "<profiles><profile name=\"B\" description=\"new b\"/><profile name=\"C\" description=\"c\"/></profiles>",
-         "<profiles><profile name=\"A\" description=\"a\"/><profile name=\"B\" description=\"new b\"/>\
-          <profile name=\"C\" description=\"c\"/></profiles>"),
-        (&format!("{base}<profiles><profile name=\"X\" description=\"x\"/></profiles>"),
-         "<profiles><profile name=\"A\" description=\"new a\"/><profile name=\"D\" description=\"d\"/></profiles>",
-         "<profiles><profile name=\"A\" description=\"new a\"/><profile name=\"B\" description=\"b\"/></profiles>\
-          <profiles><profile name=\"X\" description=\"x\"/><profile name=\"D\" description=\"d\"/></profiles>"),
-        ("<preferences/><users/>", "<profiles><profile name=\"P\" description=\"p\"/></profiles>",
-         "<preferences/><profiles><profile name=\"P\" description=\"p\"/></profiles><users/>"),
+        (
+            base,
+            "<profiles><profile name=\"B\" description=\"new b\"/><profile name=\"C\" description=\"c\"/></profiles>",
+            "<profiles><profile name=\"A\" description=\"a\"/><profile name=\"B\" description=\"new b\"/>\
+          <profile name=\"C\" description=\"c\"/></profiles>",
+        ),
+        (
+            &format!("{base}<profiles><profile name=\"X\" description=\"x\"/></profiles>"),
+            "<profiles><profile name=\"A\" description=\"new a\"/><profile name=\"D\" description=\"d\"/></profiles>",
+            "<profiles><profile name=\"A\" description=\"new a\"/><profile name=\"B\" description=\"b\"/></profiles>\
+          <profiles><profile name=\"X\" description=\"x\"/><profile name=\"D\" description=\"d\"/></profiles>",
+        ),
+        (
+            "<preferences/><users/>",
+            "<profiles><profile name=\"P\" description=\"p\"/></profiles>",
+            "<preferences/><profiles><profile name=\"P\" description=\"p\"/></profiles><users/>",
+        ),
     ]);
 }
 
@@ -224,28 +227,42 @@ fn repositories() {
                 <packages type=\"image\"/>";
     check_table(&[
         // same alias replaces
-        (base, "<repository alias=\"oss\" priority=\"1\"><source path=\"obs://c/standard\"/></repository>",
-         "<repository alias=\"oss\" priority=\"1\"><source path=\"obs://c/standard\"/></repository>\
-          <repository><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>"),
+        (
+            base,
+            "<repository alias=\"oss\" priority=\"1\"><source path=\"obs://c/standard\"/></repository>",
+            "<repository alias=\"oss\" priority=\"1\"><source path=\"obs://c/standard\"/></repository>\
+          <repository><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>",
+        ),
         // same path without alias replaces
-        (base, "<repository priority=\"2\"><source path=\"https://example.org/b\"/></repository>",
-         "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
-          <repository priority=\"2\"><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>"),
+        (
+            base,
+            "<repository priority=\"2\"><source path=\"https://example.org/b\"/></repository>",
+            "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
+          <repository priority=\"2\"><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>",
+        ),
         // same path, one alias: the same repository
-        (base, "<repository alias=\"b\"><source path=\"https://example.org/b\"/></repository>",
-         "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
-          <repository alias=\"b\"><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>"),
+        (
+            base,
+            "<repository alias=\"b\"><source path=\"https://example.org/b\"/></repository>",
+            "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
+          <repository alias=\"b\"><source path=\"https://example.org/b\"/></repository><packages type=\"image\"/>",
+        ),
         // different aliases on the same path: both kept; new ones go after the last repository
-        (base, "<repository alias=\"other\"><source path=\"obs://a/standard\"/></repository>",
-         "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
+        (
+            base,
+            "<repository alias=\"other\"><source path=\"obs://a/standard\"/></repository>",
+            "<repository alias=\"oss\"><source path=\"obs://a/standard\"/></repository>\
           <repository><source path=\"https://example.org/b\"/></repository>\
-          <repository alias=\"other\"><source path=\"obs://a/standard\"/></repository><packages type=\"image\"/>"),
+          <repository alias=\"other\"><source path=\"obs://a/standard\"/></repository><packages type=\"image\"/>",
+        ),
         // with several matches the one of the same profiles is replaced
-        ("<repository alias=\"u\" profiles=\"A\"><source path=\"a\"/></repository>\
+        (
+            "<repository alias=\"u\" profiles=\"A\"><source path=\"a\"/></repository>\
           <repository alias=\"u\" profiles=\"B\"><source path=\"b\"/></repository>",
-         "<repository alias=\"u\" profiles=\"B\"><source path=\"c\"/></repository>",
-         "<repository alias=\"u\" profiles=\"A\"><source path=\"a\"/></repository>\
-          <repository alias=\"u\" profiles=\"B\"><source path=\"c\"/></repository>"),
+            "<repository alias=\"u\" profiles=\"B\"><source path=\"c\"/></repository>",
+            "<repository alias=\"u\" profiles=\"A\"><source path=\"a\"/></repository>\
+          <repository alias=\"u\" profiles=\"B\"><source path=\"c\"/></repository>",
+        ),
     ]);
 }
 
@@ -361,10 +378,7 @@ fn merge_errors_name_the_file() {
     let base = doc("<image name=\"b\"/>", "base.kiwi");
     let derived = doc("<image name=\"d\">\n<bogus/></image>", "derived.kiwi");
     let error = merge(&base, &derived).unwrap_err().to_string();
-    assert!(
-        error.contains("derived.kiwi:1: <image> needs derived_from"),
-        "{error}"
-    );
+    assert!(error.contains("derived.kiwi:1: <image> needs derived_from"), "{error}");
     assert!(
         error.contains("derived.kiwi:2: <bogus> is not a KIWI element"),
         "{error}"
@@ -374,10 +388,7 @@ fn merge_errors_name_the_file() {
         &doc("<image name=\"d\" derived_from=\"x\"/>", "d"),
     )
     .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "base.xml: the root element is <config>, not <image>"
-    );
+    assert_eq!(error.to_string(), "base.xml: the root element is <config>, not <image>");
 }
 
 #[test]
@@ -405,8 +416,5 @@ fn section_keys_treat_lists_as_sets() {
         key("<p arch=\"x86_64\" profiles=\" b , a\"/>")
     );
     assert_ne!(key("<p profiles=\"a\"/>"), key("<p/>"));
-    assert_ne!(
-        key("<p profiles=\"a\"/>"),
-        key("<p profiles=\"a\" arch=\"aarch64\"/>")
-    );
+    assert_ne!(key("<p profiles=\"a\"/>"), key("<p profiles=\"a\" arch=\"aarch64\"/>"));
 }

@@ -87,11 +87,7 @@ mod tests {
                 assert!(find(dir.path()).is_err());
                 continue;
             }
-            assert_eq!(
-                find(dir.path()).unwrap(),
-                dir.path().join(expected),
-                "{files:?}"
-            );
+            assert_eq!(find(dir.path()).unwrap(), dir.path().join(expected), "{files:?}");
         }
     }
 

@@ -112,9 +112,7 @@ impl Element {
 
     /// All attributes as (name, value) pairs in source order.
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.attributes
-            .iter()
-            .map(|a| (a.name.as_str(), a.value.as_str()))
+        self.attributes.iter().map(|a| (a.name.as_str(), a.value.as_str()))
     }
 
     /// Sets attribute `name`, keeping its position when it exists.
@@ -198,8 +196,7 @@ pub struct Document {
 /// Documents are equal when their content is, wherever they came from.
 impl PartialEq for Document {
     fn eq(&self, other: &Self) -> bool {
-        (self.bom, &self.prolog, &self.root, &self.epilog)
-            == (other.bom, &other.prolog, &other.root, &other.epilog)
+        (self.bom, &self.prolog, &self.root, &self.epilog) == (other.bom, &other.prolog, &other.root, &other.epilog)
     }
 }
 
@@ -318,10 +315,7 @@ fn write_element(f: &mut fmt::Formatter<'_>, e: &Element) -> fmt::Result {
 
 /// Escapes character data for writing.
 pub(crate) fn escape_text(value: &str) -> String {
-    value
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Escapes an attribute value for writing between double quotes; whitespace

@@ -19,8 +19,7 @@ impl Document {
     /// Parses the file at `path`; errors name the file, line and column.
     pub fn parse_file(path: &Path) -> Result<Document> {
         let bytes = std::fs::read(path).wrap_err_with(|| format!("reading {}", path.display()))?;
-        let text =
-            String::from_utf8(bytes).map_err(|_| eyre!("{} is not UTF-8 text", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| eyre!("{} is not UTF-8 text", path.display()))?;
         Document::parse_str(&text, &path.display().to_string())
     }
 
@@ -99,15 +98,10 @@ impl<'a> Parser<'a> {
             self.event(event, start)?;
         }
         if let Some(open) = self.stack.last() {
-            let message = format!(
-                "malformed XML: <{}> from line {} is not closed",
-                open.name, open.line
-            );
+            let message = format!("malformed XML: <{}> from line {} is not closed", open.name, open.line);
             return Err(self.error_at(self.text.len() as u64, message));
         }
-        let root = self
-            .root
-            .ok_or_else(|| eyre!("{}: no root element", self.origin))?;
+        let root = self.root.ok_or_else(|| eyre!("{}: no root element", self.origin))?;
         Ok(Document {
             origin: self.origin.to_string(),
             bom,
@@ -189,9 +183,7 @@ impl<'a> Parser<'a> {
 
     /// The 1-based line of byte `offset`; offsets only grow while parsing.
     fn line_of(&mut self, offset: u64) -> usize {
-        let offset = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.text.len());
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX).min(self.text.len());
         let (from, line) = self.cursor;
         let newlines = self.text.as_bytes()[from.min(offset)..offset]
             .iter()
@@ -239,10 +231,7 @@ fn scan_attributes(raw: &str) -> Result<(Vec<Attribute>, String)> {
             .find(|c: char| c == '=' || c.is_whitespace())
             .unwrap_or(trimmed.len());
         let name = &trimmed[..name_end];
-        let after_eq = trimmed[name_end..]
-            .trim_start()
-            .strip_prefix('=')
-            .map(str::trim_start);
+        let after_eq = trimmed[name_end..].trim_start().strip_prefix('=').map(str::trim_start);
         let Some(after_eq) = after_eq else {
             bail!("attribute {name} has no value")
         };
@@ -312,37 +301,22 @@ mod tests {
         let mut doc = parse("<i  a='1' b='2'/>").unwrap();
         doc.root_mut().set_attr("a", "<\"&\n");
         doc.root_mut().set_attr("n", "new");
-        assert_eq!(
-            doc.to_string(),
-            "<i  a=\"&lt;&quot;&amp;&#10;\" b='2' n=\"new\"/>"
-        );
-        assert_eq!(
-            parse(&doc.to_string()).unwrap().root().attr("a"),
-            Some("<\"&\n")
-        );
+        assert_eq!(doc.to_string(), "<i  a=\"&lt;&quot;&amp;&#10;\" b='2' n=\"new\"/>");
+        assert_eq!(parse(&doc.to_string()).unwrap().root().attr("a"), Some("<\"&\n"));
     }
 
     #[test]
     fn errors_name_file_line_and_column() {
         let cases = [
-            (
-                "<image>\n  <a>\n  </b>\n</image>",
-                "t.kiwi:3:3: malformed XML",
-            ),
+            ("<image>\n  <a>\n  </b>\n</image>", "t.kiwi:3:3: malformed XML"),
             ("<image>\n  <a x=1/>\n</image>", "t.kiwi:2:3:"),
             ("<image>\n<a x=\"1\" x=\"2\"/></image>", "t.kiwi:2:1:"),
             ("<image>\n  <a>\n", "<a> from line 2 is not closed"),
-            (
-                "<image/>\n<image/>",
-                "t.kiwi:2:1: malformed XML: a second root element",
-            ),
+            ("<image/>\n<image/>", "t.kiwi:2:1: malformed XML: a second root element"),
             ("text<image/>", "t.kiwi:1:1: malformed XML: text outside"),
             ("<image>\n  a & b\n</image>", "t.kiwi:1:8:"),
             ("<!-- only a comment -->", "t.kiwi: no root element"),
-            (
-                "<image><!-- a -- b --></image>",
-                "t.kiwi:1:15: malformed XML",
-            ),
+            ("<image><!-- a -- b --></image>", "t.kiwi:1:15: malformed XML"),
         ];
         for (text, expected) in cases {
             let error = parse(text).expect_err(text).to_string();

@@ -217,12 +217,7 @@ mod tests {
 
     #[test]
     fn rank_follows_schema_order() {
-        let cases = [
-            ("include", 0),
-            ("description", 2),
-            ("packages", 10),
-            ("unknown", 12),
-        ];
+        let cases = [("include", 0), ("description", 2), ("packages", 10), ("unknown", 12)];
         for (name, expected) in cases {
             assert_eq!(rank(IMAGE_CHILDREN, name), expected, "{name}");
         }

@@ -68,7 +68,10 @@ impl Globals {
         let values: [(&str, Option<&OsStr>); 4] = [
             ("--type", self.image_type.as_deref().map(OsStr::new)),
             ("--target-arch", self.target_arch.as_deref().map(OsStr::new)),
-            ("--shared-cache-dir", self.shared_cache_dir.as_deref().map(Path::as_os_str)),
+            (
+                "--shared-cache-dir",
+                self.shared_cache_dir.as_deref().map(Path::as_os_str),
+            ),
             ("--config", self.config.as_deref().map(Path::as_os_str)),
         ];
         for (name, value) in values {
@@ -95,14 +98,19 @@ pub struct PassThrough {
 /// True when the arguments after `--` name a description (so kiwi-ng will
 /// `system build`).
 pub fn names_description(args: &[OsString]) -> bool {
-    args.iter().any(|a| a == "--description" || a.as_bytes().starts_with(b"--description="))
+    args.iter()
+        .any(|a| a == "--description" || a.as_bytes().starts_with(b"--description="))
 }
 
 impl PassThrough {
     /// Checks `args` against the options of `system build` (when `build`) or
     /// `system create`, before anything slow runs.
     pub fn parse(args: &[OsString], build: bool) -> Result<PassThrough> {
-        let (table, command) = if build { (BUILD_OPTIONS, "system build") } else { (CREATE_OPTIONS, "system create") };
+        let (table, command) = if build {
+            (BUILD_OPTIONS, "system build")
+        } else {
+            (CREATE_OPTIONS, "system create")
+        };
         let mut target_dir = None;
         let mut description = None;
         let mut rest = Vec::new();
@@ -121,7 +129,11 @@ impl PassThrough {
                 (false, Some(_)) => bail!("kiwi-ng {command} option {name} takes no value"),
                 (false, None) => None,
                 (true, Some(v)) => Some(v.to_os_string()),
-                (true, None) => Some(it.next().cloned().ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?),
+                (true, None) => Some(
+                    it.next()
+                        .cloned()
+                        .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?,
+                ),
             };
             match (name.as_str(), value) {
                 ("--target-dir", Some(v)) => target_dir = Some(PathBuf::from(v)),
@@ -136,7 +148,11 @@ impl PassThrough {
         let target_dir = target_dir.ok_or_else(|| {
             eyre!("no --target-dir after --").suggestion("say where kiwi-ng puts the result: -- --target-dir DIR")
         })?;
-        Ok(PassThrough { target_dir, description, rest })
+        Ok(PassThrough {
+            target_dir,
+            description,
+            rest,
+        })
     }
 }
 
@@ -146,7 +162,9 @@ fn unknown_option(name: &str, command: &str) -> color_eyre::Report {
         return err.suggestion("kiwi-stackbuild sets the root itself: give the image as --root REF before --");
     }
     if BUILD_OPTIONS.iter().any(|(n, _)| *n == name) {
-        return err.suggestion(format!("{name} is an option of system build: give a --description to build"));
+        return err.suggestion(format!(
+            "{name} is an option of system build: give a --description to build"
+        ));
     }
     err.suggestion("see kiwi-ng system build --help; kiwi-ng global options such as --profile go before --")
 }
@@ -154,7 +172,12 @@ fn unknown_option(name: &str, command: &str) -> color_eyre::Report {
 /// The argv of `kiwi-ng GLOBALS system create --root ROOT --target-dir T REST`.
 pub fn create_args(globals: &Globals, root: &Path, pass: &PassThrough) -> Vec<OsString> {
     let mut out = globals.args();
-    out.extend(["system".into(), "create".into(), "--root".into(), root.as_os_str().to_os_string()]);
+    out.extend([
+        "system".into(),
+        "create".into(),
+        "--root".into(),
+        root.as_os_str().to_os_string(),
+    ]);
     out.extend(["--target-dir".into(), pass.target_dir.as_os_str().to_os_string()]);
     out.extend(pass.rest.iter().cloned());
     out
@@ -164,7 +187,12 @@ pub fn create_args(globals: &Globals, root: &Path, pass: &PassThrough) -> Vec<Os
 /// [--allow-existing-root] REST`.
 pub fn build_args(globals: &Globals, description: &Path, existing_root: bool, pass: &PassThrough) -> Vec<OsString> {
     let mut out = globals.args();
-    out.extend(["system".into(), "build".into(), "--description".into(), description.as_os_str().to_os_string()]);
+    out.extend([
+        "system".into(),
+        "build".into(),
+        "--description".into(),
+        description.as_os_str().to_os_string(),
+    ]);
     out.extend(["--target-dir".into(), pass.target_dir.as_os_str().to_os_string()]);
     if existing_root {
         out.push("--allow-existing-root".into());
@@ -177,7 +205,10 @@ pub fn build_args(globals: &Globals, description: &Path, existing_root: bool, pa
 pub fn run_kiwi(args: &[OsString], target_dir: &Path) -> Result<()> {
     run(Tool::KiwiNg, args, Output::Stream)
         .wrap_err("the kiwi-ng build failed")
-        .suggestion(format!("read the kiwi-ng log above and {}", target_dir.join("build/image-root.log").display()))?;
+        .suggestion(format!(
+            "read the kiwi-ng log above and {}",
+            target_dir.join("build/image-root.log").display()
+        ))?;
     Ok(())
 }
 
@@ -198,7 +229,11 @@ pub fn version() -> Result<String> {
 fn version_from_package() -> Option<String> {
     let script = std::fs::canonicalize(Tool::KiwiNg.locate().ok()?).ok()?;
     let mut head = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(std::fs::File::open(script).ok()?, 512), &mut head).ok()?;
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(script).ok()?, 512),
+        &mut head,
+    )
+    .ok()?;
     let interpreter = PathBuf::from(head.lines().next()?.strip_prefix("#!")?.split_whitespace().next()?);
     let prefix = interpreter.parent()?.parent()?;
     for lib in ["lib", "lib64"] {
@@ -235,8 +270,25 @@ mod tests {
         };
         let pass = PassThrough::parse(&args(["--target-dir", "/t", "--signing-key=/k"]), false).unwrap();
         let want = args([
-            "--debug", "--profile", "a", "--profile", "b", "--type", "tbz", "--shared-cache-dir", "/c", "--config",
-            "/k.yml", "system", "create", "--root", "/t/build/image-root", "--target-dir", "/t", "--signing-key", "/k",
+            "--debug",
+            "--profile",
+            "a",
+            "--profile",
+            "b",
+            "--type",
+            "tbz",
+            "--shared-cache-dir",
+            "/c",
+            "--config",
+            "/k.yml",
+            "system",
+            "create",
+            "--root",
+            "/t/build/image-root",
+            "--target-dir",
+            "/t",
+            "--signing-key",
+            "/k",
         ]);
         assert_eq!(create_args(&globals, Path::new("/t/build/image-root"), &pass), want);
     }
@@ -244,13 +296,27 @@ mod tests {
     #[test]
     fn build_command_adds_allow_existing_root_once() {
         let pass = PassThrough::parse(
-            &args(["--description", "/d", "--allow-existing-root", "--target-dir=/t", "--add-package", "vim"]),
+            &args([
+                "--description",
+                "/d",
+                "--allow-existing-root",
+                "--target-dir=/t",
+                "--add-package",
+                "vim",
+            ]),
             true,
         )
         .unwrap();
         assert_eq!(pass.description.as_deref(), Some(Path::new("/d")));
         let want = args([
-            "system", "build", "--description", "/m", "--target-dir", "/t", "--allow-existing-root", "--add-package",
+            "system",
+            "build",
+            "--description",
+            "/m",
+            "--target-dir",
+            "/t",
+            "--allow-existing-root",
+            "--add-package",
             "vim",
         ]);
         assert_eq!(build_args(&Globals::default(), Path::new("/m"), true, &pass), want);
@@ -260,7 +326,11 @@ mod tests {
     fn pass_through_errors_name_the_option() {
         let cases: [(&[&str], bool, &str); 6] = [
             (&["--target-dir", "/t", "--bogus"], false, "\"--bogus\""),
-            (&["--target-dir", "/t", "--add-package", "x"], false, "\"--add-package\""),
+            (
+                &["--target-dir", "/t", "--add-package", "x"],
+                false,
+                "\"--add-package\"",
+            ),
             (&["--target-dir", "/t", "--root", "/r"], false, "\"--root\""),
             (&["--signing-key", "/k"], false, "no --target-dir"),
             (&["--target-dir"], false, "needs a value"),
@@ -274,7 +344,10 @@ mod tests {
 
     #[test]
     fn version_py_is_read() {
-        assert_eq!(parse_version_py("# c\n__version__ = '11.1.6'\n").as_deref(), Some("11.1.6"));
+        assert_eq!(
+            parse_version_py("# c\n__version__ = '11.1.6'\n").as_deref(),
+            Some("11.1.6")
+        );
         assert_eq!(parse_version_py("__version__ = \"10.2\"").as_deref(), Some("10.2"));
         assert_eq!(parse_version_py("VERSION = 1"), None);
     }

@@ -65,10 +65,18 @@ impl Tool {
     pub fn locate(self) -> Result<PathBuf> {
         if let Some(explicit) = std::env::var_os(self.env_var()).filter(|v| !v.is_empty()) {
             let path = PathBuf::from(&explicit);
-            let found = if path.components().count() > 1 { Some(path).filter(|p| is_executable(p)) } else { search_path(&explicit) };
+            let found = if path.components().count() > 1 {
+                Some(path).filter(|p| is_executable(p))
+            } else {
+                search_path(&explicit)
+            };
             return found.ok_or_else(|| {
-                eyre!("{} is set to {:?}, which is not an executable", self.env_var(), explicit)
-                    .suggestion(self.install_hint())
+                eyre!(
+                    "{} is set to {:?}, which is not an executable",
+                    self.env_var(),
+                    explicit
+                )
+                .suggestion(self.install_hint())
             });
         }
         search_path(OsStr::new(self.name()))
@@ -78,12 +86,15 @@ impl Tool {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn search_path(name: &OsStr) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 /// Checks up front that every tool a command needs is there.
@@ -145,25 +156,44 @@ pub type Explanation = Option<(String, String)>;
 
 /// Like [`run`], but a failure's output is first shown to `explain`, whose
 /// message and suggestion lead the error when it recognises the failure.
-pub fn run_explained(tool: Tool, args: &[OsString], output: Output, explain: impl Fn(&str) -> Explanation) -> Result<Vec<u8>> {
+pub fn run_explained(
+    tool: Tool,
+    args: &[OsString],
+    output: Output,
+    explain: impl Fn(&str) -> Explanation,
+) -> Result<Vec<u8>> {
     let program = tool.locate()?;
     let line = command_line(&program, args);
     log::debug!("running {line}");
     // Children get credentials through files, never through our environment.
-    let expr = duct::cmd(&program, args).stdin_null().unchecked().env_remove(crate::registry::PASSWORD_ENV);
+    let expr = duct::cmd(&program, args)
+        .stdin_null()
+        .unchecked()
+        .env_remove(crate::registry::PASSWORD_ENV);
     let (status, stdout, tail) = match output {
         Output::Capture => {
-            let out = expr.stdout_capture().stderr_capture().run().wrap_err_with(|| format!("starting {line}"))?;
+            let out = expr
+                .stdout_capture()
+                .stderr_capture()
+                .run()
+                .wrap_err_with(|| format!("starting {line}"))?;
             let tail = tail_of(&out.stderr);
             (out.status, out.stdout, tail)
         }
         Output::Stream => {
-            let reader = expr.stderr_to_stdout().reader().wrap_err_with(|| format!("starting {line}"))?;
+            let reader = expr
+                .stderr_to_stdout()
+                .reader()
+                .wrap_err_with(|| format!("starting {line}"))?;
             let mut tail = VecDeque::new();
             let mut lines = BufReader::new(&reader);
             let mut buf = Vec::new();
             let mut err = std::io::stderr();
-            while lines.read_until(b'\n', &mut buf).wrap_err_with(|| format!("reading output of {line}"))? > 0 {
+            while lines
+                .read_until(b'\n', &mut buf)
+                .wrap_err_with(|| format!("reading output of {line}"))?
+                > 0
+            {
                 let _ = err.write_all(&buf);
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
@@ -179,12 +209,16 @@ pub fn run_explained(tool: Tool, args: &[OsString], output: Output, explain: imp
     if status.success() {
         return Ok(stdout);
     }
-    let how = status.code().map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
+    let how = status
+        .code()
+        .map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
     let err = match explain(&tail) {
         Some((message, suggestion)) => eyre!("{message}").suggestion(suggestion),
         None => eyre!("{} failed: it {how}", tool.name()),
     };
-    Err(err).section(line.header("Command:")).section(tail.header("Its last output:"))
+    Err(err)
+        .section(line.header("Command:"))
+        .section(tail.header("Its last output:"))
 }
 
 fn tail_of(stderr: &[u8]) -> String {

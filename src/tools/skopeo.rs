@@ -23,7 +23,12 @@ pub enum Compression {
 }
 
 /// The argv of `skopeo copy SRC DST`, with registry options for each side.
-pub fn copy_args(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<Vec<OsString>> {
+pub fn copy_args(
+    src: &ImageReference,
+    dst: &ImageReference,
+    auth: &RegistryAuth,
+    compression: Compression,
+) -> Result<Vec<OsString>> {
     let mut out: Vec<OsString> = vec!["copy".into(), "--quiet".into()];
     out.extend(auth.args("src-", src)?);
     out.extend(auth.args("dest-", dst)?);
@@ -38,8 +43,13 @@ pub fn copy_args(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth
 
 /// Copies `src` to `dst`.
 pub fn copy(src: &ImageReference, dst: &ImageReference, auth: &RegistryAuth, compression: Compression) -> Result<()> {
-    run_explained(Tool::Skopeo, &copy_args(src, dst, auth, compression)?, Output::Capture, explain_skopeo)
-        .wrap_err_with(|| format!("copying {src} to {dst}"))?;
+    run_explained(
+        Tool::Skopeo,
+        &copy_args(src, dst, auth, compression)?,
+        Output::Capture,
+        explain_skopeo,
+    )
+    .wrap_err_with(|| format!("copying {src} to {dst}"))?;
     Ok(())
 }
 
@@ -53,8 +63,13 @@ pub fn inspect_raw_args(reference: &ImageReference, auth: &RegistryAuth) -> Resu
 
 /// The raw manifest of `reference`, as the registry serves it.
 pub fn inspect_raw(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<u8>> {
-    run_explained(Tool::Skopeo, &inspect_raw_args(reference, auth)?, Output::Capture, explain_skopeo)
-        .wrap_err_with(|| format!("reading the manifest of {reference}"))
+    run_explained(
+        Tool::Skopeo,
+        &inspect_raw_args(reference, auth)?,
+        Output::Capture,
+        explain_skopeo,
+    )
+    .wrap_err_with(|| format!("reading the manifest of {reference}"))
 }
 
 #[cfg(test)]
@@ -70,12 +85,27 @@ mod tests {
         auth.authfile = Some("/run/auth.json".into());
         auth.tls_verify = false;
         let want = args([
-            "copy", "--quiet", "--dest-authfile", "/run/auth.json", "--dest-tls-verify=false", "--dest-compress-format", "zstd",
-            "oci:/store:base:1", "docker://localhost:5000/ns/base:1",
+            "copy",
+            "--quiet",
+            "--dest-authfile",
+            "/run/auth.json",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            "oci:/store:base:1",
+            "docker://localhost:5000/ns/base:1",
         ]);
         assert_eq!(copy_args(&src, &dst, &auth, Compression::Zstd).unwrap(), want);
-        let plain = args(["copy", "--quiet", "oci:/store:base:1", "docker://localhost:5000/ns/base:1"]);
-        assert_eq!(copy_args(&src, &dst, &RegistryAuth::anonymous(), Compression::Keep).unwrap(), plain);
+        let plain = args([
+            "copy",
+            "--quiet",
+            "oci:/store:base:1",
+            "docker://localhost:5000/ns/base:1",
+        ]);
+        assert_eq!(
+            copy_args(&src, &dst, &RegistryAuth::anonymous(), Compression::Keep).unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -83,6 +113,15 @@ mod tests {
         let r: ImageReference = "docker://localhost:5000/a:1".parse().unwrap();
         let mut auth = RegistryAuth::anonymous();
         auth.cert_dir = Some("/certs".into());
-        assert_eq!(inspect_raw_args(&r, &auth).unwrap(), args(["inspect", "--raw", "--cert-dir", "/certs", "docker://localhost:5000/a:1"]));
+        assert_eq!(
+            inspect_raw_args(&r, &auth).unwrap(),
+            args([
+                "inspect",
+                "--raw",
+                "--cert-dir",
+                "/certs",
+                "docker://localhost:5000/a:1"
+            ])
+        );
     }
 }

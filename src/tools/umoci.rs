@@ -40,10 +40,17 @@ mod tests {
     #[test]
     fn unpack_keeps_dirlinks() {
         let args = unpack_args(Path::new("/s/layout"), "base:1", Path::new("/t/build/image-root"));
-        let want: Vec<OsString> = ["raw", "unpack", "--keep-dirlinks", "--image", "/s/layout:base:1", "/t/build/image-root"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let want: Vec<OsString> = [
+            "raw",
+            "unpack",
+            "--keep-dirlinks",
+            "--image",
+            "/s/layout:base:1",
+            "/t/build/image-root",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         assert_eq!(args, want);
     }
 }

@@ -61,9 +61,9 @@ pub fn description(name: &str, dest: &Path) -> PathBuf {
 fn copy_filled(from: &Path, to: &Path) {
     let bytes = fs::read(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display()));
     let bytes = match String::from_utf8(bytes) {
-        Ok(text) if text.contains(MIRROR_PLACEHOLDER) => text
-            .replace(MIRROR_PLACEHOLDER, &debian_mirror())
-            .into_bytes(),
+        Ok(text) if text.contains(MIRROR_PLACEHOLDER) => {
+            text.replace(MIRROR_PLACEHOLDER, &debian_mirror()).into_bytes()
+        }
         Ok(text) => text.into_bytes(),
         Err(binary) => binary.into_bytes(),
     };
@@ -79,10 +79,7 @@ fn copy_filled(from: &Path, to: &Path) {
 /// Entries for other suites (`bookworm-security`, `nodistro`, ...) and
 /// entries signed by a keyring other than Debian's are skipped.
 pub fn debian_mirror() -> String {
-    if let Some(mirror) = env::var("DEBIAN_MIRROR")
-        .ok()
-        .filter(|value| !value.is_empty())
-    {
+    if let Some(mirror) = env::var("DEBIAN_MIRROR").ok().filter(|value| !value.is_empty()) {
         return mirror.trim_end_matches('/').to_string();
     }
     source_files()
@@ -98,12 +95,7 @@ fn source_files() -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|item| Some(item.ok()?.path()))
-        .filter(|path| {
-            matches!(
-                path.extension().and_then(OsStr::to_str),
-                Some("list" | "sources")
-            )
-        })
+        .filter(|path| matches!(path.extension().and_then(OsStr::to_str), Some("list" | "sources")))
         .collect();
     parts.sort();
     [vec![PathBuf::from(SOURCES_LIST)], parts].concat()
@@ -157,10 +149,7 @@ impl Source {
 // keyring gives it away.
 fn is_debian_keyring(signed_by: &str) -> bool {
     signed_by.split_whitespace().any(|path| {
-        let name = Path::new(path)
-            .file_name()
-            .and_then(OsStr::to_str)
-            .unwrap_or("");
+        let name = Path::new(path).file_name().and_then(OsStr::to_str).unwrap_or("");
         name.starts_with("debian-archive-")
     })
 }

@@ -34,7 +34,11 @@ pub fn archive_list(target: &Path) -> BTreeSet<String> {
     let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
     assert!(out.status.success(), "tar -tJf {} failed", archive.display());
     let names = String::from_utf8_lossy(&out.stdout);
-    names.lines().map(|p| p.trim_start_matches("./").to_string()).filter(|p| !p.starts_with("dev/") || p == "dev/").collect()
+    names
+        .lines()
+        .map(|p| p.trim_start_matches("./").to_string())
+        .filter(|p| !p.starts_with("dev/") || p == "dev/")
+        .collect()
 }
 
 /// The last 40 lines of a command's output, for failure messages.

@@ -50,7 +50,10 @@ impl Registry {
     }
 
     fn start(login: Option<Login>) -> Registry {
-        let dir = tempfile::Builder::new().prefix("registry-").tempdir().expect("creating the registry's temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("registry-")
+            .tempdir()
+            .expect("creating the registry's temp dir");
         if let Some(l) = &login {
             make_certificates(dir.path());
             write_htpasswd(&dir.path().join("htpasswd"), l);
@@ -69,7 +72,14 @@ impl Registry {
                 .spawn()
                 .expect("starting docker-registry (contrib/setup.sh installs it)");
             match wait_until_ready(&mut child, port, dir.path()) {
-                Ok(()) => return Registry { child: Some(child), dir, port, login },
+                Ok(()) => {
+                    return Registry {
+                        child: Some(child),
+                        dir,
+                        port,
+                        login,
+                    }
+                }
                 Err(log) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -128,7 +138,13 @@ impl Registry {
     /// served, a GET of the blob answers 404.
     pub fn lose_blob(&self, digest: &str) {
         let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-        let data = self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
+        let data = self
+            .dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
         fs::remove_file(&data).unwrap_or_else(|e| panic!("removing {}: {e}", data.display()));
     }
 
@@ -209,7 +225,10 @@ fn wait_until_ready(child: &mut Child, port: u16, dir: &Path) -> Result<(), Stri
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("docker-registry did not answer GET /v2/ within {START_TIMEOUT:?}:\n{}", log()))
+    Err(format!(
+        "docker-registry did not answer GET /v2/ within {START_TIMEOUT:?}:\n{}",
+        log()
+    ))
 }
 
 fn free_port() -> u16 {
@@ -219,10 +238,15 @@ fn free_port() -> u16 {
 
 fn http_answers(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+    if stream
+        .write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut head = [0u8; 5];
@@ -263,8 +287,17 @@ auth:
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("running openssl");
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `certs/ca.crt` (a CA) and `server/server.{crt,key}` (127.0.0.1, IP SAN,
@@ -278,13 +311,30 @@ fn make_certificates(dir: &Path) {
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
-        "-keyout", "server/ca.key", "-out", "certs/ca.crt", "-days", "2", "-subj", "/CN=kiwi-stackbuild test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "server/ca.key",
+        "-out",
+        "certs/ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiwi-stackbuild test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(dir, &ca);
     let mut csr = vec!["req"];
     csr.extend(ec);
-    csr.extend(["-keyout", "server/server.key", "-out", "server/server.csr", "-subj", "/CN=127.0.0.1"]);
+    csr.extend([
+        "-keyout",
+        "server/server.key",
+        "-out",
+        "server/server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
     openssl(dir, &csr);
     fs::write(
         server.join("ext.cnf"),
@@ -294,8 +344,22 @@ fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server/server.csr", "-CA", "certs/ca.crt", "-CAkey", "server/ca.key", "-set_serial", "2",
-            "-days", "2", "-extfile", "server/ext.cnf", "-out", "server/server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server/server.csr",
+            "-CA",
+            "certs/ca.crt",
+            "-CAkey",
+            "server/ca.key",
+            "-set_serial",
+            "2",
+            "-days",
+            "2",
+            "-extfile",
+            "server/ext.cnf",
+            "-out",
+            "server/server.crt",
         ],
     );
 }
@@ -306,6 +370,10 @@ fn write_htpasswd(path: &Path, login: &Login) {
         .stdin(Stdio::null())
         .output()
         .expect("running htpasswd (apache2-utils)");
-    assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "htpasswd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fs::write(path, &out.stdout).unwrap();
 }

@@ -109,19 +109,11 @@ fn is_root() -> bool {
 fn add_files(root: &Path) {
     write(root, "usr/bin/tool", b"#!/bin/sh\necho tool\n");
     chmod(&root.join("usr/bin/tool"), 0o755);
-    write(
-        root,
-        "usr/share/doc/kiwi/README",
-        b"a file in a subdirectory\n",
-    );
+    write(root, "usr/share/doc/kiwi/README", b"a file in a subdirectory\n");
     write(root, "etc/hostname", b"special-tree\n");
     write(root, "etc/empty", b"");
     mkdir(root, "srv/empty");
-    write(
-        root,
-        "var/lib/big.bin",
-        &pseudo_random_bytes(1024 * 1024 + 77),
-    );
+    write(root, "var/lib/big.bin", &pseudo_random_bytes(1024 * 1024 + 77));
     let first = write(root, "usr/bin/hardlinked", b"one inode, three names\n");
     for other in ["usr/sbin/hardlinked-too", "etc/hardlinked-three"] {
         hard_link(&first, &root.join(other));
@@ -244,13 +236,7 @@ fn cap_net_raw_ep() -> Vec<u8> {
     const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
     const VFS_CAP_FLAGS_EFFECTIVE: u32 = 0x1;
     const CAP_NET_RAW: u32 = 13;
-    let words = [
-        VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE,
-        1 << CAP_NET_RAW,
-        0,
-        0,
-        0,
-    ];
+    let words = [VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, 1 << CAP_NET_RAW, 0, 0, 0];
     words.iter().flat_map(|word| word.to_le_bytes()).collect()
 }
 
@@ -337,8 +323,7 @@ fn hard_link(existing: &Path, new: &Path) {
 }
 
 fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    fs::set_permissions(path, Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
@@ -346,8 +331,7 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    xattr::set(path, name, value)
-        .unwrap_or_else(|e| panic!("setting {name} on {}: {e}", path.display()));
+    xattr::set(path, name, value).unwrap_or_else(|e| panic!("setting {name} on {}: {e}", path.display()));
 }
 
 fn set_mtime(path: &Path, secs: u64) {
@@ -359,16 +343,12 @@ fn set_mtime(path: &Path, secs: u64) {
             .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
     } else {
         // std has no lutimes; opening a fifo or device would block or act.
-        run(Command::new("touch")
-            .args(["-h", "-d", &format!("@{secs}")])
-            .arg(path));
+        run(Command::new("touch").args(["-h", "-d", &format!("@{secs}")]).arg(path));
     }
 }
 
 fn run(command: &mut Command) {
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let status = command.status().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     assert!(status.success(), "{command:?} failed: {status}");
 }
 
@@ -390,13 +370,10 @@ pub fn snapshot_excluding(root: &Path, under: &[&[u8]]) -> Snapshot {
     for item in walk {
         let item = item.unwrap_or_else(|e| panic!("walking {}: {e}", root.display()));
         let path = relative(root, item.path());
-        let meta = fs::symlink_metadata(item.path())
-            .unwrap_or_else(|e| panic!("reading {}: {e}", item.path().display()));
+        let meta =
+            fs::symlink_metadata(item.path()).unwrap_or_else(|e| panic!("reading {}: {e}", item.path().display()));
         if !meta.is_dir() && meta.nlink() > 1 {
-            inodes
-                .entry((meta.dev(), meta.ino()))
-                .or_default()
-                .push(path.clone());
+            inodes.entry((meta.dev(), meta.ino())).or_default().push(path.clone());
         }
         tree.insert(path, read_entry(item.path(), &meta));
     }
@@ -405,11 +382,7 @@ pub fn snapshot_excluding(root: &Path, under: &[&[u8]]) -> Snapshot {
 }
 
 fn relative(root: &Path, path: &Path) -> Vec<u8> {
-    path.strip_prefix(root)
-        .unwrap()
-        .as_os_str()
-        .as_bytes()
-        .to_vec()
+    path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec()
 }
 
 fn is_under(path: &[u8], prefixes: &[&[u8]]) -> bool {
@@ -442,8 +415,7 @@ fn read_kind(path: &Path, meta: &fs::Metadata) -> Kind {
             sha256: sha256_file(path),
         }
     } else if file_type.is_symlink() {
-        let target =
-            fs::read_link(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let target = fs::read_link(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         Kind::Symlink {
             target: target.into_os_string().into_encoded_bytes(),
         }
@@ -474,8 +446,7 @@ fn sha256_file(path: &Path) -> String {
 }
 
 fn read_xattrs(path: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let names =
-        xattr::list(path).unwrap_or_else(|e| panic!("listing xattrs of {}: {e}", path.display()));
+    let names = xattr::list(path).unwrap_or_else(|e| panic!("listing xattrs of {}: {e}", path.display()));
     names
         .filter_map(|name| {
             // Gone between list and get: nothing to record.
@@ -502,18 +473,11 @@ pub fn tree_diff(expected: &Snapshot, actual: &Snapshot) -> Vec<String> {
     for path in paths {
         let shown = escape(path);
         match (expected.get(path), actual.get(path)) {
-            (Some(want), None) => {
-                diffs.push(format!("{shown}: missing ({})", describe_kind(&want.kind)))
+            (Some(want), None) => diffs.push(format!("{shown}: missing ({})", describe_kind(&want.kind))),
+            (None, Some(got)) => diffs.push(format!("{shown}: unexpected ({})", describe_kind(&got.kind))),
+            (Some(want), Some(got)) => {
+                diffs.extend(entry_diff(want, got).into_iter().map(|diff| format!("{shown}: {diff}")))
             }
-            (None, Some(got)) => diffs.push(format!(
-                "{shown}: unexpected ({})",
-                describe_kind(&got.kind)
-            )),
-            (Some(want), Some(got)) => diffs.extend(
-                entry_diff(want, got)
-                    .into_iter()
-                    .map(|diff| format!("{shown}: {diff}")),
-            ),
             (None, None) => unreachable!(),
         }
     }
@@ -549,11 +513,7 @@ fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
         }
     };
     compare("type", describe_kind(&want.kind), describe_kind(&got.kind));
-    compare(
-        "mode",
-        format!("{:04o}", want.mode),
-        format!("{:04o}", got.mode),
-    );
+    compare("mode", format!("{:04o}", want.mode), format!("{:04o}", got.mode));
     compare(
         "owner",
         format!("{}:{}", want.uid, want.gid),
@@ -567,12 +527,7 @@ fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
     );
     let names: BTreeSet<&Vec<u8>> = want.xattrs.keys().chain(got.xattrs.keys()).collect();
     for name in names {
-        let value = |entry: &Entry| {
-            entry
-                .xattrs
-                .get(name)
-                .map_or("absent".to_string(), |v| escape(v))
-        };
+        let value = |entry: &Entry| entry.xattrs.get(name).map_or("absent".to_string(), |v| escape(v));
         compare(&format!("xattr {}", escape(name)), value(want), value(got));
     }
     diffs
@@ -591,9 +546,9 @@ fn describe_kind(kind: &Kind) -> String {
 }
 
 fn describe_group(group: &Option<Vec<u8>>) -> String {
-    group.as_ref().map_or("none".to_string(), |first| {
-        format!("with {}", escape(first))
-    })
+    group
+        .as_ref()
+        .map_or("none".to_string(), |first| format!("with {}", escape(first)))
 }
 
 /// Bytes as a quoted string: UTF-8 shown with Rust's debug escapes (so a
