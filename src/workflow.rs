@@ -105,7 +105,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         roots.insert(0, d.base.clone());
     }
     let mut needed = vec![Tool::KiwiNg];
-    if !roots.is_empty() {
+    if !roots.is_empty() && restore::Unpacker::from_env()? == restore::Unpacker::Umoci {
         needed.push(Tool::Umoci);
     }
     if roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
@@ -414,7 +414,7 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<(
         std::fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
     }
     let size: u64 = layers.iter().map(|l| l.layer.size).sum();
-    if let Err(e) = restore::unpack(&layers, scratch, root_dir) {
+    if let Err(e) = restore::unpack(&layers, scratch, root_dir, restore::Unpacker::from_env()?) {
         let _ = std::fs::remove_dir_all(root_dir);
         return Err(e);
     }

@@ -6,8 +6,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::images::{private_podman_storage, restore};
+use common::images::{private_podman_storage, restore, restore_with};
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_excluding};
+use kiwi_stackbuild::restore::Unpacker;
 use kiwi_stackbuild::store::Store;
 
 const SKIPPED: [&[u8]; 3] = [b"dev", b"proc", b"sys"];
@@ -373,4 +374,34 @@ fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
         0,
         "rm left cached trees"
     );
+}
+
+#[test]
+fn the_extractor_restores_what_umoci_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
+    make_special_tree(&root);
+    run(
+        &home,
+        &["stash", "--root", root.to_str().unwrap(), "--container-name", "x"],
+    );
+    std::fs::remove_file(root.join("etc/hostname")).unwrap();
+    std::fs::write(root.join("etc/new"), "new\n").unwrap();
+    run(
+        &home,
+        &[
+            "stash",
+            "--root",
+            root.to_str().unwrap(),
+            "--container-name",
+            "x",
+            "--tag",
+            "2",
+        ],
+    );
+    let (ours, theirs) = (tmp.path().join("ours"), tmp.path().join("theirs"));
+    restore_with(&home, "x:2", &ours, Unpacker::Builtin);
+    restore_with(&home, "x:2", &theirs, Unpacker::Umoci);
+    assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&ours));
+    assert_same_tree(&snapshot(&theirs), &snapshot(&ours));
 }

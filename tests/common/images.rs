@@ -12,14 +12,19 @@ use kiwi_stackbuild::restore;
 use kiwi_stackbuild::store::Store;
 
 /// Unpacks `reference` (a stash of the store at `home`, or any image
-/// reference) into `into` with umoci, as `rebuild --root` does.
+/// reference) into `into`, as `rebuild --root` does.
 pub fn restore(home: &Path, reference: &str, into: &Path) {
+    restore_with(home, reference, into, restore::Unpacker::Builtin);
+}
+
+/// Like [`restore`], with the given unpacker.
+pub fn restore_with(home: &Path, reference: &str, into: &Path, unpacker: restore::Unpacker) {
     let store = Store::new(home);
     let scratch = tempfile::tempdir().unwrap();
     let r: ImageReference = reference.parse().unwrap();
     let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
     let layers = restore::stack(&[image]).unwrap();
-    restore::unpack(&layers, scratch.path(), into).unwrap();
+    restore::unpack(&layers, scratch.path(), into, unpacker).unwrap();
 }
 
 /// The file list of the root archive (`*.tar.xz`) KIWI wrote into `target`,
