@@ -389,7 +389,7 @@ impl Extractor {
 
     /// Sets the times of directories, deepest first.
     fn finish(mut self) -> Result<()> {
-        self.dir_times.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.dir_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
             if let Ok(fd) = rfs::openat2(
                 &self.root,
