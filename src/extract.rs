@@ -236,88 +236,28 @@ impl Extractor {
             return clear_dir(&parent);
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                bail!(
-                    "a whiteout of {:?} would reach outside its directory",
-                    String::from_utf8_lossy(hidden)
-                );
-            }
-            let parent = self.parent(dir)?.try_clone()?;
-            let mut victim = dir.to_vec();
-            if !victim.is_empty() {
-                victim.push(b'/');
-            }
-            victim.extend_from_slice(hidden);
-            self.forget_below(&victim);
-            return remove_at(&parent, hidden);
+            return self.whiteout(dir, hidden);
         }
-        let h = entry.header().clone();
-        let kind = h.entry_type();
-        let mode = h.mode().unwrap_or(0o644) & 0o7777;
-        let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
-        let mtime = h.mtime().unwrap_or(0);
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions()? {
-            Some(pax) => pax
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    Some((
-                        e.key_bytes().strip_prefix(b"SCHILY.xattr.")?.to_vec(),
-                        e.value_bytes().to_vec(),
-                    ))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let meta = Meta::of(entry)?;
         let parent = self.parent(dir)?.try_clone()?;
         let existing = rfs::statat(&parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
             .ok()
             .map(|s| FileType::from_raw_mode(s.st_mode));
-        if kind == tar::EntryType::Directory {
-            match existing {
-                Some(FileType::Directory) => {}
-                // A lower layer's symlink to a directory stays (keep-dirlinks).
-                Some(FileType::Symlink) if self.resolve(path).is_ok() => return Ok(()),
-                Some(_) => {
-                    self.forget_below(path);
-                    remove_at(&parent, name)?;
-                    rfs::mkdirat(&parent, os(name), Mode::from_raw_mode(0o700))?;
-                }
-                None => rfs::mkdirat(&parent, os(name), Mode::from_raw_mode(0o700))?,
-            }
-            let fd = rfs::openat(
-                &parent,
-                os(name),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            set_owner_mode_xattrs(&fd, uid, gid, mode, &xattrs)?;
-            self.dir_times.push((path.to_vec(), mtime));
-            return Ok(());
+        if meta.kind == tar::EntryType::Directory {
+            return self.directory(path, &parent, name, existing, &meta);
         }
         if existing.is_some() {
             self.forget_below(path);
             remove_at(&parent, name)?;
         }
-        match kind {
+        match meta.kind {
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| eyre!("symlink without a target"))?
                     .into_owned();
                 rfs::symlinkat(os(&target), &parent, os(name))?;
-                rfs::chownat(
-                    &parent,
-                    os(name),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-                for (k, v) in &xattrs {
-                    let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&parent));
-                    let full = [at.as_bytes(), b"/", name].concat();
-                    let _ = rfs::lsetxattr(os(&full), os(k), v, rfs::XattrFlags::empty());
-                }
-                rfs::utimensat(&parent, os(name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+                set_meta_at(&parent, name, &meta, false)?;
             }
             tar::EntryType::Link => {
                 let target = clean_path(
@@ -330,54 +270,68 @@ impl Extractor {
                 rfs::linkat(&tparent, os(tname), &parent, os(name), AtFlags::empty())?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let ft = match kind {
+                let ft = match meta.kind {
                     tar::EntryType::Char => FileType::CharacterDevice,
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                rfs::mknodat(
-                    &parent,
-                    os(name),
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    rfs::makedev(major, minor),
-                )?;
-                let fd = rfs::openat(
-                    &parent,
-                    os(name),
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                rfs::chownat(
-                    &parent,
-                    os(name),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-                rfs::chmodat(&parent, os(name), Mode::from_raw_mode(mode), AtFlags::empty())?;
-                for (k, v) in &xattrs {
-                    let full = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-                    rfs::setxattr(full.as_str(), os(k), v, rfs::XattrFlags::empty())?;
-                }
-                rfs::utimensat(&parent, os(name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+                rfs::mknodat(&parent, os(name), ft, Mode::from_raw_mode(0o600), meta.device)?;
+                set_meta_at(&parent, name, &meta, true)?;
             }
             _ => {
-                let fd = rfs::openat(
-                    &parent,
-                    os(name),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                let mut file = File::from(fd);
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let mut file = File::from(rfs::openat(&parent, os(name), flags, Mode::from_raw_mode(0o600))?);
                 io::copy(entry, &mut file)?;
                 file.flush()?;
-                set_owner_mode_xattrs(&file, uid, gid, mode, &xattrs)?;
-                rfs::futimens(&file, &times(mtime))?;
+                set_owner_mode_xattrs(&file, &meta)?;
+                rfs::futimens(&file, &times(meta.mtime))?;
             }
         }
+        Ok(())
+    }
+
+    /// `.wh.NAME` in `dir`: removes NAME, whatever it is.
+    fn whiteout(&mut self, dir: &[u8], hidden: &[u8]) -> Result<()> {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            bail!(
+                "a whiteout of {:?} would reach outside its directory",
+                String::from_utf8_lossy(hidden)
+            );
+        }
+        let parent = self.parent(dir)?.try_clone()?;
+        let mut victim = dir.to_vec();
+        if !victim.is_empty() {
+            victim.push(b'/');
+        }
+        victim.extend_from_slice(hidden);
+        self.forget_below(&victim);
+        remove_at(&parent, hidden)
+    }
+
+    /// A directory entry: made, or kept where it exists, its metadata set;
+    /// a lower layer's symlink to a directory is left alone (keep-dirlinks).
+    fn directory(
+        &mut self,
+        path: &[u8],
+        parent: &OwnedFd,
+        name: &[u8],
+        existing: Option<FileType>,
+        meta: &Meta,
+    ) -> Result<()> {
+        match existing {
+            Some(FileType::Directory) => {}
+            Some(FileType::Symlink) if self.resolve(path).is_ok() => return Ok(()),
+            Some(_) => {
+                self.forget_below(path);
+                remove_at(parent, name)?;
+                rfs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))?;
+            }
+            None => rfs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))?,
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(parent, os(name), flags, Mode::empty())?;
+        set_owner_mode_xattrs(&fd, meta)?;
+        self.dir_times.push((path.to_vec(), meta.mtime));
         Ok(())
     }
 
@@ -405,6 +359,74 @@ impl Extractor {
     }
 }
 
+/// What a tar header says about an entry, besides its name and content.
+struct Meta {
+    kind: tar::EntryType,
+    mode: u32,
+    uid: rustix::fs::Uid,
+    gid: rustix::fs::Gid,
+    mtime: u64,
+    device: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    fn of<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta> {
+        let xattrs = match entry.pax_extensions()? {
+            Some(pax) => pax
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    Some((
+                        e.key_bytes().strip_prefix(b"SCHILY.xattr.")?.to_vec(),
+                        e.value_bytes().to_vec(),
+                    ))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let h = entry.header();
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        Ok(Meta {
+            kind: h.entry_type(),
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: uid_of(h.uid().unwrap_or(0) as u32),
+            gid: gid_of(h.gid().unwrap_or(0) as u32),
+            mtime: h.mtime().unwrap_or(0),
+            device: rfs::makedev(major, minor),
+            xattrs,
+        })
+    }
+}
+
+/// Owner, then mode (`chmod`, not for symlinks), xattrs and times of the
+/// entry `name` in `parent`, without following it.
+fn set_meta_at(parent: &OwnedFd, name: &[u8], meta: &Meta, chmod: bool) -> Result<()> {
+    rfs::chownat(
+        parent,
+        os(name),
+        Some(meta.uid),
+        Some(meta.gid),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if chmod {
+        rfs::chmodat(parent, os(name), Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
+    }
+    // lsetxattr does not follow the last component of this path.
+    let at = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(parent));
+    let full = [at.as_bytes(), name].concat();
+    for (k, v) in &meta.xattrs {
+        match rfs::lsetxattr(os(&full), os(k), v, rfs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // The kernel allows few xattr namespaces on symlinks.
+            Err(e) if !chmod => log::debug!("xattr {} of a symlink not set: {e}", String::from_utf8_lossy(k)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rfs::utimensat(parent, os(name), &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
 fn uid_of(uid: u32) -> rustix::fs::Uid {
     rustix::fs::Uid::from_raw(uid)
 }
@@ -415,10 +437,10 @@ fn gid_of(gid: u32) -> rustix::fs::Gid {
 
 /// Owner first (chown clears setuid bits and security.capability), then
 /// mode, then xattrs.
-fn set_owner_mode_xattrs<Fd: AsFd>(fd: Fd, uid: u32, gid: u32, mode: u32, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-    rfs::fchown(&fd, Some(uid_of(uid)), Some(gid_of(gid)))?;
-    rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-    for (k, v) in xattrs {
+fn set_owner_mode_xattrs<Fd: AsFd>(fd: Fd, meta: &Meta) -> Result<()> {
+    rfs::fchown(&fd, Some(meta.uid), Some(meta.gid))?;
+    rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
+    for (k, v) in &meta.xattrs {
         rfs::fsetxattr(&fd, os(k), v, rfs::XattrFlags::empty())?;
     }
     Ok(())
