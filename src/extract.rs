@@ -28,6 +28,19 @@ use crate::tree::{clean_path, CompleteTar, OPAQUE, WHITEOUT};
 
 const CHUNK: usize = 1 << 20;
 
+/// Whether this kernel has openat2 (Linux 5.6 and later), which the
+/// extractor needs to keep every path inside the root.
+pub fn supported() -> bool {
+    let probe = rfs::openat2(
+        rfs::CWD,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    );
+    !matches!(probe, Err(rustix::io::Errno::NOSYS))
+}
+
 /// Unpacks `layers`, lowest first, into `rootfs`, which must not exist.
 pub fn unpack(layers: &[StackedLayer], rootfs: &Path) -> Result<()> {
     std::fs::create_dir(rootfs).wrap_err_with(|| format!("creating {}", rootfs.display()))?;

@@ -161,6 +161,10 @@ impl Unpacker {
     /// The unpacker `KIWI_STACKBUILD_UNPACKER` names.
     pub fn from_env() -> Result<Unpacker> {
         match std::env::var(UNPACKER_ENV).as_deref() {
+            Err(_) | Ok("") if !crate::extract::supported() => {
+                log::debug!("this kernel lacks openat2 (Linux 5.6): unpacking with umoci");
+                Ok(Unpacker::Umoci)
+            }
             Err(_) | Ok("") | Ok("builtin") => Ok(Unpacker::Builtin),
             Ok("umoci") => Ok(Unpacker::Umoci),
             Ok(other) => Err(eyre!(
