@@ -42,18 +42,7 @@ fn a_stash_restores_every_entry_exactly() {
         tmp.path().join("out"),
     );
     make_special_tree(&root);
-    run(
-        &home,
-        &[
-            "stash",
-            "--root",
-            root.to_str().unwrap(),
-            "--container-name",
-            "special",
-            "--tag",
-            "1",
-        ],
-    );
+    stash(&home, &root, "special", "1");
     restore(&home, "special:1", &out);
     assert_same_tree(&snapshot_excluding(&root, &SKIPPED), &snapshot(&out));
     for dir in ["dev", "proc", "sys"] {
@@ -71,25 +60,11 @@ fn a_restash_adds_one_small_layer_that_deletes() {
         tmp.path().join("out"),
     );
     make_special_tree(&root);
-    run(
-        &home,
-        &["stash", "--root", root.to_str().unwrap(), "--container-name", "special"],
-    );
+    stash(&home, &root, "special", "latest");
     let victim = root.join("etc/hostname");
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(root.join("added.txt"), "new in layer two\n").unwrap();
-    run(
-        &home,
-        &[
-            "stash",
-            "--root",
-            root.to_str().unwrap(),
-            "--container-name",
-            "special",
-            "--tag",
-            "2",
-        ],
-    );
+    stash(&home, &root, "special", "2");
 
     let stashes = list(&home);
     assert_eq!(stashes.len(), 2, "{stashes:?}");
@@ -146,6 +121,18 @@ fn the_same_tree_and_epoch_give_the_same_digest() {
         digests.push(list[0]["digest"].as_str().unwrap().to_string());
     }
     assert_eq!(digests[0], digests[1]);
+}
+
+/// Stashes `root` as `name:tag` into the store at `home`; it must succeed.
+fn stash(home: &Path, root: &Path, name: &str, tag: &str) {
+    let out = stash_cmd(home, root, name, tag)
+        .output()
+        .expect("running kiwi-stackbuild");
+    assert!(
+        out.status.success(),
+        "stash {name}:{tag} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn stash_cmd(home: &Path, root: &Path, name: &str, tag: &str) -> Command {
@@ -220,18 +207,7 @@ fn a_killed_stash_leaves_existing_tags_readable() {
         tmp.path().join("out"),
     );
     make_special_tree(&root);
-    run(
-        &home,
-        &[
-            "stash",
-            "--root",
-            root.to_str().unwrap(),
-            "--container-name",
-            "victim",
-            "--tag",
-            "old",
-        ],
-    );
+    stash(&home, &root, "victim", "old");
     let before = list(&home);
     let stored = snapshot_excluding(&root, &SKIPPED);
     write_noise(&root.join("var/noise"), 64, 4 << 20);
@@ -253,10 +229,7 @@ fn a_killed_stash_leaves_existing_tags_readable() {
     restore(&home, "victim:old", &out);
     assert_same_tree(&stored, &snapshot(&out));
     // The next change collects what the killed runs left behind.
-    run(
-        &home,
-        &["stash", "--root", root.to_str().unwrap(), "--container-name", "spare"],
-    );
+    stash(&home, &root, "spare", "latest");
     run(&home, &["stash", "--rm", "spare"]);
     let leftovers: Vec<_> = std::fs::read_dir(home.join("blobs/sha256"))
         .unwrap()
@@ -271,18 +244,7 @@ fn podman_loads_a_stash() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
     make_special_tree(&root);
-    run(
-        &home,
-        &[
-            "stash",
-            "--root",
-            root.to_str().unwrap(),
-            "--container-name",
-            "for-podman",
-            "--tag",
-            "7",
-        ],
-    );
+    stash(&home, &root, "for-podman", "7");
     let archive = tmp.path().join("for-podman.tar");
     run(
         &home,
@@ -329,10 +291,7 @@ fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
     make_special_tree(&root);
     let (cached, uncached) = (tmp.path().join("cached"), tmp.path().join("uncached"));
     for home in [&cached, &uncached] {
-        run(
-            home,
-            &["stash", "--root", root.to_str().unwrap(), "--container-name", "c"],
-        );
+        stash(home, &root, "c", "latest");
     }
     let cache_dir = uncached.join(".kiwi-stackbuild-trees");
     assert_eq!(
@@ -345,18 +304,7 @@ fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
     std::fs::write(root.join("etc/new"), "new\n").unwrap();
     let mut layers = Vec::new();
     for home in [&cached, &uncached] {
-        run(
-            home,
-            &[
-                "stash",
-                "--root",
-                root.to_str().unwrap(),
-                "--container-name",
-                "c",
-                "--tag",
-                "2",
-            ],
-        );
+        stash(home, &root, "c", "2");
         let store = Store::new(home);
         let index = store.index().unwrap();
         let m = store.manifest(&store.find(&index, "c:2").unwrap().digest).unwrap();
@@ -381,24 +329,10 @@ fn the_extractor_restores_what_umoci_restores() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
     make_special_tree(&root);
-    run(
-        &home,
-        &["stash", "--root", root.to_str().unwrap(), "--container-name", "x"],
-    );
+    stash(&home, &root, "x", "latest");
     std::fs::remove_file(root.join("etc/hostname")).unwrap();
     std::fs::write(root.join("etc/new"), "new\n").unwrap();
-    run(
-        &home,
-        &[
-            "stash",
-            "--root",
-            root.to_str().unwrap(),
-            "--container-name",
-            "x",
-            "--tag",
-            "2",
-        ],
-    );
+    stash(&home, &root, "x", "2");
     let (ours, theirs) = (tmp.path().join("ours"), tmp.path().join("theirs"));
     restore_with(&home, "x:2", &ours, Unpacker::Builtin);
     restore_with(&home, "x:2", &theirs, Unpacker::Umoci);
