@@ -69,10 +69,7 @@ fn decompressed(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Res
     let (digest, diff_id) = (l.layer.digest.clone(), l.diff_id.clone());
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let worker = thread::spawn(move || -> Result<()> {
-        let mut hashed = HashingRead {
-            inner: io::BufReader::with_capacity(CHUNK, file),
-            hash: Sha256::new(),
-        };
+        let mut hashed = oci::HashingReader::new(io::BufReader::with_capacity(CHUNK, file));
         let mut uncompressed = Sha256::new();
         {
             let mut plain = oci::decompress(io::BufReader::new(&mut hashed), compression)?;
@@ -90,7 +87,7 @@ fn decompressed(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Res
             }
         }
         io::copy(&mut hashed, &mut io::sink())?;
-        if Digest::from_hasher(hashed.hash) != digest {
+        if hashed.digest() != digest {
             bail!("layer {digest} is corrupt: its content does not match its digest");
         }
         if Digest::from_hasher(uncompressed) != diff_id {
@@ -117,19 +114,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-struct HashingRead<R> {
-    inner: R,
-    hash: Sha256,
-}
-
-impl<R: Read> Read for HashingRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 struct ChunkReader {

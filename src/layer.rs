@@ -16,7 +16,7 @@ use color_eyre::eyre::{eyre, Result, WrapErr};
 use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
-use crate::oci::Digest;
+use crate::oci::{Digest, HashingWriter};
 use crate::tree::{Kind, Meta, Scanned, Tree, WHITEOUT};
 
 const CHUNK: usize = 1 << 20;
@@ -54,7 +54,6 @@ fn parent_of(path: &[u8]) -> &[u8] {
 /// and new entries are written, vanished ones whited out. A hard-link group
 /// is written whole when any of its names changed.
 pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
-    let present: HashSet<&[u8]> = scanned.iter().map(|s| s.path.as_slice()).collect();
     let changed = |s: &Scanned| lower.get(&s.path) != Some(&s.meta);
     let dirty_groups: HashSet<(u64, u64)> = scanned
         .iter()
@@ -65,13 +64,14 @@ pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
         .iter()
         .filter(|s| changed(s) || s.link_group.is_some_and(|g| dirty_groups.contains(&g)))
         .collect();
+    // Every scanned path, and whether it is a directory now.
     let new_kind: std::collections::HashMap<&[u8], bool> = scanned
         .iter()
         .map(|s| (s.path.as_slice(), s.meta.kind == Kind::Dir))
         .collect();
     let mut whiteouts = BTreeSet::new();
     for (path, meta) in lower {
-        let gone = !present.contains(path.as_slice());
+        let gone = !new_kind.contains_key(path.as_slice());
         let dir_replaced = meta.kind == Kind::Dir && new_kind.get(path.as_slice()) == Some(&false);
         if !(gone || dir_replaced) {
             continue;
@@ -176,39 +176,15 @@ impl Write for ChunkSink {
     }
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.hash.update(&data[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(Digest, u64)> {
-    let out = HashingWriter {
-        inner: BufWriter::with_capacity(CHUNK, file),
-        hash: Sha256::new(),
-        count: 0,
-    };
+    let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
     let mut gz = GzEncoder::new(out, flate2::Compression::new(level));
     for chunk in rx {
         gz.write_all(&chunk)?;
     }
-    let mut out = gz.finish()?;
-    out.flush()?;
-    out.inner.get_ref().sync_all()?;
-    Ok((Digest::from_hasher(out.hash), out.count))
+    let (file, digest, size) = gz.finish()?.finish()?;
+    file.get_ref().sync_all()?;
+    Ok((digest, size))
 }
 
 fn header_for(meta: &Meta) -> tar::Header {

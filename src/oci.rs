@@ -385,3 +385,69 @@ pub fn decompress<'a, R: std::io::BufRead + 'a>(
         LayerCompression::None => Box::new(source),
     })
 }
+
+/// A reader that hashes what passes through it, to check a blob's digest.
+pub struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hash: Sha256::new(),
+        }
+    }
+
+    /// The digest of everything read so far.
+    pub fn digest(self) -> Digest {
+        Digest::from_hasher(self.hash)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A writer that hashes and counts what passes through it, to name a blob.
+pub struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Flushes, and gives back the writer, the digest and the size of what was written.
+    pub fn finish(mut self) -> std::io::Result<(W, Digest, u64)> {
+        self.inner.flush()?;
+        Ok((self.inner, Digest::from_hasher(self.hash), self.count))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hash.update(&data[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

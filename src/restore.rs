@@ -6,7 +6,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
-use sha2::{Digest as _, Sha256};
 
 use crate::oci::{
     self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME,
@@ -217,8 +216,9 @@ fn unpack_with_umoci(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> 
         },
         ..ImageConfig::default()
     };
-    let config_bytes = serde_json::to_vec(&config)?;
-    let config_desc = put(&layout, &config_bytes, MEDIA_CONFIG)?;
+    // The scratch layout takes blobs the way the store does.
+    let blobs_of = Store::new(&layout);
+    let config_desc = blobs_of.put_json(&config, MEDIA_CONFIG)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_MANIFEST.into()),
@@ -226,7 +226,7 @@ fn unpack_with_umoci(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> 
         layers: layer_descs,
         annotations: BTreeMap::new(),
     };
-    let mut manifest_desc = put(&layout, &serde_json::to_vec(&manifest)?, MEDIA_MANIFEST)?;
+    let mut manifest_desc = blobs_of.put_json(&manifest, MEDIA_MANIFEST)?;
     manifest_desc.annotations.insert(REF_NAME.into(), "root".into());
     let index = Index {
         schema_version: 2,
@@ -249,14 +249,10 @@ fn decompressed_copy(l: &StackedLayer, blobs: &Path) -> Result<Descriptor> {
     let mut plain = oci::decompress(std::io::BufReader::new(src), oci::LayerCompression::Zstd)?;
     let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
     let (digest, size) = {
-        let mut hashing = HashingWrite {
-            inner: std::io::BufWriter::new(tmp.as_file_mut()),
-            hash: Sha256::new(),
-            size: 0,
-        };
+        let mut hashing = oci::HashingWriter::new(std::io::BufWriter::new(tmp.as_file_mut()));
         std::io::copy(&mut plain, &mut hashing).wrap_err_with(|| format!("decompressing layer {}", l.layer.digest))?;
-        std::io::Write::flush(&mut hashing.inner)?;
-        (Digest::from_hasher(hashing.hash), hashing.size)
+        let (_, digest, size) = hashing.finish()?;
+        (digest, size)
     };
     if digest != l.diff_id {
         return Err(eyre!(
@@ -269,37 +265,6 @@ fn decompressed_copy(l: &StackedLayer, blobs: &Path) -> Result<Descriptor> {
         media_type: oci::MEDIA_LAYER_TAR.into(),
         digest,
         size,
-        annotations: BTreeMap::new(),
-        platform: None,
-    })
-}
-
-struct HashingWrite<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWrite<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.hash.update(&data[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn put(layout: &Path, bytes: &[u8], media_type: &str) -> Result<Descriptor> {
-    let digest = Digest::of(bytes);
-    write_atomic(&oci::blob_path(layout, &digest), bytes)?;
-    Ok(Descriptor {
-        media_type: media_type.into(),
-        digest,
-        size: bytes.len() as u64,
         annotations: BTreeMap::new(),
         platform: None,
     })

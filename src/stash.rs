@@ -2,13 +2,12 @@
 //! on top of the stash of the same name.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use color_eyre::Section;
-use sha2::{Digest as _, Sha256};
 
 use crate::description::Document;
 use crate::labels::Facts;
@@ -90,19 +89,6 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
     })
 }
 
-struct VerifyingReader<R> {
-    inner: R,
-    hash: Sha256,
-}
-
-impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Replays `layers` (each blob in its own layout) into the tree they make,
 /// checking every blob against its digest.
 pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
@@ -111,10 +97,7 @@ pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
         let digest = &l.layer.digest;
         let path = oci::blob_path(&l.layout, digest);
         let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
-        let mut verifying = VerifyingReader {
-            inner: io::BufReader::with_capacity(1 << 20, file),
-            hash: Sha256::new(),
-        };
+        let mut verifying = oci::HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
         {
             let compression = oci::LayerCompression::of(&l.layer.media_type);
             let plain = oci::decompress(io::BufReader::new(&mut verifying), compression)?;
@@ -123,7 +106,7 @@ pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
             io::copy(&mut plain, &mut io::sink())?;
         }
         io::copy(&mut verifying, &mut io::sink())?;
-        if Digest::from_hasher(verifying.hash) != *digest {
+        if verifying.digest() != *digest {
             bail!(
                 "layer {} is corrupt: its content does not match its digest",
                 path.display()

@@ -105,7 +105,8 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         roots.insert(0, d.base.clone());
     }
     let mut needed = vec![Tool::KiwiNg];
-    if !roots.is_empty() && restore::Unpacker::from_env()? == restore::Unpacker::Umoci {
+    let unpacker = restore::Unpacker::from_env()?;
+    if !roots.is_empty() && unpacker == restore::Unpacker::Umoci {
         needed.push(Tool::Umoci);
     }
     if roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
@@ -134,7 +135,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         if !matches!(mode, Mode::Derived(_)) {
             check_fit(&images, doc, job.globals.target_arch.as_deref(), job.force)?;
         }
-        unpack_roots(&images, scratch.path(), &root_dir)?;
+        unpack_roots(&images, scratch.path(), &root_dir, unpacker)?;
     }
     if let Err(e) = run_kiwi_for(job, &pass, &mode, &images, &root_dir, scratch.path()) {
         if !roots.is_empty() && !root_dir.join("image/config.xml").is_file() {
@@ -407,14 +408,14 @@ fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &Reg
         .collect()
 }
 
-fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path) -> Result<()> {
+fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path, unpacker: restore::Unpacker) -> Result<()> {
     let started = Instant::now();
     let layers = restore::stack(images)?;
     if let Some(parent) = root_dir.parent() {
         std::fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
     }
     let size: u64 = layers.iter().map(|l| l.layer.size).sum();
-    if let Err(e) = restore::unpack(&layers, scratch, root_dir, restore::Unpacker::from_env()?) {
+    if let Err(e) = restore::unpack(&layers, scratch, root_dir, unpacker) {
         let _ = std::fs::remove_dir_all(root_dir);
         return Err(e);
     }
