@@ -2,20 +2,18 @@
 //! `derived_from="REF"` into the one stored in that image, with the files
 //! of both, and write the result as a description directory.
 
-use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, BufReader};
-use std::os::unix::ffi::OsStrExt;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::description::{self, Document};
-use crate::oci;
+use crate::layer::read::Change;
+use crate::layer::{extract, is_within, show, Kind, StackedLayer};
 use crate::reference::ImageReference;
-use crate::restore::StackedLayer;
-use crate::tree::{clean_path, CompleteTar, OPAQUE, WHITEOUT};
 
 /// A derived description as the user gave it.
 #[derive(Debug, Clone)]
@@ -39,13 +37,15 @@ impl Derived {
             .ok_or_else(|| eyre!("{} has no derived_from", file.display()))?
             .to_string();
         description::check_derived(&doc)?;
-        let base = raw
-            .parse::<ImageReference>()
-            .wrap_err_with(|| format!("{}: derived_from={raw:?} is not an image reference", file.display()))?;
         let dir = file
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        check_copyable(&dir)?;
+        check_symlinks(&dir)?;
+        let base = raw
+            .parse::<ImageReference>()
+            .wrap_err_with(|| format!("{}: derived_from={raw:?} is not an image reference", file.display()))?;
         Ok(Derived {
             doc,
             file: file.to_path_buf(),
@@ -55,9 +55,38 @@ impl Derived {
     }
 }
 
-/// Copies the tree `from` into `to` as it is (symlinks as symlinks), leaving
-/// out `skip` (a file of `from`).
+/// Refuses what a description cannot hold: FIFOs (reading one would hang
+/// kiwi-ng), sockets and device nodes. Checked before anything slow starts.
+pub fn check_copyable(dir: &Path) -> Result<()> {
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = entry.wrap_err_with(|| format!("reading {}", dir.display()))?;
+        let ft = entry.file_type();
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device node"
+        } else {
+            continue;
+        };
+        return Err(eyre!(
+            "{} is {what}: a description holds only files, directories and symlinks",
+            entry.path().display()
+        ))
+        .suggestion("remove it from the description directory");
+    }
+    Ok(())
+}
+
+/// Copies the tree `from` over `to` (created by the caller), leaving out
+/// `skip` (a file of `from`): what `from` has replaces what `to` has.
+/// Owners, modes and times are kept; where the owner cannot be kept (not
+/// running as root), setuid and setgid bits are dropped, so no copy hands
+/// them to a new owner. `from` has passed [`check_copyable`].
 pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<()> {
+    let owners = rustix::process::geteuid().is_root();
+    let mut dirs = Vec::new();
     for entry in walkdir::WalkDir::new(from).follow_links(false) {
         let entry = entry.wrap_err_with(|| format!("reading {}", from.display()))?;
         if Some(entry.path()) == skip {
@@ -65,21 +94,98 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<()> {
         }
         let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
         let dest = to.join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            fs::create_dir_all(&dest).wrap_err_with(|| format!("creating {}", dest.display()))?;
-            continue;
+        let md = entry
+            .metadata()
+            .wrap_err_with(|| format!("reading {}", entry.path().display()))?;
+        let ft = md.file_type();
+        let existing = dest.symlink_metadata().ok();
+        if let Some(e) = &existing {
+            let keep_dir = ft.is_dir() && e.is_dir();
+            if !keep_dir {
+                let removed = if e.is_dir() {
+                    fs::remove_dir_all(&dest)
+                } else {
+                    fs::remove_file(&dest)
+                };
+                removed.wrap_err_with(|| format!("replacing {}", dest.display()))?;
+            }
         }
-        if dest.symlink_metadata().is_ok() {
-            fs::remove_file(&dest).wrap_err_with(|| format!("replacing {}", dest.display()))?;
-        }
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &dest)?;
+        let copied = if ft.is_dir() {
+            if !dest.is_dir() {
+                fs::create_dir(&dest).wrap_err_with(|| format!("creating {}", dest.display()))?;
+            }
+            dirs.push((dest.clone(), md.clone()));
+            Ok(())
+        } else if ft.is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            std::os::unix::fs::symlink(&target, &dest)
+                .and_then(|()| {
+                    if owners {
+                        std::os::unix::fs::lchown(&dest, Some(md.uid()), Some(md.gid()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(Into::into)
+        } else if ft.is_file() {
+            copy_file(entry.path(), &dest, &md, owners)
         } else {
-            fs::copy(entry.path(), &dest).wrap_err_with(|| format!("copying {}", entry.path().display()))?;
+            Err(eyre!("{} is not a file, directory or symlink", entry.path().display()))
+        };
+        copied.wrap_err_with(|| format!("copying {} to {}", entry.path().display(), dest.display()))?;
+        set_times(&dest, &md)?;
+    }
+    // Directories last, deepest first: their modes could forbid writing in
+    // them, and writing in them changes their times.
+    for (dest, md) in dirs.iter().rev() {
+        if owners {
+            std::os::unix::fs::lchown(dest, Some(md.uid()), Some(md.gid()))?;
         }
+        fs::set_permissions(dest, fs::Permissions::from_mode(kept_mode(md, owners)))?;
+        set_times(dest, md)?;
     }
     Ok(())
+}
+
+fn kept_mode(md: &fs::Metadata, owners: bool) -> u32 {
+    let mode = md.mode() & 0o7777;
+    if owners {
+        mode
+    } else {
+        mode & !0o6000
+    }
+}
+
+fn copy_file(src: &Path, dest: &Path, md: &fs::Metadata, owners: bool) -> Result<()> {
+    let mut from = fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(src)?;
+    let mut to = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)?;
+    io::copy(&mut from, &mut to)?;
+    // Owner first: chown clears setuid bits.
+    if owners {
+        std::os::unix::fs::fchown(&to, Some(md.uid()), Some(md.gid()))?;
+    }
+    to.set_permissions(fs::Permissions::from_mode(kept_mode(md, owners)))?;
+    Ok(())
+}
+
+fn set_times(path: &Path, md: &fs::Metadata) -> Result<()> {
+    let t = rustix::fs::Timespec {
+        tv_sec: md.mtime(),
+        tv_nsec: md.mtime_nsec(),
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .wrap_err_with(|| format!("setting the times of {}", path.display()))
 }
 
 /// Refuses symlinks in `dir` that point outside it: they would carry files
@@ -129,7 +235,6 @@ fn escapes(path: &Path) -> bool {
 pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Document> {
     let base_file = description::find(base_dir)?;
     let base = Document::parse_file(&base_file)?;
-    check_symlinks(&derived.dir)?;
     let merged = description::merge(&base, &derived.doc)?;
     let parent = out
         .parent()
@@ -145,46 +250,45 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
     Ok(merged)
 }
 
-/// Extracts the `image/` directory (the stored description) of the image
-/// made of `layers` into `dest/image`, whiteouts applied, without root.
+/// Unpacks the `image/` directory (the stored description) of the image
+/// made of `layers` into the scratch root `dest` (which must not exist),
+/// through the confined unpacker, every blob verified; no root needed. What
+/// a description cannot hold (devices, FIFOs, symlinks out of it) is refused.
 pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf> {
-    fs::create_dir_all(dest).wrap_err_with(|| format!("creating {}", dest.display()))?;
-    for l in layers {
-        let file = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest))
-            .wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
-        let plain = oci::decompress(BufReader::new(file), oci::LayerCompression::of(&l.layer.media_type))?;
-        let mut archive = tar::Archive::new(CompleteTar::new(plain));
-        for entry in archive.entries().wrap_err("reading layer")? {
-            let mut entry = entry.wrap_err("reading layer")?;
-            let path = clean_path(&entry.path_bytes());
-            if !(path == b"image" || path.starts_with(b"image/")) {
-                continue;
-            }
-            let rel = PathBuf::from(OsStr::from_bytes(&path));
-            let base = rel.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
-            if base == OPAQUE {
-                let dir = dest.join(rel.parent().unwrap_or(Path::new("")));
-                let _ = fs::remove_dir_all(&dir);
-                fs::create_dir_all(&dir)?;
-            } else if let Some(hidden) = base.strip_prefix(WHITEOUT) {
-                let victim = dest
-                    .join(rel.parent().unwrap_or(Path::new("")))
-                    .join(OsStr::from_bytes(hidden));
-                let _ = fs::remove_dir_all(&victim).or_else(|_| fs::remove_file(&victim));
-            } else {
-                entry.set_preserve_permissions(true);
-                entry
-                    .unpack_in(dest)
-                    .wrap_err_with(|| format!("extracting {}", rel.display()))?;
+    let mut keep = |change: &Change| -> Result<bool> {
+        let path = change.path();
+        if !(is_within(path, b"image") || path.is_empty()) {
+            return Ok(false);
+        }
+        if let Change::Put { meta, .. } = change {
+            if matches!(meta.kind, Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo) {
+                bail!(
+                    "the stored description holds a {} ({}): a description holds only files, directories and symlinks",
+                    meta.kind.word(),
+                    show(path)
+                );
             }
         }
-        io::copy(&mut archive.into_inner(), &mut io::sink())?;
-    }
+        Ok(true)
+    };
+    extract::unpack_filtered(layers, dest, &mut keep)?;
     let image = dest.join("image");
-    if !image.join("config.xml").is_file() {
-        bail!("the base image has no /image/config.xml: it is not a KIWI root tree");
-    }
+    kiwi_root_check(dest, &"the image")?;
+    check_symlinks(&image).note("the link is in the base image's /image")?;
     Ok(image)
+}
+
+/// Checks that the root tree `root` holds a KIWI description: `image` a
+/// directory and `image/config.xml` a file, both inside the root itself
+/// (a symlink there is not followed).
+pub fn kiwi_root_check(root: &Path, name: &dyn std::fmt::Display) -> Result<()> {
+    let image = root.join("image");
+    let is_dir = image.symlink_metadata().is_ok_and(|m| m.is_dir());
+    let is_file = image.join("config.xml").symlink_metadata().is_ok_and(|m| m.is_file());
+    if !(is_dir && is_file) {
+        bail!("{name} is not a KIWI root tree: it has no /image/config.xml");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ fn archive_kind(file: &Path) -> Result<&'static str> {
     let mut archive = tar::Archive::new(BufReader::new(File::open(file)?));
     for entry in archive.entries()? {
         let entry = entry?;
-        let path = crate::tree::clean_path(&entry.path_bytes());
+        let path = crate::layer::clean_path(&entry.path_bytes());
         match path.as_slice() {
             b"oci-layout" => return Ok("oci-archive"),
             b"manifest.json" => return Ok("docker-archive"),

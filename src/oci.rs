@@ -345,31 +345,6 @@ impl LayerCompression {
     }
 }
 
-/// Several zstd frames one after another, read as one stream.
-struct ZstdFrames<R: std::io::BufRead> {
-    decoder: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-}
-
-impl<R: std::io::BufRead> std::io::Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let Some(decoder) = self.decoder.as_mut() else {
-                return Ok(0);
-            };
-            let n = decoder.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            let mut source = self.decoder.take().map(|d| d.into_inner()).expect("decoder is present");
-            if source.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let next = ruzstd::decoding::StreamingDecoder::new(source).map_err(std::io::Error::other)?;
-            self.decoder = Some(next);
-        }
-    }
-}
-
 /// The uncompressed tar stream of a layer blob read from `source`.
 pub fn decompress<'a, R: std::io::BufRead + 'a>(
     source: R,
@@ -377,11 +352,12 @@ pub fn decompress<'a, R: std::io::BufRead + 'a>(
 ) -> Result<Box<dyn std::io::Read + 'a>> {
     Ok(match compression {
         LayerCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(source)),
-        LayerCompression::Zstd => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(source)
-                .map_err(|e| color_eyre::eyre::eyre!("reading a zstd layer: {e}"))?;
-            Box::new(ZstdFrames { decoder: Some(decoder) })
-        }
+        // libzstd reads every frame in turn and skips skippable ones (as
+        // zstd:chunked writes them).
+        LayerCompression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(source)
+                .map_err(|e| color_eyre::eyre::eyre!("reading a zstd layer: {e}"))?,
+        ),
         LayerCompression::None => Box::new(source),
     })
 }
@@ -390,6 +366,7 @@ pub fn decompress<'a, R: std::io::BufRead + 'a>(
 pub struct HashingReader<R> {
     inner: R,
     hash: Sha256,
+    count: u64,
 }
 
 impl<R: std::io::Read> HashingReader<R> {
@@ -398,6 +375,7 @@ impl<R: std::io::Read> HashingReader<R> {
         HashingReader {
             inner,
             hash: Sha256::new(),
+            count: 0,
         }
     }
 
@@ -405,12 +383,18 @@ impl<R: std::io::Read> HashingReader<R> {
     pub fn digest(self) -> Digest {
         Digest::from_hasher(self.hash)
     }
+
+    /// The digest and the number of bytes of everything read so far.
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hash), self.count)
+    }
 }
 
 impl<R: std::io::Read> std::io::Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
+        self.count += n as u64;
         Ok(n)
     }
 }

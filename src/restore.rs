@@ -95,16 +95,7 @@ pub fn fetch(
     })
 }
 
-/// One stacked layer: where its blob is, its descriptor and diff_id.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StackedLayer {
-    /// The layout holding the blob.
-    pub layout: PathBuf,
-    /// The layer descriptor.
-    pub layer: Descriptor,
-    /// Its uncompressed digest.
-    pub diff_id: Digest,
-}
+pub use crate::layer::StackedLayer;
 
 /// The layers of `images` stacked in order: each image's layers go over the
 /// ones before, except that an image whose layers start with everything
@@ -160,10 +151,6 @@ impl Unpacker {
     /// The unpacker `KIWI_STACKBUILD_UNPACKER` names.
     pub fn from_env() -> Result<Unpacker> {
         match std::env::var(UNPACKER_ENV).as_deref() {
-            Err(_) | Ok("") if !crate::extract::supported() => {
-                log::debug!("this kernel lacks openat2 (Linux 5.6): unpacking with umoci");
-                Ok(Unpacker::Umoci)
-            }
             Err(_) | Ok("") | Ok("builtin") => Ok(Unpacker::Builtin),
             Ok("umoci") => Ok(Unpacker::Umoci),
             Ok(other) => Err(eyre!(
@@ -178,7 +165,7 @@ pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path, unpacker: 
     match unpacker {
         Unpacker::Builtin => {
             let progress = crate::progress::spinner(&format!("unpacking {} layers", layers.len()));
-            let unpacked = crate::extract::unpack(layers, rootfs);
+            let unpacked = crate::layer::extract::unpack(layers, rootfs);
             progress.finish_and_clear();
             unpacked
         }

@@ -1,26 +1,23 @@
 //! Storing a root tree in the local store: a first layer, or one delta layer
 //! on top of the stash of the same name.
 
-use std::fs::File;
-use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::description::Document;
 use crate::labels::Facts;
-use crate::layer;
+use crate::layer::tree::{self, Tree};
+use crate::layer::{cache, write, StackedLayer};
 use crate::oci::{
     self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP,
     MEDIA_MANIFEST,
 };
 use crate::reference::{StashName, Tag};
-use crate::restore::{self, Fetched, StackedLayer};
+use crate::restore::{self, Fetched};
 use crate::store::Store;
-use crate::tree::{self, Tree};
-use crate::treecache;
 
 /// gzip level of the layers we write: fast, since roots are large and
 /// registries care more about time than the last few percent.
@@ -36,7 +33,7 @@ pub struct Stashed {
     /// Layers of the new image.
     pub layers: usize,
     /// The new layer.
-    pub layer: layer::Layer,
+    pub layer: write::Layer,
     /// The stash this one was put on, when there was one.
     pub base: Option<String>,
 }
@@ -87,33 +84,6 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
         bases: Vec::new(),
         disturl: std::env::var("BUILD_DISTURL").ok().filter(|v| !v.is_empty()),
     })
-}
-
-/// Replays `layers` (each blob in its own layout) into the tree they make,
-/// checking every blob against its digest.
-pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
-    let mut tree = Tree::new();
-    for l in layers {
-        let digest = &l.layer.digest;
-        let path = oci::blob_path(&l.layout, digest);
-        let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
-        let mut verifying = oci::HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
-        {
-            let compression = oci::LayerCompression::of(&l.layer.media_type);
-            let plain = oci::decompress(io::BufReader::new(&mut verifying), compression)?;
-            let mut plain = io::BufReader::with_capacity(1 << 20, plain);
-            tree::apply_layer(&mut tree, &mut plain).wrap_err_with(|| format!("reading layer {digest}"))?;
-            io::copy(&mut plain, &mut io::sink())?;
-        }
-        io::copy(&mut verifying, &mut io::sink())?;
-        if verifying.digest() != *digest {
-            bail!(
-                "layer {} is corrupt: its content does not match its digest",
-                path.display()
-            );
-        }
-    }
-    Ok(tree)
 }
 
 /// The image a new stash goes on top of.
@@ -217,10 +187,10 @@ pub fn stash(
     let lower = match &base {
         Some(b) => {
             let started = Instant::now();
-            let cached = treecache::chain_id(&base_ids).and_then(|c| treecache::load(store.root(), &c));
+            let cached = cache::chain_id(&base_ids).and_then(|c| cache::load(store.root(), &c));
             let tree = match cached {
                 Some(tree) => tree,
-                None => replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
+                None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
             };
             log::debug!(
                 "read {} entries of {} in {:.2?}",
@@ -237,8 +207,9 @@ pub fn stash(
     };
     let started = Instant::now();
     let scanned = tree::scan(root, epoch).wrap_err_with(|| format!("reading {}", root.display()))?;
-    let plan = layer::plan(&scanned, &lower);
-    let layer = layer::write(&plan, &store.blob_dir(), GZIP_LEVEL)?;
+    let plan = write::plan(&scanned, &lower);
+    let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
+    let layer = write::write(&plan, &store.blob_dir(), GZIP_LEVEL)?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
         layer.entries - layer.whiteouts,
@@ -248,7 +219,7 @@ pub fn stash(
         human_size(layer.size),
         started.elapsed()
     );
-    remember_tree(store, &base_ids, &layer.diff_id, &scanned);
+    remember_tree(store, &base_ids, &layer.diff_id, &after);
     facts.kiwi_version = crate::tools::Tool::KiwiNg
         .locate()
         .ok()
@@ -321,14 +292,14 @@ pub fn stash(
     })
 }
 
-/// Caches the tree just stored, so the next stash on top of it need not read
-/// its layers back. A cache that cannot be written only costs that time.
-fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, scanned: &[tree::Scanned]) {
+/// Caches the tree the new image's layers make (the lower tree with the new
+/// layer applied), so the next stash on top of it need not read its layers
+/// back. A cache that cannot be written only costs that time.
+fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, tree: &Tree) {
     let mut ids = base_ids.to_vec();
     ids.push(new_id.clone());
-    let Some(chain) = treecache::chain_id(&ids) else { return };
-    let tree: Tree = scanned.iter().map(|s| (s.path.clone(), s.meta.clone())).collect();
-    if let Err(e) = treecache::save(store.root(), &chain, &tree) {
+    let Some(chain) = cache::chain_id(&ids) else { return };
+    if let Err(e) = cache::save(store.root(), &chain, tree) {
         log::debug!("not caching the tree of {chain}: {e}");
     }
 }

@@ -287,10 +287,10 @@ impl Store {
         let mut chains = Vec::new();
         for d in index.manifests.iter().filter(|d| d.media_type == MEDIA_MANIFEST) {
             if let Ok(config) = self.manifest(&d.digest).and_then(|m| self.config(&m.config.digest)) {
-                chains.extend(crate::treecache::chain_id(&config.rootfs.diff_ids));
+                chains.extend(crate::layer::cache::chain_id(&config.rootfs.diff_ids));
             }
         }
-        crate::treecache::prune(&self.root, &chains);
+        crate::layer::cache::prune(&self.root, &chains);
         // Staging areas of pulls that were killed.
         for entry in fs::read_dir(&self.root).wrap_err_with(|| format!("reading {}", self.root.display()))? {
             let entry = entry?;

@@ -129,16 +129,31 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         .tempdir_in(&pass.target_dir)
         .wrap_err_with(|| format!("creating a work directory in {}", pass.target_dir.display()))?;
     let mut images = Vec::new();
+    let mut derived_description = None;
     if !roots.is_empty() {
         let _lock = store.lock_shared()?;
         images = fetch_all(store, &roots, scratch.path(), auth)?;
-        if !matches!(mode, Mode::Derived(_)) {
+        if let Mode::Derived(d) = &mode {
+            // The stored description is read from the layers, and merged,
+            // before anything is unpacked.
+            let merged = merge_into_target(d, &images[0], &pass.target_dir, scratch.path())?;
+            check_fit(&images, Some(&merged), job.globals.target_arch.as_deref(), job.force)?;
+            derived_description = Some(pass.target_dir.join("build/merged-description"));
+        } else {
             check_fit(&images, doc, job.globals.target_arch.as_deref(), job.force)?;
         }
         unpack_roots(&images, scratch.path(), &root_dir, unpacker)?;
     }
-    if let Err(e) = run_kiwi_for(job, &pass, &mode, &images, &root_dir, scratch.path()) {
-        if !roots.is_empty() && !root_dir.join("image/config.xml").is_file() {
+    let kiwi = run_kiwi_for(
+        job,
+        &pass,
+        &mode,
+        derived_description.as_deref(),
+        &root_dir,
+        scratch.path(),
+    );
+    if let Err(e) = kiwi {
+        if !roots.is_empty() && derive::kiwi_root_check(&root_dir, &"").is_err() {
             // Nothing was built on what we unpacked: leave no half-made root behind.
             let _ = std::fs::remove_dir_all(&root_dir);
         }
@@ -166,6 +181,7 @@ fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    derive::check_copyable(&dir)?;
     if doc.derived_from().is_some() {
         if !job.roots.is_empty() {
             return Err(eyre!(
@@ -183,50 +199,50 @@ fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
     })
 }
 
-/// Runs kiwi-ng for `mode` on the unpacked `root_dir`.
+/// Merges the derived description `d` into the description stored in
+/// `base` (read from its layers) and writes it to `T/build/merged-description`.
+fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path) -> Result<Document> {
+    let layers = restore::stack(std::slice::from_ref(base))?;
+    let stored = derive::extract_image_dir(&layers, &scratch.join("base"))
+        .wrap_err_with(|| format!("reading the description stored in the base {}", d.base))
+        .suggestion(
+            "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
+        )?;
+    let out = target.join("build/merged-description");
+    if out.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
+    }
+    let merged = derive::write_merged(&stored, d, &out)?;
+    log::info!(
+        "merged {} into the description of {}: {}",
+        d.file.display(),
+        d.base,
+        out.display()
+    );
+    Ok(merged)
+}
+
+/// Runs kiwi-ng for `mode` on the unpacked `root_dir`; a derived build uses
+/// the `merged` description.
 fn run_kiwi_for(
     job: &Rebuild,
     pass: &PassThrough,
     mode: &Mode,
-    images: &[Fetched],
+    merged: Option<&Path>,
     root_dir: &Path,
     scratch: &Path,
 ) -> Result<()> {
     let (globals, target) = (&job.globals, &pass.target_dir);
     let args = match mode {
         Mode::Create => {
-            if !root_dir.join("image/config.xml").is_file() {
-                return Err(eyre!("{} is not a KIWI root tree: it has no /image/config.xml", describe(&job.roots)))
-                    .suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR");
-            }
+            derive::kiwi_root_check(root_dir, &describe(&job.roots)).suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR")?;
             kiwi::create_args(globals, root_dir, pass)
         }
         Mode::Fresh(_, dir) => kiwi::build_args(globals, dir, false, pass),
         Mode::OnRoot(doc, dir) => kiwi::build_args(globals, &without_bootstrap(doc, dir, scratch)?, true, pass),
-        Mode::Derived(d) => {
-            let stored = root_dir.join("image");
-            if !stored.join("config.xml").is_file() {
-                return Err(eyre!(
-                    "the base {} has no /image/config.xml: it is not a KIWI root tree",
-                    d.base
-                ))
-                .suggestion(
-                    "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
-                );
-            }
-            let out = target.join("build/merged-description");
-            if out.exists() {
-                std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
-            }
-            let merged = derive::write_merged(&stored, d, &out)?;
-            log::info!(
-                "merged {} into the description of {}: {}",
-                d.file.display(),
-                d.base,
-                out.display()
-            );
-            check_fit(images, Some(&merged), globals.target_arch.as_deref(), job.force)?;
-            kiwi::build_args(globals, &out, true, pass)
+        Mode::Derived(_) => {
+            let merged = merged.ok_or_else(|| eyre!("a derived build has no merged description"))?;
+            kiwi::build_args(globals, merged, true, pass)
         }
     };
     kiwi::run_kiwi(&args, target)
@@ -454,6 +470,8 @@ pub fn merge_preview(
     }
     let base_dir = base.map(Path::new).filter(|p| p.is_dir());
     if let Some(dir) = base_dir {
+        derive::check_copyable(dir)?;
+        derive::check_symlinks(dir)?;
         derive::write_merged(dir, &d, output)?;
     } else {
         let reference = match base {
@@ -472,6 +490,7 @@ pub fn merge_preview(
         let layers = restore::stack(std::slice::from_ref(&image))?;
         let stored = derive::extract_image_dir(&layers, &scratch.path().join("base"))
             .wrap_err_with(|| format!("reading the description stored in {reference}"))?;
+        drop(_lock);
         derive::write_merged(&stored, &d, output)?;
     }
     log::info!("merged {} into its base: {}", file.display(), output.display());

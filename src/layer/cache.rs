@@ -6,18 +6,22 @@
 //! is only a shortcut: a missing or unreadable entry means reading the
 //! layers, as before.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::Result;
 use sha2::{Digest as _, Sha256};
 
+use super::tree::Tree;
+use super::{Kind, Meta, Time};
 use crate::oci::Digest;
 use crate::store::write_atomic;
-use crate::tree::{Kind, Meta, Tree};
 
 const DIR: &str = ".kiwi-stackbuild-trees";
-const MAGIC: &[u8] = b"kiwi-stackbuild tree 1\n";
+/// Version 2 keeps nanoseconds and hard links as shared inodes; files of
+/// version 1 are simply not read (the layers are, instead).
+const MAGIC: &[u8] = b"kiwi-stackbuild tree 2\n";
 
 /// The chain ID of a stack of layers: the first diff_id, then
 /// sha256("<chain> <diff_id>") for each further layer.
@@ -73,16 +77,19 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 fn encode(tree: &Tree) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
-    for (path, m) in tree {
+    let mut numbers: HashMap<usize, u32> = HashMap::new();
+    for (path, inode, m) in tree.entries() {
         put_bytes(&mut out, path);
+        let next = numbers.len() as u32;
+        let n = *numbers.entry(inode).or_insert(next);
+        out.extend_from_slice(&n.to_le_bytes());
+        if n != next {
+            continue;
+        }
         match &m.kind {
             Kind::File { size } => {
                 out.push(0);
                 out.extend_from_slice(&size.to_le_bytes());
-            }
-            Kind::HardLink { target } => {
-                out.push(1);
-                put_bytes(&mut out, target);
             }
             Kind::Dir => out.push(2),
             Kind::Symlink { target } => {
@@ -99,7 +106,8 @@ fn encode(tree: &Tree) -> Vec<u8> {
         out.extend_from_slice(&m.mode.to_le_bytes());
         out.extend_from_slice(&m.uid.to_le_bytes());
         out.extend_from_slice(&m.gid.to_le_bytes());
-        out.extend_from_slice(&m.mtime.to_le_bytes());
+        out.extend_from_slice(&m.mtime.sec.to_le_bytes());
+        out.extend_from_slice(&m.mtime.nsec.to_le_bytes());
         out.extend_from_slice(&(m.xattrs.len() as u32).to_le_bytes());
         for (k, v) in &m.xattrs {
             put_bytes(&mut out, k);
@@ -142,11 +150,19 @@ impl<'a> Cursor<'a> {
 fn decode(bytes: &[u8]) -> Option<Tree> {
     let mut c = Cursor(bytes.strip_prefix(MAGIC)?);
     let mut tree = Tree::new();
+    let mut inodes: Vec<usize> = Vec::new();
     while !c.0.is_empty() {
         let path = c.bytes()?;
+        let n = c.u32()? as usize;
+        if n < inodes.len() {
+            tree.insert_link(path, inodes[n]);
+            continue;
+        }
+        if n != inodes.len() {
+            return None;
+        }
         let kind = match c.take(1)?[0] {
             0 => Kind::File { size: c.u64()? },
-            1 => Kind::HardLink { target: c.bytes()? },
             2 => Kind::Dir,
             3 => Kind::Symlink { target: c.bytes()? },
             4 => Kind::Char {
@@ -160,13 +176,17 @@ fn decode(bytes: &[u8]) -> Option<Tree> {
             6 => Kind::Fifo,
             _ => return None,
         };
-        let (mode, uid, gid, mtime) = (c.u32()?, c.u64()?, c.u64()?, c.u64()? as i64);
-        let n = c.u32()?;
+        let (mode, uid, gid) = (c.u32()?, c.u64()?, c.u64()?);
+        let mtime = Time {
+            sec: c.u64()? as i64,
+            nsec: c.u32()?,
+        };
+        let count = c.u32()?;
         let mut xattrs = Vec::new();
-        for _ in 0..n {
+        for _ in 0..count {
             xattrs.push((c.bytes()?, c.bytes()?));
         }
-        tree.insert(
+        inodes.push(tree.insert(
             path,
             Meta {
                 kind,
@@ -176,7 +196,7 @@ fn decode(bytes: &[u8]) -> Option<Tree> {
                 mtime,
                 xattrs,
             },
-        );
+        ));
     }
     Some(tree)
 }
@@ -192,11 +212,11 @@ mod tests {
             mode: 0o4755,
             uid: 1234,
             gid: 5678,
-            mtime: -5,
+            mtime: Time { sec: -5, nsec: 7 },
             xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2])],
         };
         let mut tree = Tree::new();
-        tree.insert(b"caf\\xe9".to_vec(), meta(Kind::File { size: 42 }));
+        let file = tree.insert(b"caf\\xe9".to_vec(), meta(Kind::File { size: 42 }));
         tree.insert(b"d".to_vec(), meta(Kind::Dir));
         tree.insert(
             b"l".to_vec(),
@@ -204,12 +224,7 @@ mod tests {
                 target: b"/x\ny".to_vec(),
             }),
         );
-        tree.insert(
-            b"h".to_vec(),
-            meta(Kind::HardLink {
-                target: b"caf\\xe9".to_vec(),
-            }),
-        );
+        tree.insert_link(b"h".to_vec(), file);
         tree.insert(b"c".to_vec(), meta(Kind::Char { major: 1, minor: 3 }));
         tree.insert(
             b"b".to_vec(),
@@ -219,7 +234,9 @@ mod tests {
             }),
         );
         tree.insert(b"f".to_vec(), meta(Kind::Fifo));
-        assert_eq!(decode(&encode(&tree)), Some(tree.clone()));
+        let back = decode(&encode(&tree)).expect("decodes");
+        assert_eq!(back.first_difference(&tree), None);
+        assert_eq!(back.link_groups().len(), 2, "the hard link survives");
         let bytes = encode(&tree);
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None, "a cut file must not decode");
         assert_eq!(decode(b"something else"), None);

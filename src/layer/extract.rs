@@ -1,0 +1,399 @@
+//! The root on disk as an [`apply::Target`]: the confined unpacker.
+//!
+//! Every path it is handed has been resolved by the applier, so it walks
+//! them with `O_NOFOLLOW` from the root's own descriptor: a symlink met on
+//! the way is an error, never followed, and nothing outside the root can be
+//! reached or created. It needs no `openat2`. Directory handles are kept in
+//! a small cache (a few dozen descriptors, whatever the tree's size), dropped
+//! whenever what they name is removed. Directory times are set last, since
+//! creating entries in a directory changes them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::apply::{self, Node, Target};
+use super::read::Change;
+use super::{is_within, join, show, split, Kind, Meta, StackedLayer, Time, IGNORED_XATTRS};
+
+/// Directory handles kept open at most; the rest are opened again on use.
+const HANDLES: usize = 32;
+
+/// Unpacks `layers`, lowest first, into `rootfs`, which must not exist.
+/// On any error nothing is left of `rootfs`.
+pub fn unpack(layers: &[StackedLayer], rootfs: &Path) -> Result<()> {
+    unpack_filtered(layers, rootfs, &mut |_| Ok(true))
+}
+
+/// Like [`unpack`], for the changes `keep` lets through (it may refuse some).
+pub fn unpack_filtered(
+    layers: &[StackedLayer],
+    rootfs: &Path,
+    keep: &mut dyn FnMut(&Change) -> Result<bool>,
+) -> Result<()> {
+    std::fs::create_dir(rootfs).wrap_err_with(|| format!("creating {}", rootfs.display()))?;
+    let unpacked = Disk::open(rootfs).and_then(|mut disk| {
+        apply::apply_layers(layers, &mut disk, keep)?;
+        disk.finish()
+    });
+    if unpacked.is_err() {
+        // std's remove_dir_all does not follow symlinks.
+        let _ = std::fs::remove_dir_all(rootfs);
+    }
+    unpacked
+}
+
+/// A root directory on disk that layers are applied to.
+pub struct Disk {
+    root: Rc<OwnedFd>,
+    handles: HashMap<Vec<u8>, Rc<OwnedFd>>,
+    dir_times: BTreeMap<Vec<u8>, Time>,
+    /// Whether owners can be set (we run as root); without that, setuid and
+    /// setgid bits are dropped, since they would go to a new owner.
+    owners: bool,
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+fn times(t: Time) -> Timestamps {
+    let t = Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec.into(),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+const DIR_PATH: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+const DIR_READ: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+impl Disk {
+    /// The existing, empty directory `rootfs`: owned by root, 0755, its time
+    /// the epoch until a root entry says otherwise (as umoci does).
+    pub fn open(rootfs: &Path) -> Result<Disk> {
+        let root =
+            rfs::open(rootfs, DIR_READ, Mode::empty()).wrap_err_with(|| format!("opening {}", rootfs.display()))?;
+        let owners = rustix::process::geteuid().is_root();
+        if owners {
+            rfs::fchown(&root, Some(rfs::Uid::ROOT), Some(rfs::Gid::ROOT))?;
+        }
+        rfs::fchmod(&root, Mode::from_raw_mode(0o755))?;
+        let mut dir_times = BTreeMap::new();
+        dir_times.insert(Vec::new(), Time::default());
+        Ok(Disk {
+            root: Rc::new(root),
+            handles: HashMap::new(),
+            dir_times,
+            owners,
+        })
+    }
+
+    /// A handle on the directory `path`, walked from the nearest one known.
+    fn dir(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>> {
+        if path.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some(fd) = self.handles.get(path) {
+            return Ok(fd.clone());
+        }
+        let (parent, name) = split(path);
+        let parent = self.dir(parent)?;
+        let fd = match rfs::openat(&*parent, os(name), DIR_PATH, Mode::empty()) {
+            Ok(fd) => Rc::new(fd),
+            Err(Errno::LOOP | Errno::NOTDIR) => bail!("{} is not a directory", show(path)),
+            Err(e) => return Err(e).wrap_err_with(|| format!("opening {}", show(path))),
+        };
+        if self.handles.len() >= HANDLES {
+            self.handles.clear();
+        }
+        self.handles.insert(path.to_vec(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Drops what is known of `path` and below: it is gone.
+    fn forget(&mut self, path: &[u8]) {
+        self.handles.retain(|k, _| !is_within(k, path));
+        let doomed: Vec<Vec<u8>> = self
+            .dir_times
+            .range(path.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(path))
+            .filter(|(k, _)| is_within(k, path))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.dir_times.remove(&k);
+        }
+    }
+
+    /// Owner first (chown clears setuid bits and security.capability), then
+    /// mode and xattrs, of an open file or directory.
+    fn set_owner_mode_xattrs<Fd: AsFd>(&self, fd: Fd, meta: &Meta, replace: bool) -> Result<()> {
+        let mut mode = meta.mode;
+        if self.owners {
+            rfs::fchown(&fd, Some(uid(meta.uid)?), Some(gid(meta.gid)?))?;
+        } else {
+            mode &= !0o6000;
+        }
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        if replace {
+            for name in list_xattrs(&fd)? {
+                if !IGNORED_XATTRS.contains(&name.as_slice()) && !meta.xattrs.iter().any(|(k, _)| *k == name) {
+                    rfs::fremovexattr(&fd, os(&name))?;
+                }
+            }
+        }
+        for (k, v) in restorable(meta) {
+            rfs::fsetxattr(&fd, os(k), v, rfs::XattrFlags::empty())
+                .wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k)))?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode (unless a symlink), xattrs and times of the entry `name`
+    /// in `parent`, not following it.
+    fn set_meta_at(&self, parent: &OwnedFd, name: &[u8], meta: &Meta, chmod: bool) -> Result<()> {
+        let mut mode = meta.mode;
+        if self.owners {
+            rfs::chownat(
+                parent,
+                os(name),
+                Some(uid(meta.uid)?),
+                Some(gid(meta.gid)?),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        } else {
+            mode &= !0o6000;
+        }
+        if chmod {
+            // The entry was just made by us and is no symlink.
+            rfs::chmodat(parent, os(name), Mode::from_raw_mode(mode), AtFlags::empty())?;
+        }
+        // lsetxattr does not follow the last component of this path.
+        let at = format!("/proc/self/fd/{}/", parent.as_raw_fd());
+        let full = [at.as_bytes(), name].concat();
+        for (k, v) in restorable(meta) {
+            match rfs::lsetxattr(os(&full), os(k), v, rfs::XattrFlags::empty()) {
+                Ok(()) => {}
+                // The kernel allows few xattr namespaces on symlinks.
+                Err(e) if !chmod => log::debug!("xattr {} of a symlink not set: {e}", String::from_utf8_lossy(k)),
+                Err(e) => return Err(e).wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k))),
+            }
+        }
+        rfs::utimensat(parent, os(name), &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Sets the times of every directory, now that nothing more is created.
+    pub fn finish(mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dir_times);
+        for (path, mtime) in dirs {
+            if path.is_empty() {
+                rfs::futimens(&*self.root, &times(mtime))?;
+                continue;
+            }
+            let (parent, name) = split(&path);
+            let parent = self.dir(parent)?;
+            rfs::utimensat(&*parent, os(name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .wrap_err_with(|| format!("setting the times of {}", show(&path)))?;
+        }
+        Ok(())
+    }
+}
+
+fn restorable(meta: &Meta) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
+    meta.xattrs
+        .iter()
+        .filter(|(k, _)| !IGNORED_XATTRS.contains(&k.as_slice()))
+}
+
+fn uid(id: u64) -> Result<rfs::Uid> {
+    let id = u32::try_from(id).map_err(|_| eyre!("the owner {id} is too large"))?;
+    Ok(rfs::Uid::from_raw(id))
+}
+
+fn gid(id: u64) -> Result<rfs::Gid> {
+    let id = u32::try_from(id).map_err(|_| eyre!("the group {id} is too large"))?;
+    Ok(rfs::Gid::from_raw(id))
+}
+
+fn list_xattrs<Fd: AsFd>(fd: Fd) -> Result<Vec<Vec<u8>>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match rfs::flistxattr(&fd, &mut buf[..]) {
+            Ok(n) => {
+                return Ok(buf[..n]
+                    .split(|&b| b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect())
+            }
+            Err(Errno::RANGE) => buf.resize(buf.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Target for Disk {
+    fn node(&mut self, path: &[u8]) -> Result<Option<Node>> {
+        if path.is_empty() {
+            return Ok(Some(Node::Dir));
+        }
+        let (parent, name) = split(path);
+        let parent = self.dir(parent)?;
+        let stat = match rfs::statat(&*parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e).wrap_err_with(|| format!("looking at {}", show(path))),
+        };
+        Ok(Some(match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => Node::Dir,
+            FileType::Symlink => {
+                let target = rfs::readlinkat(&*parent, os(name), Vec::new())?;
+                Node::Symlink(target.into_bytes())
+            }
+            _ => Node::Other,
+        }))
+    }
+
+    fn children(&mut self, dir: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let fd = self.dir(dir)?;
+        let readable = rfs::openat(&*fd, ".", DIR_READ, Mode::empty())?;
+        let mut names = Vec::new();
+        for entry in rfs::Dir::read_from(&readable)? {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        Ok(names)
+    }
+
+    fn remove(&mut self, path: &[u8]) -> Result<()> {
+        let (parent, name) = split(path);
+        let fd = self.dir(parent)?;
+        match rfs::unlinkat(&*fd, os(name), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(Errno::ISDIR | Errno::PERM) => {
+                // No handle is held while the directory is emptied, however deep.
+                drop(fd);
+                for child in self.children(path)? {
+                    self.remove(&join(path, &child))?;
+                }
+                let fd = self.dir(parent)?;
+                rfs::unlinkat(&*fd, os(name), AtFlags::REMOVEDIR)
+                    .wrap_err_with(|| format!("removing {}", show(path)))?;
+            }
+            Err(e) => return Err(e).wrap_err_with(|| format!("removing {}", show(path))),
+        }
+        self.forget(path);
+        Ok(())
+    }
+
+    fn mkdir(&mut self, path: &[u8]) -> Result<()> {
+        let (parent, name) = split(path);
+        let fd = self.dir(parent)?;
+        rfs::mkdirat(&*fd, os(name), Mode::from_raw_mode(0o755))
+            .wrap_err_with(|| format!("creating {}", show(path)))?;
+        Ok(())
+    }
+
+    fn put(&mut self, path: &[u8], meta: &Meta, content: &mut dyn Read) -> Result<()> {
+        let (parent, name) = split(path);
+        let fd = self.dir(parent)?;
+        match &meta.kind {
+            Kind::File { size } => {
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let mut file = File::from(rfs::openat(&*fd, os(name), flags, Mode::from_raw_mode(0o600))?);
+                let copied = io::copy(content, &mut file)?;
+                if copied != *size {
+                    bail!("the layer holds {copied} of its {size} bytes");
+                }
+                file.flush()?;
+                self.set_owner_mode_xattrs(&file, meta, false)?;
+                rfs::futimens(&file, &times(meta.mtime))?;
+            }
+            Kind::Symlink { target } => {
+                rfs::symlinkat(os(target), &*fd, os(name))?;
+                self.set_meta_at(&fd, name, meta, false)?;
+            }
+            Kind::Char { major, minor } | Kind::Block { major, minor } => {
+                let ft = match meta.kind {
+                    Kind::Char { .. } => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
+                };
+                let dev = rfs::makedev(*major, *minor);
+                rfs::mknodat(&*fd, os(name), ft, Mode::from_raw_mode(0o600), dev)?;
+                self.set_meta_at(&fd, name, meta, true)?;
+            }
+            Kind::Fifo => {
+                rfs::mknodat(&*fd, os(name), FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+                self.set_meta_at(&fd, name, meta, true)?;
+            }
+            Kind::Dir => unreachable!("directories are made by set_dir"),
+        }
+        Ok(())
+    }
+
+    fn set_dir(&mut self, path: &[u8], meta: &Meta, exists: bool) -> Result<()> {
+        let dir = if path.is_empty() {
+            rfs::openat(&*self.root, ".", DIR_READ, Mode::empty())?
+        } else {
+            let (parent, name) = split(path);
+            let fd = self.dir(parent)?;
+            if !exists {
+                rfs::mkdirat(&*fd, os(name), Mode::from_raw_mode(0o700))?;
+            }
+            rfs::openat(&*fd, os(name), DIR_READ, Mode::empty())?
+        };
+        self.set_owner_mode_xattrs(&dir, meta, exists)?;
+        self.dir_times.insert(path.to_vec(), meta.mtime);
+        Ok(())
+    }
+
+    fn link(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        let (tparent, tname) = split(target);
+        let tfd = self.dir(tparent)?;
+        let (parent, name) = split(path);
+        let fd = self.dir(parent)?;
+        rfs::linkat(&*tfd, os(tname), &*fd, os(name), AtFlags::empty())
+            .wrap_err_with(|| format!("linking to {}", show(target)))?;
+        Ok(())
+    }
+
+    fn keep_dirlink(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
+        let (parent, name) = split(path);
+        let fd = self.dir(parent)?;
+        if self.owners {
+            rfs::chownat(
+                &*fd,
+                os(name),
+                Some(uid(meta.uid)?),
+                Some(gid(meta.gid)?),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        rfs::utimensat(&*fd, os(name), &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+}

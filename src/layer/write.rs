@@ -1,0 +1,447 @@
+//! Writes a root tree, or what changed in it since a lower tree, as one
+//! gzip-compressed tar layer blob, in one pass over the files.
+//!
+//! The tar stream is built and hashed on this thread while a second thread
+//! compresses, hashes and writes it, so reading and compressing overlap.
+//! Times keep their nanoseconds (PAX `mtime`), xattrs their raw names
+//! (`SCHILY.xattr.*`), and the root directory is an entry (`./`) of its own.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread;
+
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use flate2::write::GzEncoder;
+use sha2::{Digest as _, Sha256};
+
+use super::apply::Applier;
+use super::read::Change;
+use super::tree::{self, Scanned, Tree};
+use super::{show, split, Kind, Meta, WHITEOUT};
+use crate::oci::{Digest, HashingWriter};
+
+const CHUNK: usize = 1 << 20;
+
+/// A layer blob written into a layout's `blobs/sha256`.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (the config's diff_id).
+    pub diff_id: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// Entries written (whiteouts included).
+    pub entries: usize,
+    /// Whiteouts written.
+    pub whiteouts: usize,
+}
+
+/// One thing a delta layer carries, in the order it is written.
+#[derive(Debug, Clone)]
+pub enum Planned<'a> {
+    /// A lower entry that is gone, or whose type changed.
+    Whiteout(Vec<u8>),
+    /// An entry, with its content for a regular file.
+    Entry(&'a Scanned),
+    /// A further name of a hard-linked file written before it.
+    Link(&'a Scanned, Vec<u8>),
+}
+
+/// What a delta layer must carry to turn a lower tree into the scanned one.
+#[derive(Debug, Clone, Default)]
+pub struct Plan<'a> {
+    /// Whiteouts first, then entries in walk order.
+    pub items: Vec<Planned<'a>>,
+}
+
+impl Plan<'_> {
+    /// How many whiteouts the plan has.
+    pub fn whiteouts(&self) -> usize {
+        self.items.iter().filter(|i| matches!(i, Planned::Whiteout(_))).count()
+    }
+
+    /// The plan as the changes a reader of its layer will see.
+    fn changes(&self) -> impl Iterator<Item = Change> + '_ {
+        self.items.iter().map(|item| match item {
+            Planned::Whiteout(p) => Change::Whiteout(p.clone()),
+            Planned::Entry(s) => Change::Put {
+                path: s.path.clone(),
+                meta: s.meta.clone(),
+            },
+            Planned::Link(s, target) => Change::Link {
+                path: s.path.clone(),
+                target: target.clone(),
+            },
+        })
+    }
+
+    /// `lower` as the planned layer turns it, by the rules every reader of
+    /// the layer applies: the tree to cache for the image.
+    pub fn applied(&self, lower: &Tree) -> Result<Tree> {
+        let mut tree = lower.clone();
+        let mut applier = Applier::new(&mut tree);
+        for change in self.changes() {
+            let path = change.path().to_vec();
+            applier
+                .apply(change, &mut io::empty())
+                .wrap_err_with(|| format!("planning {}", show(&path)))?;
+        }
+        Ok(tree)
+    }
+}
+
+/// Compares the scanned tree with `lower` (empty for a first layer). New and
+/// changed entries are written; a lower entry that is gone, or whose type
+/// changed, gets a whiteout (a directory entry alone would keep a lower
+/// symlink to a directory). A hard-link group is written whole when any of
+/// its names changed, or its names did.
+pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
+    let mut groups: HashMap<(u64, u64), Vec<&[u8]>> = HashMap::new();
+    for s in scanned {
+        if let Some(g) = s.link_group {
+            groups.entry(g).or_default().push(&s.path);
+        }
+    }
+    groups.retain(|_, names| names.len() > 1);
+    for names in groups.values_mut() {
+        names.sort();
+    }
+    let lower_groups = lower.link_groups();
+    let names_now = |s: &'a Scanned| -> Vec<&'a [u8]> {
+        match s.link_group.and_then(|g| groups.get(&g)) {
+            Some(names) => names.clone(),
+            None => vec![s.path.as_slice()],
+        }
+    };
+    let changed = |s: &'a Scanned| {
+        let names_before = lower_groups
+            .get(s.path.as_slice())
+            .cloned()
+            .unwrap_or_else(|| vec![s.path.as_slice()]);
+        lower.get(&s.path) != Some(&s.meta) || names_before != names_now(s)
+    };
+    let dirty: std::collections::HashSet<(u64, u64)> = scanned
+        .iter()
+        .filter(|s| changed(s))
+        .filter_map(|s| s.link_group.filter(|g| groups.contains_key(g)))
+        .collect();
+    let kind_now: HashMap<&[u8], &Kind> = scanned.iter().map(|s| (s.path.as_slice(), &s.meta.kind)).collect();
+    let mut whiteouts = BTreeSet::new();
+    for (path, _, meta) in lower.entries() {
+        if path.is_empty() {
+            continue;
+        }
+        let retyped = match kind_now.get(path) {
+            None => true,
+            Some(k) => !k.same_type(&meta.kind),
+        };
+        if !retyped {
+            continue;
+        }
+        // Where the parent is itself gone or retyped, its whiteout covers this.
+        let parent = split(path).0;
+        let parent_lives = parent.is_empty()
+            || (kind_now.get(parent) == Some(&&Kind::Dir) && lower.get(parent).is_some_and(|m| m.kind == Kind::Dir));
+        if parent_lives {
+            whiteouts.insert(path.to_vec());
+        }
+    }
+    let mut items: Vec<Planned<'a>> = whiteouts.into_iter().map(Planned::Whiteout).collect();
+    let mut first_names: HashMap<(u64, u64), &[u8]> = HashMap::new();
+    for s in scanned {
+        let group = s.link_group.filter(|g| groups.contains_key(g));
+        let write = match group {
+            Some(g) => dirty.contains(&g),
+            None => changed(s),
+        };
+        if !write {
+            continue;
+        }
+        match group.and_then(|g| first_names.get(&g)) {
+            Some(first) => items.push(Planned::Link(s, first.to_vec())),
+            None => {
+                if let Some(g) = group {
+                    first_names.insert(g, &s.path);
+                }
+                items.push(Planned::Entry(s));
+            }
+        }
+    }
+    Plan { items }
+}
+
+/// Checks that `plan` turns `lower` into exactly the scanned tree, and gives
+/// that tree back (to cache as the new image's tree).
+pub fn checked(plan: &Plan<'_>, lower: &Tree, scanned: &[Scanned]) -> Result<Tree> {
+    let after = plan.applied(lower)?;
+    if let Some(path) = after.first_difference(&tree::of_scan(scanned)) {
+        bail!(
+            "the delta layer would not restore the tree as it was read (first at {}): did the root change meanwhile?",
+            show(&path)
+        );
+    }
+    Ok(after)
+}
+
+/// Writes the planned layer into `blob_dir` (a layout's `blobs/sha256`).
+pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-layer-")
+        .permissions(crate::store::readable())
+        .tempfile_in(blob_dir)
+        .wrap_err_with(|| format!("creating a layer in {}", blob_dir.display()))?;
+    let file = tmp.as_file().try_clone().wrap_err("opening the new layer")?;
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    let compressor = thread::spawn(move || compress(rx, file, level));
+    let total: u64 = plan
+        .items
+        .iter()
+        .map(|i| match i {
+            Planned::Entry(s) => match s.meta.kind {
+                Kind::File { size } => size,
+                _ => 0,
+            },
+            _ => 0,
+        })
+        .sum();
+    let progress = crate::progress::bytes(total, "storing");
+    let mut sink = ChunkSink {
+        tx: Some(tx),
+        buf: Vec::with_capacity(CHUNK),
+        hash: Sha256::new(),
+        progress,
+    };
+    let written = write_tar(plan, &mut sink);
+    sink.flush_chunk();
+    sink.progress.finish_and_clear();
+    let diff_id = Digest::from_hasher(std::mem::take(&mut sink.hash));
+    drop(sink);
+    let compressed = compressor.join().map_err(|_| eyre!("the layer compressor panicked"))?;
+    let (digest, size) = compressed.wrap_err("compressing the layer")?;
+    written?;
+    let dest = blob_dir.join(digest.hex());
+    tmp.persist(&dest).wrap_err_with(|| format!("storing layer {digest}"))?;
+    Ok(Layer {
+        digest,
+        diff_id,
+        size,
+        entries: plan.items.len(),
+        whiteouts: plan.whiteouts(),
+    })
+}
+
+struct ChunkSink {
+    tx: Option<SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+    hash: Sha256,
+    progress: indicatif::ProgressBar,
+}
+
+impl ChunkSink {
+    fn flush_chunk(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.hash.update(&chunk);
+        self.progress.inc(chunk.len() as u64);
+        // A send fails only when the compressor has stopped; its error is reported.
+        if let Some(tx) = &self.tx {
+            if tx.send(chunk).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.tx.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the layer compressor stopped",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(Digest, u64)> {
+    let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+    let mut gz = GzEncoder::new(out, flate2::Compression::new(level));
+    for chunk in rx {
+        gz.write_all(&chunk)?;
+    }
+    let (file, digest, size) = gz.finish()?.finish()?;
+    file.get_ref().sync_all()?;
+    Ok((digest, size))
+}
+
+fn header_for(meta: &Meta, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(meta.mode);
+    h.set_uid(meta.uid);
+    h.set_gid(meta.gid);
+    h.set_mtime(meta.mtime.sec.max(0) as u64);
+    h.set_size(0);
+    h.set_entry_type(kind);
+    if let Kind::Char { major, minor } | Kind::Block { major, minor } = meta.kind {
+        // GNU headers always have room for device numbers.
+        let _ = h.set_device_major(major);
+        let _ = h.set_device_minor(minor);
+    }
+    h
+}
+
+fn entry_type(kind: &Kind) -> tar::EntryType {
+    match kind {
+        Kind::File { .. } => tar::EntryType::Regular,
+        Kind::Dir => tar::EntryType::Directory,
+        Kind::Symlink { .. } => tar::EntryType::Symlink,
+        Kind::Char { .. } => tar::EntryType::Char,
+        Kind::Block { .. } => tar::EntryType::Block,
+        Kind::Fifo => tar::EntryType::Fifo,
+    }
+}
+
+/// The PAX records an entry needs beyond its header: a time with
+/// nanoseconds (or before 1970), and xattrs.
+fn pax_records(meta: &Meta) -> Vec<u8> {
+    let mut out = Vec::new();
+    let t = meta.mtime;
+    if t.nsec != 0 || t.sec < 0 {
+        let value = match (t.sec < 0, t.nsec) {
+            (false, n) => format!("{}.{n:09}", t.sec),
+            (true, 0) => format!("{}", t.sec),
+            (true, n) => format!("-{}.{:09}", -(t.sec + 1), 1_000_000_000 - n),
+        };
+        record(&mut out, b"mtime", value.as_bytes());
+    }
+    for (k, v) in &meta.xattrs {
+        record(&mut out, &[b"SCHILY.xattr.", k.as_slice()].concat(), v);
+    }
+    out
+}
+
+/// One PAX record, `LEN KEY=VALUE\n`, where LEN counts its own digits.
+fn record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn write_tar(plan: &Plan<'_>, sink: &mut ChunkSink) -> Result<()> {
+    let mut tar = tar::Builder::new(sink);
+    for item in &plan.items {
+        match item {
+            Planned::Whiteout(path) => {
+                let (parent, base) = split(path);
+                let name = super::join(parent, &[WHITEOUT, base].concat());
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(0);
+                tar.append_data(&mut h, std::ffi::OsStr::from_bytes(&name), io::empty())?;
+            }
+            Planned::Entry(s) => append_entry(&mut tar, s).wrap_err_with(|| format!("storing {}", show(&s.path)))?,
+            Planned::Link(s, target) => {
+                let mut h = header_for(&s.meta, tar::EntryType::Link);
+                tar.append_link(&mut h, name_of(&s.path), std::ffi::OsStr::from_bytes(target))?;
+            }
+        }
+    }
+    tar.finish()?;
+    Ok(())
+}
+
+fn name_of(path: &[u8]) -> &std::ffi::OsStr {
+    std::ffi::OsStr::from_bytes(if path.is_empty() { b"./" } else { path })
+}
+
+fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<()> {
+    let pax = pax_records(&s.meta);
+    if !pax.is_empty() {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_mode(0o644);
+        h.set_size(pax.len() as u64);
+        h.set_path("PaxHeader")?;
+        h.set_cksum();
+        tar.append(&h, pax.as_slice())?;
+    }
+    let mut h = header_for(&s.meta, entry_type(&s.meta.kind));
+    let path = name_of(&s.path);
+    match (&s.meta.kind, &s.source) {
+        (Kind::File { size }, Some(source)) if *size > 0 => {
+            let f = File::open(source)?;
+            // A file that grows while we read must not corrupt the archive.
+            let mut counted = CountingReader {
+                inner: io::Read::take(f, *size),
+                n: 0,
+            };
+            h.set_size(*size);
+            tar.append_data(&mut h, path, &mut counted)?;
+            if counted.n != *size {
+                return Err(eyre!("{} changed size while it was stored", source.display()));
+            }
+        }
+        (Kind::Symlink { target }, _) => {
+            tar.append_link(&mut h, path, std::ffi::OsStr::from_bytes(target))?;
+        }
+        _ => tar.append_data(&mut h, path, io::empty())?,
+    }
+    Ok(())
+}
+
+struct CountingReader<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: io::Read> io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        let mut out = Vec::new();
+        record(&mut out, b"mtime", b"1600000000.123456789");
+        assert_eq!(out, b"30 mtime=1600000000.123456789\n");
+        let mut out = Vec::new();
+        record(&mut out, b"a", b"");
+        assert_eq!(out, b"5 a=\n");
+        let parsed: Vec<_> = tar::PaxExtensions::new(&out)
+            .map(|e| e.unwrap().key_bytes().to_vec())
+            .collect();
+        assert_eq!(parsed, vec![b"a".to_vec()]);
+    }
+}
