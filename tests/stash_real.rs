@@ -399,3 +399,41 @@ fn the_extractor_restores_what_umoci_restores() {
     assert_same_tree(&snapshot(&root), &snapshot(&ours));
     assert_same_tree(&snapshot(&theirs), &snapshot(&ours));
 }
+
+#[test]
+fn a_rebuild_unpacks_many_directories_at_a_low_open_file_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home, target) = (
+        tmp.path().join("root"),
+        tmp.path().join("store"),
+        tmp.path().join("target"),
+    );
+    make_special_tree(&root);
+    // More directories than descriptors: 40 x 30 + a chain 60 deep.
+    for a in 0..40 {
+        for b in 0..30 {
+            let d = root.join(format!("usr/share/many/d{a}/e{b}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("f"), format!("{a}/{b}")).unwrap();
+        }
+    }
+    let deep: std::path::PathBuf = (0..60).map(|i| format!("n{i}")).collect();
+    std::fs::create_dir_all(root.join("deep").join(&deep)).unwrap();
+    std::fs::write(root.join("deep").join(&deep).join("leaf"), "leaf").unwrap();
+    stash(&home, &root, "many", "1");
+    let out = Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["rebuild", "--root", "many:1", "--", "--target-dir"])
+        .arg(&target)
+        .env("KIWI_STACKBUILD_HOME", &home)
+        .env("KIWI_NG", "/bin/true")
+        .output()
+        .expect("running prlimit");
+    assert!(
+        out.status.success(),
+        "a rebuild at 64 open files failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&snapshot(&root), &snapshot(&target.join("build/image-root")));
+}

@@ -439,3 +439,228 @@ impl<R: Read> Read for CompleteTar<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::oci::{Descriptor, MEDIA_LAYER_GZIP};
+
+    /// A gzip layer of `tar` in a fresh layout; `tamper` may change the blob
+    /// after its digest was taken.
+    fn layer(dir: &std::path::Path, tar: &[u8], tamper: impl FnOnce(&mut Vec<u8>)) -> StackedLayer {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let mut blob = gz.finish().unwrap();
+        let digest = Digest::of(&blob);
+        let size = blob.len() as u64;
+        tamper(&mut blob);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(oci::blob_path(dir, &digest), &blob).unwrap();
+        StackedLayer {
+            layout: dir.to_path_buf(),
+            layer: Descriptor {
+                media_type: MEDIA_LAYER_GZIP.into(),
+                digest,
+                size,
+                annotations: Default::default(),
+                platform: None,
+            },
+            diff_id: Digest::of(tar),
+        }
+    }
+
+    fn header(name: &str, kind: u8, size: usize) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"13000000000");
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h
+    }
+
+    fn tar_of(parts: &[(&str, u8, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, data) in parts {
+            out.extend_from_slice(&header(name, *kind, data.len()));
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn changes(l: &StackedLayer) -> Result<Vec<Change>> {
+        let mut out = Vec::new();
+        read(l, &mut |c, _| {
+            out.push(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn pax(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in records {
+            crate::layer::write::record(&mut out, k.as_bytes(), v.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn every_byte_of_the_blob_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tar = tar_of(&[("etc/hostname", b'0', b"host\n")]);
+        assert_eq!(changes(&layer(&tmp.path().join("ok"), &tar, |_| {})).unwrap().len(), 1);
+        // Data after the end marker counts for the diff_id...
+        let clean = layer(&tmp.path().join("clean"), &tar, |_| {});
+        tar.extend_from_slice(&vec![7u8; 3 << 20]);
+        let mut trailing = layer(&tmp.path().join("trailing"), &tar, |_| {});
+        trailing.diff_id = clean.diff_id.clone();
+        let err = format!("{:#}", changes(&trailing).unwrap_err());
+        assert!(err.contains("does not decompress to its diff_id"), "{err}");
+        // ...and a blob changed after its digest was taken is refused.
+        let tampered = layer(&tmp.path().join("tampered"), &tar, |b| {
+            let n = b.len() - 12;
+            b[n] ^= 1;
+        });
+        assert!(changes(&tampered).is_err());
+        let longer = layer(&tmp.path().join("longer"), &tar, |b| b.extend_from_slice(b"junk"));
+        let err = format!("{:#}", changes(&longer).unwrap_err());
+        assert!(err.contains("its descriptor says"), "{err}");
+    }
+
+    #[test]
+    fn pax_records_give_nanoseconds_owners_and_xattrs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let global = pax(&[("comment", "from git archive"), ("mtime", "1600000000.5"), ("uid", "7")]);
+        let local = pax(&[
+            ("mtime", "1600000001.000000042"),
+            ("SCHILY.xattr.user.k", "v"),
+            ("gid", "3000000"),
+        ]);
+        let tar = tar_of(&[
+            ("pax_global_header", b'g', &global),
+            ("a", b'0', b""),
+            ("PaxHeader", b'x', &local),
+            ("b", b'0', b""),
+        ]);
+        let got = changes(&layer(tmp.path(), &tar, |_| {})).unwrap();
+        let metas: Vec<&Meta> = got
+            .iter()
+            .map(|c| match c {
+                Change::Put { meta, .. } => meta,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(metas.len(), 2, "a global header is never a file");
+        assert_eq!(
+            metas[0].mtime,
+            Time {
+                sec: 1_600_000_000,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!((metas[0].uid, metas[0].gid), (7, 0));
+        assert_eq!(
+            metas[1].mtime,
+            Time {
+                sec: 1_600_000_001,
+                nsec: 42
+            }
+        );
+        assert_eq!((metas[1].uid, metas[1].gid), (7, 3_000_000));
+        assert_eq!(metas[1].xattrs, vec![(b"user.k".to_vec(), b"v".to_vec())]);
+    }
+
+    #[test]
+    fn what_cannot_be_represented_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bad_uid = header("etc/shadow", b'0', 0);
+        bad_uid[108..115].copy_from_slice(b"00x0000");
+        bad_uid[148..156].fill(b' ');
+        let sum: u32 = bad_uid.iter().map(|&b| u32::from(b)).sum();
+        bad_uid[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut malformed = bad_uid.to_vec();
+        malformed.extend_from_slice(&[0u8; 1024]);
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            ("unknown type", tar_of(&[("dev/tape", b'V', b"")]), "/dev/tape"),
+            ("contiguous file", tar_of(&[("x", b'7', b"")]), "/x"),
+            ("malformed uid", malformed, "/etc/shadow"),
+            (
+                "bad pax",
+                tar_of(&[("PaxHeader", b'x', b"99 mtime=x\n"), ("y", b'0', b"")]),
+                "y",
+            ),
+        ];
+        for (what, tar, name) in cases {
+            let err = changes(&layer(&tmp.path().join(what.replace(' ', "-")), &tar, |_| {})).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains(name), "{what}: {text}");
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_markers_are_events_not_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[
+            ("./etc/.wh.motd", b'0', b""),
+            ("var/.wh..wh..opq", b'0', b""),
+            ("image/../../x/.wh.y", b'0', b""),
+        ]);
+        let got = changes(&layer(tmp.path(), &tar, |_| {})).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Change::Whiteout(b"etc/motd".to_vec()),
+                Change::Opaque(b"var".to_vec()),
+                Change::Whiteout(b"x/y".to_vec()),
+            ]
+        );
+        for evil in [".wh..", ".wh...", "a/.wh."] {
+            let tar = tar_of(&[(evil, b'0', b"")]);
+            assert!(
+                changes(&layer(&tmp.path().join(evil.replace('/', "_")), &tar, |_| {})).is_err(),
+                "{evil}"
+            );
+        }
+    }
+
+    #[test]
+    fn pax_times_parse_before_and_after_the_epoch() {
+        assert_eq!(
+            pax_time(b"1.5").unwrap(),
+            Time {
+                sec: 1,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(
+            pax_time(b"-1.5").unwrap(),
+            Time {
+                sec: -2,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(pax_time(b"-3").unwrap(), Time { sec: -3, nsec: 0 });
+        assert_eq!(
+            pax_time(b"7.1234567891").unwrap(),
+            Time {
+                sec: 7,
+                nsec: 123_456_789
+            }
+        );
+        for bad in ["", "x", "1.2.3", "1e5", "-"] {
+            assert!(pax_time(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

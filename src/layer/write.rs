@@ -337,7 +337,7 @@ fn pax_records(meta: &Meta) -> Vec<u8> {
 }
 
 /// One PAX record, `LEN KEY=VALUE\n`, where LEN counts its own digits.
-fn record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+pub(crate) fn record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let body = key.len() + value.len() + 3;
     let mut len = body + 1;
     while len != body + len.to_string().len() {
