@@ -12,7 +12,7 @@ use color_eyre::Section;
 
 use crate::description::{self, Document};
 use crate::layer::read::Change;
-use crate::layer::{extract, is_within, show, Kind, StackedLayer};
+use crate::layer::{extract, is_within, show, show_path, Kind, StackedLayer};
 use crate::reference::ImageReference;
 
 /// A derived description as the user gave it.
@@ -130,9 +130,9 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<()> {
         } else if ft.is_file() {
             copy_file(entry.path(), &dest, &md, owners)
         } else {
-            Err(eyre!("{} is not a file, directory or symlink", entry.path().display()))
+            Err(eyre!("{} is not a file, directory or symlink", show_path(entry.path())))
         };
-        copied.wrap_err_with(|| format!("copying {} to {}", entry.path().display(), dest.display()))?;
+        copied.wrap_err_with(|| format!("copying {} to {}", show_path(entry.path()), show_path(&dest)))?;
         set_times(&dest, &md)?;
     }
     // Directories last, deepest first: their modes could forbid writing in
@@ -205,8 +205,8 @@ pub fn check_symlinks(dir: &Path) -> Result<()> {
         if target.is_absolute() || escapes(&rel_parent.join(&target)) {
             return Err(eyre!(
                 "{} points outside the description ({})",
-                entry.path().display(),
-                target.display()
+                show_path(entry.path()),
+                show_path(&target)
             ))
             .suggestion("copy the file into the description directory instead of linking to it");
         }

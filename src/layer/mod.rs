@@ -167,8 +167,18 @@ pub fn is_within(path: &[u8], dir: &[u8]) -> bool {
 /// A path from an image for messages: `/`-rooted, invalid UTF-8 and control
 /// characters escaped, so a crafted name cannot forge or garble output.
 pub fn show(path: &[u8]) -> String {
-    let mut out = String::from("/");
-    for chunk in path.utf8_chunks() {
+    format!("/{}", escaped(path))
+}
+
+/// A path on disk for messages, escaped as [`show`] escapes.
+pub fn show_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    escaped(path.as_os_str().as_bytes())
+}
+
+fn escaped(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_control() {
                 out.extend(c.escape_default());
