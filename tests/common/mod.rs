@@ -3,6 +3,7 @@
 // Each test crate uses only some of the helpers.
 #![allow(dead_code)]
 
+pub mod crafted;
 pub mod fixture;
 pub mod images;
 pub mod registry;
