@@ -12,7 +12,7 @@ use color_eyre::Section;
 
 use crate::description::{self, Document};
 use crate::layer::read::Change;
-use crate::layer::{extract, is_within, show, show_path, Kind, StackedLayer};
+use crate::layer::{extract, is_within, show_path, Kind, StackedLayer};
 use crate::reference::ImageReference;
 
 /// A derived description as the user gave it.
@@ -191,6 +191,12 @@ fn set_times(path: &Path, md: &fs::Metadata) -> Result<()> {
 /// Refuses symlinks in `dir` that point outside it: they would carry files
 /// of the build host into the image.
 pub fn check_symlinks(dir: &Path) -> Result<()> {
+    check_symlinks_as(dir, dir)
+}
+
+/// [`check_symlinks`], naming the links as below `label` (`/image` for the
+/// description stored in an image).
+fn check_symlinks_as(dir: &Path, label: &Path) -> Result<()> {
     for entry in walkdir::WalkDir::new(dir).follow_links(false) {
         let entry = entry.wrap_err_with(|| format!("reading {}", dir.display()))?;
         if !entry.file_type().is_symlink() {
@@ -203,9 +209,10 @@ pub fn check_symlinks(dir: &Path) -> Result<()> {
             .and_then(|p| p.strip_prefix(dir).ok())
             .unwrap_or(Path::new(""));
         if target.is_absolute() || escapes(&rel_parent.join(&target)) {
+            let shown = label.join(entry.path().strip_prefix(dir).unwrap_or(entry.path()));
             return Err(eyre!(
                 "{} points outside the description ({})",
-                show_path(entry.path()),
+                show_path(&shown),
                 show_path(&target)
             ))
             .suggestion("copy the file into the description directory instead of linking to it");
@@ -241,7 +248,7 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".merged-").tempdir_in(parent)?;
+    let tmp = crate::fsutil::private_tempdir(Some(parent), ".merged-")?;
     copy_tree(base_dir, tmp.path(), Some(&base_file))?;
     copy_tree(&derived.dir, tmp.path(), Some(&derived.file))?;
     merged.write_to(&tmp.path().join("config.xml"))?;
@@ -263,9 +270,8 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
         if let Change::Put { meta, .. } = change {
             if matches!(meta.kind, Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo) {
                 bail!(
-                    "the stored description holds a {} ({}): a description holds only files, directories and symlinks",
-                    meta.kind.word(),
-                    show(path)
+                    "it is a {} in the stored description, which holds only files, directories and symlinks",
+                    meta.kind.word()
                 );
             }
         }
@@ -274,7 +280,7 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
     extract::unpack_filtered(layers, dest, &mut keep)?;
     let image = dest.join("image");
     kiwi_root_check(dest, &"the image")?;
-    check_symlinks(&image).note("the link is in the base image's /image")?;
+    check_symlinks_as(&image, Path::new("/image"))?;
     Ok(image)
 }
 

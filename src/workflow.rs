@@ -124,10 +124,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         restore::resolve_stash(store, r)?;
     }
     std::fs::create_dir_all(&pass.target_dir).wrap_err_with(|| format!("creating {}", pass.target_dir.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".kiwi-stackbuild-")
-        .tempdir_in(&pass.target_dir)
-        .wrap_err_with(|| format!("creating a work directory in {}", pass.target_dir.display()))?;
+    let scratch = crate::fsutil::private_tempdir(Some(&pass.target_dir), ".kiwi-stackbuild-")?;
     let mut images = Vec::new();
     let mut derived_description = None;
     if !roots.is_empty() {
@@ -204,7 +201,7 @@ fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
 fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path) -> Result<Document> {
     let layers = restore::stack(std::slice::from_ref(base))?;
     let stored = derive::extract_image_dir(&layers, &scratch.join("base"))
-        .wrap_err_with(|| format!("reading the description stored in the base {}", d.base))
+        .map_err(|e| eyre!("{e:#} (the description stored in the base {})", d.base))
         .suggestion(
             "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
         )?;
@@ -483,13 +480,13 @@ pub fn merge_preview(
         if !matches!(reference, ImageReference::Stash(_)) {
             tools::require(&[Tool::Skopeo])?;
         }
-        let scratch = tempfile::tempdir().wrap_err("creating a work directory")?;
+        let scratch = crate::fsutil::private_tempdir(None, ".kiwi-stackbuild-")?;
         let _lock = store.lock_shared()?;
         let image = restore::fetch(store, &reference, scratch.path(), 0, auth)
             .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
         let layers = restore::stack(std::slice::from_ref(&image))?;
         let stored = derive::extract_image_dir(&layers, &scratch.path().join("base"))
-            .wrap_err_with(|| format!("reading the description stored in {reference}"))?;
+            .map_err(|e| eyre!("{e:#} (the description stored in {reference})"))?;
         drop(_lock);
         derive::write_merged(&stored, &d, output)?;
     }

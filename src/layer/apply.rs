@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{bail, eyre, Result};
 
 use super::read::{self, Change};
 use super::{join, show, split, Kind, Meta, StackedLayer};
@@ -90,8 +90,7 @@ pub fn apply_layers<T: Target>(
         read::read(l, &mut |change, content| match keep(&change)? {
             true => applier.apply(change, content),
             false => Ok(()),
-        })
-        .wrap_err_with(|| format!("layer {}", l.layer.digest))?;
+        })?;
     }
     Ok(())
 }

@@ -61,7 +61,8 @@ impl Change {
 /// parse) is an error that names the layer and the entry.
 pub fn read(l: &StackedLayer, f: &mut dyn FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
     let (chunks, worker) = open(l)?;
-    let handled = entries(chunks, f);
+    // Errors are one line that names the layer and the entry.
+    let handled = entries(chunks, f).map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest));
     // The worker has checked the blob once it ends; when the entries failed
     // first, their error is the one to report.
     let checked = worker
@@ -182,10 +183,10 @@ fn entries(chunks: ChunkReader, f: &mut dyn FnMut(Change, &mut dyn Read) -> Resu
             false => format!("reading the entry after {}", show(&last)),
         })?;
         last = entry.path_bytes().into_owned();
-        let change = normalise(&mut entry, &mut global).wrap_err_with(|| format!("entry {}", show(&last)))?;
+        let change = normalise(&mut entry, &mut global).map_err(|e| eyre!("entry {}: {e:#}", show(&last)))?;
         if let Some(change) = change {
             let path = change.path().to_vec();
-            f(change, &mut entry).wrap_err_with(|| format!("unpacking {}", show(&path)))?;
+            f(change, &mut entry).map_err(|e| eyre!("{}: {e:#}", show(&path)))?;
         }
     }
     let mut rest = archive.into_inner();
