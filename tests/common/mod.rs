@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod crafted;
+pub mod differential;
 pub mod fixture;
 pub mod images;
+pub mod layers;
 pub mod registry;
 pub mod tree;
