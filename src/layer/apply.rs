@@ -144,7 +144,10 @@ impl<'t, T: Target> Applier<'t, T> {
         if meta.kind == Kind::Dir {
             match existing {
                 Some(Node::Dir) => self.target.set_dir(&at, meta, true)?,
-                Some(Node::Symlink(_)) if self.resolve(&at, false)?.is_some() => self.target.keep_dirlink(&at, meta)?,
+                // A link that loops is no directory link: it is replaced.
+                Some(Node::Symlink(_)) if self.resolve(&at, false).is_ok_and(|r| r.is_some()) => {
+                    self.target.keep_dirlink(&at, meta)?
+                }
                 Some(node) => {
                     self.remove(&at, &node)?;
                     self.target.set_dir(&at, meta, false)?;
@@ -176,9 +179,6 @@ impl<'t, T: Target> Applier<'t, T> {
             bail!("it is a hard link to itself");
         }
         if let Some(node) = self.target.node(&at)? {
-            if node == Node::Dir {
-                bail!("a hard link cannot replace the directory {}", show(&at));
-            }
             self.remove(&at, &node)?;
         }
         self.target.link(&at, &target)?;

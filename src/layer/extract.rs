@@ -191,12 +191,9 @@ impl Disk {
         let at = format!("/proc/self/fd/{}/", parent.as_raw_fd());
         let full = [at.as_bytes(), name].concat();
         for (k, v) in restorable(meta) {
-            match rfs::lsetxattr(os(&full), os(k), v, rfs::XattrFlags::empty()) {
-                Ok(()) => {}
-                // The kernel allows few xattr namespaces on symlinks.
-                Err(e) if !chmod => log::debug!("xattr {} of a symlink not set: {e}", String::from_utf8_lossy(k)),
-                Err(e) => return Err(e).wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k))),
-            }
+            // The kernel refuses user.* xattrs on symlinks; umoci then fails, and so do we.
+            rfs::lsetxattr(os(&full), os(k), v, rfs::XattrFlags::empty())
+                .wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k)))?;
         }
         rfs::utimensat(parent, os(name), &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())

@@ -315,8 +315,10 @@ fn normalise<R: Read>(entry: &mut tar::Entry<R>, global: &mut Records) -> Result
     let records = global.overlaid(local);
     let path = clean_path(&raw_path);
     let (dir, base) = split(&path);
-    // Old tars mark directories by a trailing slash on a plain entry.
-    let legacy_dir = kind.as_byte() == b'\0' && raw_path.ends_with(b"/");
+    // The tar crate reads both '0' and NUL as a regular file; old tars mark
+    // directories by a trailing slash on a NUL-typed entry.
+    let flag = h.as_bytes()[156];
+    let legacy_dir = flag == b'\0' && raw_path.ends_with(b"/");
     if base == OPAQUE {
         return Ok(Some(Change::Opaque(dir.to_vec())));
     }
@@ -343,7 +345,7 @@ fn normalise<R: Read>(entry: &mut tar::Entry<R>, global: &mut Records) -> Result
         let minor = h.device_minor().wrap_err("the device minor number is malformed")?;
         Ok((major.unwrap_or(0), minor.unwrap_or(0)))
     };
-    let kind = match kind.as_byte() {
+    let kind = match flag {
         _ if legacy_dir => Kind::Dir,
         b'0' | b'\0' => Kind::File { size: entry.size() },
         b'5' => Kind::Dir,

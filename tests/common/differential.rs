@@ -57,6 +57,9 @@ pub enum Expect {
     /// umoci 0.4.7 cannot be the oracle: ours must succeed and pass these
     /// checks, each returning its failures.
     Ours(Box<dyn Fn(&Snapshot) -> Vec<String> + Send + Sync>),
+    /// A deliberate difference: ours refuses what umoci 0.4.7 unpacks, with
+    /// an error that contains this text.
+    OursRefuse(&'static str),
 }
 
 /// One layer: its entries and how our copy of it is compressed (umoci's
@@ -157,6 +160,11 @@ pub fn same(name: &str, layers: Vec<Vec<Entry>>) -> Case {
 /// A case umoci refuses, and ours must refuse.
 pub fn refused(name: &str, layers: Vec<Vec<Entry>>) -> Case {
     Case::new(name, layers, Expect::BothRefuse)
+}
+
+/// A case ours refuses on purpose, with an error containing `reason`.
+pub fn ours_refuse(name: &str, layers: Vec<Vec<Entry>>, reason: &'static str) -> Case {
+    Case::new(name, layers, Expect::OursRefuse(reason))
 }
 
 /// A case checked on our tree alone.
@@ -279,7 +287,7 @@ fn run_case(case: &Case, dir: &Path, ctx: &Ctx, sentinel_before: &Snapshot, ours
 
     let mut failures = Vec::new();
     let umoci = match case.expect {
-        Expect::Ours(_) => None,
+        Expect::Ours(_) | Expect::OursRefuse(_) => None,
         _ => Some(unpack_umoci(&layout, "umoci", &umoci_root)),
     };
     let ours = ours(&layout, "ours", &ours_root);
@@ -304,6 +312,10 @@ fn run_case(case: &Case, dir: &Path, ctx: &Ctx, sentinel_before: &Snapshot, ours
         (Expect::BothRefuse, Some(Err(_)), Err(_)) => {}
         (Expect::Ours(check), _, Ok(())) => failures.extend(check(&snapshot_ns(&ours_root))),
         (Expect::Ours(_), _, Err(e)) => failures.push(format!("ours refused it: {e}")),
+        (Expect::OursRefuse(reason), _, Err(e)) if e.contains(reason) => {}
+        (Expect::OursRefuse(reason), _, result) => {
+            failures.push(format!("ours should refuse it ({reason}), but: {result:?}"))
+        }
         (_, None, _) => unreachable!("umoci runs for every differential case"),
     }
     for (tool, tool_dir) in [("umoci", &umoci_dir), ("ours", &ours_dir)] {
