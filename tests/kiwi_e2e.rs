@@ -3,15 +3,19 @@
 //! description on it (W3), stack stashes, and refuse what does not fit.
 //!
 //! One scenario shares one Debian build, since each build takes half a minute.
+//! W2's result archive must equal W1's entry by entry, nanoseconds and dev/
+//! included; that is checked last, so the other steps run even when it fails.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::archive::{archive_report, full_time_listing, listing_report, read_archive, result_archive, show_time};
 use common::fixture::{debian_description, kiwi_config, kiwi_ng};
 use common::images::{archive_list, private_podman_storage, tail};
 
@@ -135,6 +139,13 @@ fn debian_build_keep_rebuild_stack() {
         "{base}"
     );
     let built = archive_list(&t1);
+    let archive1 = read_archive(&result_archive(&t1));
+    assert!(
+        archive1
+            .iter()
+            .any(|(path, e)| path == b"dev/fd" && e.link.as_deref() == Some(b"/proc/self/fd".as_slice())),
+        "KIWI's archive has no dev/fd -> /proc/self/fd: the comparison with W2 would prove little"
+    );
 
     // stash of the same root with the plain stash command, seen in --list.
     let root1 = t1.join("build/image-root");
@@ -164,6 +175,12 @@ fn debian_build_keep_rebuild_stack() {
         .unwrap()
         .file_type()
         .is_symlink());
+    // plain holds what W1 kept, so W2 from it is W2 from debian-base:1.0.0.
+    assert_eq!(
+        layer_digests(&env.home, "plain:latest"),
+        layer_digests(&env.home, "debian-base:1.0.0")
+    );
+    let w2_differs = same_build_report(&t1, &archive1, &t2);
 
     kiwi_own_stash_is_a_root(&env, &root1, &built);
 
@@ -292,6 +309,61 @@ fn debian_build_keep_rebuild_stack() {
     );
 
     derived_build(&env);
+
+    if let Some(report) = w2_differs {
+        panic!("W2 did not build again what W1 built:\n{report}");
+    }
+}
+
+/// How the build in `t2` differs from the one in `t1` (whose archive is
+/// `archive1`), `None` if not at all: the result archives entry by entry,
+/// their `tar --full-time -tvJf` listings, and the image-root directory
+/// itself (KIWI's tbz archive has no `./` entry, other image types carry
+/// the root's mode, owner and mtime).
+fn same_build_report(t1: &Path, archive1: &common::archive::Entries, t2: &Path) -> Option<String> {
+    let (file1, file2) = (result_archive(t1), result_archive(t2));
+    let mut reports = Vec::new();
+    reports.extend(archive_report(archive1, &read_archive(&file2)));
+    reports.extend(listing_report(&full_time_listing(&file1), &full_time_listing(&file2)));
+    let root = |t: &Path| {
+        let meta = fs::symlink_metadata(t.join("build/image-root")).unwrap();
+        format!(
+            "mode {:04o}, owner {}:{}, mtime {}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            show_time((meta.mtime(), meta.mtime_nsec() as u32))
+        )
+    };
+    let (root1, root2) = (root(t1), root(t2));
+    if root1 != root2 {
+        reports.push(format!(
+            "the image-root directory itself differs: W1 {root1}, W2 {root2}\n"
+        ));
+    }
+    (!reports.is_empty()).then(|| reports.concat())
+}
+
+/// The layer digests of the stash `key` in the store at `home`.
+fn layer_digests(home: &Path, key: &str) -> Vec<String> {
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&fs::read(home.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == key)
+        .unwrap_or_else(|| panic!("{key} not in {}", home.join("index.json").display()));
+    let manifest = read(manifest["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Removes KIWI's stash directory of one test stash, wherever the test ends.
@@ -419,4 +491,19 @@ fn derived_build(env: &Env) {
         kept["base"].as_str().unwrap().contains("debian-base:1.0.0@sha256:"),
         "{kept}"
     );
+}
+
+#[test]
+fn pax_times_keep_their_nanoseconds() {
+    use common::archive::parse_pax_time;
+    for (text, want) in [
+        ("1796156559.25850069", (1796156559, 258_500_690)),
+        ("1796156514.459807975", (1796156514, 459_807_975)),
+        ("1796156514", (1796156514, 0)),
+        ("1.0000000019", (1, 1)),
+        ("-1.5", (-2, 500_000_000)),
+    ] {
+        assert_eq!(parse_pax_time(text.as_bytes()).unwrap(), want, "{text}");
+    }
+    assert!(parse_pax_time(b"12.3x").is_err());
 }

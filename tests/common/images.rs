@@ -31,11 +31,7 @@ pub fn restore_with(home: &Path, reference: &str, into: &Path, unpacker: restore
 /// without a leading `./` and without what is inside dev/: a stash keeps
 /// dev/ but not its contents (DESIGN §4).
 pub fn archive_list(target: &Path) -> BTreeSet<String> {
-    let archive = fs::read_dir(target)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
-        .unwrap_or_else(|| panic!("no .tar.xz in {}", target.display()));
+    let archive = super::archive::result_archive(target);
     let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
     assert!(out.status.success(), "tar -tJf {} failed", archive.display());
     let names = String::from_utf8_lossy(&out.stdout);

@@ -3,6 +3,7 @@
 // Each test crate uses only some of the helpers.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod crafted;
 pub mod differential;
 pub mod fixture;
