@@ -206,7 +206,7 @@ pub fn stash(
         None => Tree::new(),
     };
     let started = Instant::now();
-    let scanned = tree::scan(root, epoch).wrap_err_with(|| format!("reading {}", root.display()))?;
+    let scanned = tree::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
     let plan = write::plan(&scanned, &lower);
     let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
     let layer = write::write(&plan, &store.blob_dir(), GZIP_LEVEL)?;

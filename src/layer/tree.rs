@@ -268,8 +268,9 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
 /// bind-mounted dev or cache, any mount) is left out, decided by the mount:
 /// the mount point is kept as it appears, a directory without its contents
 /// or a file without content. Sockets cannot be stored and are left out.
-/// Times later than `epoch` are clamped to it.
-pub fn scan(root: &Path, epoch: Option<i64>) -> Result<Vec<Scanned>> {
+/// Times are kept as they are (`SOURCE_DATE_EPOCH` sets only the times we
+/// write ourselves), so the tree comes back exactly.
+pub fn scan(root: &Path) -> Result<Vec<Scanned>> {
     let mounts = mounts_below(root);
     let root_dev = std::fs::symlink_metadata(root)
         .wrap_err_with(|| format!("reading {}", root.display()))?
@@ -323,13 +324,10 @@ pub fn scan(root: &Path, epoch: Option<i64>) -> Result<Vec<Scanned>> {
             log::warn!("leaving out {}: a socket cannot be stored in a layer", path.display());
             continue;
         };
-        let mut mtime = Time {
+        let mtime = Time {
             sec: md.mtime(),
             nsec: md.mtime_nsec() as u32,
         };
-        if let Some(e) = epoch {
-            mtime = mtime.min(Time::secs(e));
-        }
         let meta = Meta {
             kind,
             mode: md.mode() & 0o7777,

@@ -28,18 +28,14 @@ pub fn restore_with(home: &Path, reference: &str, into: &Path, unpacker: restore
 }
 
 /// The file list of the root archive (`*.tar.xz`) KIWI wrote into `target`,
-/// without a leading `./` and without what is inside dev/: a stash keeps
-/// dev/ but not its contents (DESIGN §4).
+/// without a leading `./`; dev/ with what KIWI put there, since a stash
+/// keeps it (DESIGN §4).
 pub fn archive_list(target: &Path) -> BTreeSet<String> {
     let archive = super::archive::result_archive(target);
     let out = Command::new("tar").arg("-tJf").arg(&archive).output().unwrap();
     assert!(out.status.success(), "tar -tJf {} failed", archive.display());
     let names = String::from_utf8_lossy(&out.stdout);
-    names
-        .lines()
-        .map(|p| p.trim_start_matches("./").to_string())
-        .filter(|p| !p.starts_with("dev/") || p == "dev/")
-        .collect()
+    names.lines().map(|p| p.trim_start_matches("./").to_string()).collect()
 }
 
 /// The last 40 lines of a command's output, for failure messages.
