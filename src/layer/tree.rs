@@ -293,7 +293,8 @@ pub fn scan(root: &Path) -> Result<Vec<Scanned>> {
             walker.skip_current_dir();
             log::debug!("leaving out what is mounted on {}", path.display());
         }
-        let mut link_group = None;
+        // Any non-directory can have several names: files, symlinks, nodes.
+        let link_group = (!ft.is_dir() && md.nlink() > 1 && !mounted).then(|| (md.dev(), md.ino()));
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
@@ -302,9 +303,6 @@ pub fn scan(root: &Path) -> Result<Vec<Scanned>> {
                 target: target.as_os_str().as_bytes().to_vec(),
             }
         } else if ft.is_file() {
-            if md.nlink() > 1 && !mounted {
-                link_group = Some((md.dev(), md.ino()));
-            }
             Kind::File {
                 size: if mounted { 0 } else { md.len() },
             }

@@ -367,7 +367,10 @@ fn write_tar(plan: &Plan<'_>, sink: &mut ChunkSink) -> Result<()> {
             Planned::Entry(s) => append_entry(&mut tar, s).wrap_err_with(|| format!("storing {}", show(&s.path)))?,
             Planned::Link(s, target) => {
                 let mut h = header_for(&s.meta, tar::EntryType::Link);
-                tar.append_link(&mut h, name_of(&s.path), std::ffi::OsStr::from_bytes(target))?;
+                let mut pax = Vec::new();
+                set_link_name(&mut h, target, &mut pax);
+                append_pax(&mut tar, &pax)?;
+                tar.append_data(&mut h, name_of(&s.path), io::empty())?;
             }
         }
     }
@@ -379,8 +382,19 @@ fn name_of(path: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(if path.is_empty() { b"./" } else { path })
 }
 
-fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<()> {
-    let pax = pax_records(&s.meta);
+/// Puts a link target into the header as its bytes are (the tar crate
+/// would normalise `/` to `//`), or into a PAX `linkpath` record when long.
+fn set_link_name(h: &mut tar::Header, target: &[u8], pax: &mut Vec<u8>) {
+    let field = &mut h.as_old_mut().linkname;
+    field.fill(0);
+    if target.len() <= field.len() {
+        field[..target.len()].copy_from_slice(target);
+    } else {
+        record(pax, b"linkpath", target);
+    }
+}
+
+fn append_pax(tar: &mut tar::Builder<&mut ChunkSink>, pax: &[u8]) -> Result<()> {
     if !pax.is_empty() {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::XHeader);
@@ -388,9 +402,18 @@ fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<(
         h.set_size(pax.len() as u64);
         h.set_path("PaxHeader")?;
         h.set_cksum();
-        tar.append(&h, pax.as_slice())?;
+        tar.append(&h, pax)?;
     }
+    Ok(())
+}
+
+fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<()> {
+    let mut pax = pax_records(&s.meta);
     let mut h = header_for(&s.meta, entry_type(&s.meta.kind));
+    if let Kind::Symlink { target } = &s.meta.kind {
+        set_link_name(&mut h, target, &mut pax);
+    }
+    append_pax(tar, &pax)?;
     let path = name_of(&s.path);
     match (&s.meta.kind, &s.source) {
         (Kind::File { size }, Some(source)) if *size > 0 => {
@@ -405,9 +428,6 @@ fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<(
             if counted.n != *size {
                 return Err(eyre!("{} changed size while it was stored", source.display()));
             }
-        }
-        (Kind::Symlink { target }, _) => {
-            tar.append_link(&mut h, path, std::ffi::OsStr::from_bytes(target))?;
         }
         _ => tar.append_data(&mut h, path, io::empty())?,
     }

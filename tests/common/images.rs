@@ -19,12 +19,23 @@ pub fn restore(home: &Path, reference: &str, into: &Path) {
 
 /// Like [`restore`], with the given unpacker.
 pub fn restore_with(home: &Path, reference: &str, into: &Path, unpacker: restore::Unpacker) {
+    try_restore_with(home, reference, into, unpacker).unwrap();
+}
+
+/// Like [`restore_with`], returning the product's error instead of
+/// panicking, for tests that report failures themselves (proptest).
+pub fn try_restore_with(
+    home: &Path,
+    reference: &str,
+    into: &Path,
+    unpacker: restore::Unpacker,
+) -> color_eyre::Result<()> {
     let store = Store::new(home);
-    let scratch = tempfile::tempdir().unwrap();
-    let r: ImageReference = reference.parse().unwrap();
-    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous()).unwrap();
-    let layers = restore::stack(&[image]).unwrap();
-    restore::unpack(&layers, scratch.path(), into, unpacker).unwrap();
+    let scratch = tempfile::tempdir()?;
+    let r: ImageReference = reference.parse()?;
+    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous())?;
+    let layers = restore::stack(&[image])?;
+    restore::unpack(&layers, scratch.path(), into, unpacker)
 }
 
 /// The file list of the root archive (`*.tar.xz`) KIWI wrote into `target`,

@@ -578,6 +578,7 @@ pub fn snapshot_ns(root: &Path) -> Snapshot {
         uid: meta.uid(),
         gid: meta.gid(),
         mtime: nanos(&meta) as i64,
+        mtime_nsec: 0,
         xattrs,
         link_group: None,
     };

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod chain;
 pub mod crafted;
 pub mod differential;
 pub mod fixture;

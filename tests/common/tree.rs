@@ -52,6 +52,10 @@ pub struct Entry {
     /// Modification time in whole seconds, of the entry itself: for a
     /// symlink the link's own time (what `lutimes` sets), not the target's.
     pub mtime: i64,
+    /// The nanoseconds of the modification time: always 0 in a snapshot
+    /// taken with [`snapshot`] or [`snapshot_excluding`], which compare whole
+    /// seconds; read from disk by [`snapshot_nanos`].
+    pub mtime_nsec: u32,
     /// All extended attributes, name to raw value, including
     /// `security.capability` and `system.posix_acl_*`.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -361,6 +365,21 @@ pub fn snapshot(root: &Path) -> Snapshot {
 /// given relative paths but keeping those paths themselves: with
 /// `[b"dev"]` it holds `dev` but nothing in it, as a stash does.
 pub fn snapshot_excluding(root: &Path, under: &[&[u8]]) -> Snapshot {
+    let mut tree = snapshot_nanos_excluding(root, under);
+    for entry in tree.values_mut() {
+        entry.mtime_nsec = 0;
+    }
+    tree
+}
+
+/// Like [`snapshot`], with mtimes to the nanosecond (`mtime_nsec`), so that
+/// [`tree_diff`] also tells times apart that differ within a second.
+pub fn snapshot_nanos(root: &Path) -> Snapshot {
+    snapshot_nanos_excluding(root, &[])
+}
+
+/// Like [`snapshot_excluding`], with mtimes to the nanosecond.
+pub fn snapshot_nanos_excluding(root: &Path, under: &[&[u8]]) -> Snapshot {
     let mut tree = Snapshot::new();
     let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
     let walk = WalkDir::new(root)
@@ -399,6 +418,7 @@ fn read_entry(path: &Path, meta: &fs::Metadata) -> Entry {
         uid: meta.uid(),
         gid: meta.gid(),
         mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
         xattrs: read_xattrs(path),
         link_group: None,
     }
@@ -519,7 +539,7 @@ fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
         format!("{}:{}", want.uid, want.gid),
         format!("{}:{}", got.uid, got.gid),
     );
-    compare("mtime", want.mtime.to_string(), got.mtime.to_string());
+    compare("mtime", describe_mtime(want), describe_mtime(got));
     compare(
         "hard link group",
         describe_group(&want.link_group),
@@ -531,6 +551,14 @@ fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
         compare(&format!("xattr {}", escape(name)), value(want), value(got));
     }
     diffs
+}
+
+/// Whole seconds as before; `seconds.nanoseconds` where there are any.
+fn describe_mtime(entry: &Entry) -> String {
+    match entry.mtime_nsec {
+        0 => entry.mtime.to_string(),
+        nsec => format!("{}.{nsec:09}", entry.mtime),
+    }
 }
 
 fn describe_kind(kind: &Kind) -> String {
