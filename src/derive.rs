@@ -11,6 +11,7 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::description::{self, Document};
+use crate::fsutil::kept_mode;
 use crate::layer::read::Change;
 use crate::layer::{extract, is_within, show_path, Kind, StackedLayer};
 use crate::reference::ImageReference;
@@ -72,7 +73,7 @@ pub fn check_copyable(dir: &Path) -> Result<()> {
         };
         return Err(eyre!(
             "{} is {what}: a description holds only files, directories and symlinks",
-            entry.path().display()
+            show_path(entry.path())
         ))
         .suggestion("remove it from the description directory");
     }
@@ -85,7 +86,7 @@ pub fn check_copyable(dir: &Path) -> Result<()> {
 /// running as root), setuid and setgid bits are dropped, so no copy hands
 /// them to a new owner. `from` has passed [`check_copyable`].
 pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<()> {
-    let owners = rustix::process::geteuid().is_root();
+    let owners = crate::fsutil::can_set_owners();
     let mut dirs = Vec::new();
     for entry in walkdir::WalkDir::new(from).follow_links(false) {
         let entry = entry.wrap_err_with(|| format!("reading {}", from.display()))?;
@@ -141,19 +142,10 @@ pub fn copy_tree(from: &Path, to: &Path, skip: Option<&Path>) -> Result<()> {
         if owners {
             std::os::unix::fs::lchown(dest, Some(md.uid()), Some(md.gid()))?;
         }
-        fs::set_permissions(dest, fs::Permissions::from_mode(kept_mode(md, owners)))?;
+        fs::set_permissions(dest, fs::Permissions::from_mode(kept_mode(md.mode(), owners)))?;
         set_times(dest, md)?;
     }
     Ok(())
-}
-
-fn kept_mode(md: &fs::Metadata, owners: bool) -> u32 {
-    let mode = md.mode() & 0o7777;
-    if owners {
-        mode
-    } else {
-        mode & !0o6000
-    }
 }
 
 fn copy_file(src: &Path, dest: &Path, md: &fs::Metadata, owners: bool) -> Result<()> {
@@ -171,7 +163,7 @@ fn copy_file(src: &Path, dest: &Path, md: &fs::Metadata, owners: bool) -> Result
     if owners {
         std::os::unix::fs::fchown(&to, Some(md.uid()), Some(md.gid()))?;
     }
-    to.set_permissions(fs::Permissions::from_mode(kept_mode(md, owners)))?;
+    to.set_permissions(fs::Permissions::from_mode(kept_mode(md.mode(), owners)))?;
     Ok(())
 }
 
@@ -288,13 +280,17 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
 /// directory and `image/config.xml` a file, both inside the root itself
 /// (a symlink there is not followed).
 pub fn kiwi_root_check(root: &Path, name: &dyn std::fmt::Display) -> Result<()> {
-    let image = root.join("image");
-    let is_dir = image.symlink_metadata().is_ok_and(|m| m.is_dir());
-    let is_file = image.join("config.xml").symlink_metadata().is_ok_and(|m| m.is_file());
-    if !(is_dir && is_file) {
+    if !is_kiwi_root(root) {
         bail!("{name} is not a KIWI root tree: it has no /image/config.xml");
     }
     Ok(())
+}
+
+/// Whether `root` is a KIWI root tree, as [`kiwi_root_check`] decides.
+pub fn is_kiwi_root(root: &Path) -> bool {
+    let image = root.join("image");
+    let is_dir = image.symlink_metadata().is_ok_and(|m| m.is_dir());
+    is_dir && image.join("config.xml").symlink_metadata().is_ok_and(|m| m.is_file())
 }
 
 #[cfg(test)]

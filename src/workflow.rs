@@ -133,9 +133,9 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         if let Mode::Derived(d) = &mode {
             // The stored description is read from the layers, and merged,
             // before anything is unpacked.
-            let merged = merge_into_target(d, &images[0], &pass.target_dir, scratch.path())?;
+            let (merged, dir) = merge_into_target(d, &images[0], &pass.target_dir, scratch.path())?;
             check_fit(&images, Some(&merged), job.globals.target_arch.as_deref(), job.force)?;
-            derived_description = Some(pass.target_dir.join("build/merged-description"));
+            derived_description = Some(dir);
         } else {
             check_fit(&images, doc, job.globals.target_arch.as_deref(), job.force)?;
         }
@@ -150,7 +150,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         scratch.path(),
     );
     if let Err(e) = kiwi {
-        if !roots.is_empty() && derive::kiwi_root_check(&root_dir, &"").is_err() {
+        if !roots.is_empty() && !derive::is_kiwi_root(&root_dir) {
             // Nothing was built on what we unpacked: leave no half-made root behind.
             let _ = std::fs::remove_dir_all(&root_dir);
         }
@@ -196,15 +196,20 @@ fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
     })
 }
 
+/// The description stored in `image` (its `/image`), read from its layers
+/// into `scratch/base`, every blob verified.
+fn stored_description(image: &Fetched, scratch: &Path) -> Result<PathBuf> {
+    let layers = restore::stack(std::slice::from_ref(image))?;
+    derive::extract_image_dir(&layers, &scratch.join("base"))
+        .map_err(|e| eyre!("{e:#} (the description stored in {})", image.reference))
+}
+
 /// Merges the derived description `d` into the description stored in
-/// `base` (read from its layers) and writes it to `T/build/merged-description`.
-fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path) -> Result<Document> {
-    let layers = restore::stack(std::slice::from_ref(base))?;
-    let stored = derive::extract_image_dir(&layers, &scratch.join("base"))
-        .map_err(|e| eyre!("{e:#} (the description stored in the base {})", d.base))
-        .suggestion(
-            "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
-        )?;
+/// `base` and writes it to `T/build/merged-description`, which it returns.
+fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path) -> Result<(Document, PathBuf)> {
+    let stored = stored_description(base, scratch).suggestion(
+        "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
+    )?;
     let out = target.join("build/merged-description");
     if out.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
@@ -216,7 +221,7 @@ fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path)
         d.base,
         out.display()
     );
-    Ok(merged)
+    Ok((merged, out))
 }
 
 /// Runs kiwi-ng for `mode` on the unpacked `root_dir`; a derived build uses
@@ -484,9 +489,7 @@ pub fn merge_preview(
         let _lock = store.lock_shared()?;
         let image = restore::fetch(store, &reference, scratch.path(), 0, auth)
             .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
-        let layers = restore::stack(std::slice::from_ref(&image))?;
-        let stored = derive::extract_image_dir(&layers, &scratch.path().join("base"))
-            .map_err(|e| eyre!("{e:#} (the description stored in {reference})"))?;
+        let stored = stored_description(&image, scratch.path())?;
         drop(_lock);
         derive::write_merged(&stored, &d, output)?;
     }

@@ -24,6 +24,7 @@ use rustix::io::Errno;
 use super::apply::{self, Node, Target};
 use super::read::Change;
 use super::{is_within, join, show, split, Kind, Meta, StackedLayer, Time, IGNORED_XATTRS};
+use crate::fsutil::kept_mode;
 
 /// Directory handles kept open at most; the rest are opened again on use.
 const HANDLES: usize = 32;
@@ -92,7 +93,7 @@ impl Disk {
     pub fn open(rootfs: &Path) -> Result<Disk> {
         let root =
             rfs::open(rootfs, DIR_READ, Mode::empty()).wrap_err_with(|| format!("opening {}", rootfs.display()))?;
-        let owners = rustix::process::geteuid().is_root();
+        let owners = crate::fsutil::can_set_owners();
         if owners {
             rfs::fchown(&root, Some(rfs::Uid::ROOT), Some(rfs::Gid::ROOT))?;
         }
@@ -147,13 +148,10 @@ impl Disk {
     /// Owner first (chown clears setuid bits and security.capability), then
     /// mode and xattrs, of an open file or directory.
     fn set_owner_mode_xattrs<Fd: AsFd>(&self, fd: Fd, meta: &Meta, replace: bool) -> Result<()> {
-        let mut mode = meta.mode;
         if self.owners {
             rfs::fchown(&fd, Some(uid(meta.uid)?), Some(gid(meta.gid)?))?;
-        } else {
-            mode &= !0o6000;
         }
-        rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(kept_mode(meta.mode, self.owners)))?;
         if replace {
             for name in list_xattrs(&fd)? {
                 if !IGNORED_XATTRS.contains(&name.as_slice()) && !meta.xattrs.iter().any(|(k, _)| *k == name) {
