@@ -24,25 +24,29 @@
 //! chain also fails when the store's tree cache is removed before each stash.
 //!
 //! Runs as root. Environment:
-//! - `KIWI_STACKBUILD_PROPTEST_CASES`: how many cases (default 48);
+//! - `KIWI_STACKBUILD_PROPTEST_CASES`: how many cases (default 96, about 10 s);
 //! - `KIWI_STACKBUILD_PROPTEST_AVOID`: changes to leave out, to look past a
 //!   known bug: a comma-separated list of `nsec`, `dev`, `dirlink`,
 //!   `same-mtime`, `node-links`, `odd-xattrs`, `slash-link`,
-//!   `newline-xattrs` (see `chain::Avoid`);
+//!   `newline-xattrs`, `dir-xattrs` (see `chain::Avoid`); by default
+//!   `same-mtime`, which rsync's quick check cannot see (set it empty to
+//!   leave nothing out);
 //! - `KIWI_STACKBUILD_PROPTEST_UNPACKER`: `builtin` (default) or `umoci`;
 //! - `PROPTEST_RNG_SEED`: the seed of a run to replay;
 //!   `PROPTEST_MAX_SHRINK_ITERS`, `PROPTEST_MAX_SHRINK_TIME` (ms): how long
 //!   proptest shrinks (default 2000 steps, 45 s); a last pass then drops
-//!   steps and ops for up to 30 s more.
+//!   steps and changes for up to 30 s more.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::chain::change::{show, Change};
 use common::chain::{self, Avoid, Case};
 use common::images::try_restore_with;
 use common::tree::{snapshot, snapshot_nanos, tree_diff, Snapshot};
@@ -56,12 +60,12 @@ const AVOID_ENV: &str = "KIWI_STACKBUILD_PROPTEST_AVOID";
 /// The changes left out. By default only one: rewriting a file in place at
 /// the same size and then setting its mtime back to the nanosecond. A stash
 /// finds changes by rsync's quick check (type, size, mtime, owner, mode,
-/// xattrs), which cannot see that, as the README says.
+/// xattrs, hard-link names), which cannot see that, as the README says.
 fn avoided() -> String {
     std::env::var(AVOID_ENV).unwrap_or_else(|_| "same-mtime".to_string())
 }
 const UNPACKER_ENV: &str = "KIWI_STACKBUILD_PROPTEST_UNPACKER";
-const DEFAULT_CASES: u32 = 48;
+const DEFAULT_CASES: u32 = 96;
 /// proptest's shrinking stops after this many steps or this time...
 const DEFAULT_SHRINK_ITERS: u32 = 2000;
 const DEFAULT_SHRINK_TIME: Duration = Duration::from_secs(45);
@@ -80,18 +84,29 @@ fn every_tag_of_a_delta_chain_restores_its_tree() {
     let (config, seed) = config(options.cases);
     let started = Instant::now();
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&chain::case(), |case| match run_case(&case, &options, Cache::Kept) {
-        Err(rejected) => Err(TestCaseError::reject(rejected)),
-        Ok(run) if run.failures.is_empty() => Ok(()),
-        Ok(run) => Err(TestCaseError::fail(format!("{} differences", run.failures.len()))),
+    let made = RefCell::new(BTreeMap::<String, usize>::new());
+    let result = runner.run(&chain::case(), |case| {
+        let run = run_case(Steps::Ops(&case), &options, Cache::Kept).map_err(TestCaseError::reject)?;
+        let mut made = made.borrow_mut();
+        for kind in run.changes.iter().flatten().map(Change::kind) {
+            *made.entry(kind.to_string()).or_default() += 1;
+        }
+        for change in &run.type_changes {
+            *made.entry(format!("type {change}")).or_default() += 1;
+        }
+        match run.failures.len() {
+            0 => Ok(()),
+            n => Err(TestCaseError::fail(format!("{n} differences"))),
+        }
     });
     match result {
         Ok(()) => eprintln!(
-            "{} cases passed in {:.1?} (seed {seed})",
+            "{} cases passed in {:.1?} (seed {seed}); changes made: {:?}",
             options.cases,
-            started.elapsed()
+            started.elapsed(),
+            made.borrow()
         ),
-        Err(TestError::Fail(_, case)) => panic!("{}", report(&minimize(case, &options), &options, seed)),
+        Err(TestError::Fail(_, case)) => panic!("{}", report(&minimize(&case, &options), &options, seed)),
         Err(TestError::Abort(why)) => panic!("proptest gave up (seed {seed}): {why}"),
     }
 }
@@ -102,15 +117,15 @@ fn every_tag_of_a_delta_chain_restores_its_tree() {
 /// the product's).
 #[test]
 fn a_faithful_copy_shows_no_difference() {
-    let (config, seed) = config(8);
     let options = Options::from_env();
+    let (config, seed) = config((options.cases / 4).max(8));
     let mut runner = TestRunner::new(config);
     let result = runner.run(&chain::case(), |case| {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         chain::make_root(&root);
         for (step, ops) in case.all_steps().into_iter().enumerate() {
-            let lines = chain::run_step(&root, ops, step, &options.avoid);
+            let lines = chain::run_step(&root, ops, step, &options.avoid).lines;
             let copy = tmp.path().join(format!("copy-{step}"));
             let status = Command::new("cp").arg("-a").arg(&root).arg(&copy).status().unwrap();
             assert!(status.success(), "cp -a failed");
@@ -185,10 +200,13 @@ impl Options {
 /// proptest's configuration for `cases` cases, with a seed that is printed
 /// so a run can be replayed (`PROPTEST_RNG_SEED`), and no regression files.
 fn config(cases: u32) -> (Config, u64) {
-    let mut config = Config::default();
-    config.cases = cases;
-    config.failure_persistence = None;
-    config.max_global_rejects = cases.saturating_mul(50).max(1024);
+    // Config::default() reads the PROPTEST_* variables.
+    let mut config = Config {
+        cases,
+        failure_persistence: None,
+        max_global_rejects: cases.saturating_mul(50).max(1024),
+        ..Config::default()
+    };
     if std::env::var_os("PROPTEST_MAX_SHRINK_ITERS").is_none() {
         config.max_shrink_iters = DEFAULT_SHRINK_ITERS;
     }
@@ -213,42 +231,79 @@ enum Cache {
     Removed,
 }
 
+/// The steps of a case: ops that pick their targets as they run, or the
+/// changes a run of them made.
+#[derive(Clone, Copy)]
+enum Steps<'a> {
+    Ops(&'a Case),
+    Changes(&'a [Vec<Change>]),
+}
+
+impl Steps<'_> {
+    fn len(self) -> usize {
+        match self {
+            Steps::Ops(case) => case.all_steps().len(),
+            Steps::Changes(steps) => steps.len(),
+        }
+    }
+
+    fn run(self, root: &Path, step: usize, avoid: &Avoid) -> chain::Step {
+        match self {
+            Steps::Ops(case) => chain::run_step(root, case.all_steps()[step], step, avoid),
+            Steps::Changes(steps) => chain::replay_step(root, &steps[step], step, avoid),
+        }
+    }
+}
+
 /// What one case did and every way it went wrong.
 struct Run {
+    /// The changes of each step.
+    changes: Vec<Vec<Change>>,
     /// Per tag, the lines of its step.
     transcript: Vec<(String, Vec<String>)>,
     /// One line per difference or error, prefixed with the tag.
     failures: Vec<String>,
+    /// Every change of an entry's type from one step to the next.
+    type_changes: Vec<String>,
 }
 
 fn tag(step: usize) -> String {
     format!("s{step}")
 }
 
-/// Applies `case` step by step, stashing after each, then restores every
+/// Makes the steps one by one, stashing after each, then restores every
 /// tag and compares. `Err` when the case hits a change [`Avoid`] rules out.
-fn run_case(case: &Case, options: &Options, cache: Cache) -> Result<Run, String> {
+fn run_case(steps: Steps<'_>, options: &Options, cache: Cache) -> Result<Run, String> {
     let tmp = tempfile::tempdir().unwrap();
     let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
     chain::make_root(&root);
     let mut run = Run {
+        changes: Vec::new(),
         transcript: Vec::new(),
         failures: Vec::new(),
+        type_changes: Vec::new(),
     };
     let mut taken: Vec<Snapshot> = Vec::new();
-    for (step, ops) in case.all_steps().into_iter().enumerate() {
+    for step in 0..steps.len() {
         let tag = tag(step);
-        run.transcript
-            .push((tag.clone(), chain::run_step(&root, ops, step, &options.avoid)));
+        let mut done = steps.run(&root, step, &options.avoid);
         let source = snapshot_nanos(&root);
-        if options.avoid.dirlink {
-            if let Some(path) = taken
-                .last()
-                .and_then(|before| chain::dirlink_became_dir(before, &source))
-            {
-                return Err(format!("{} was a symlink to a directory", chain::show(&path)));
+        if let Some(path) = taken
+            .last()
+            .and_then(|before| chain::dirlink_became_dir(before, &source))
+        {
+            if options.avoid.dirlink {
+                return Err(format!("{} was a symlink to a directory", show(&path)));
             }
+            let path = show(&path);
+            done.lines
+                .push(format!("(so {path}, a symlink to a directory, became a directory)"));
         }
+        if let Some(before) = taken.last() {
+            run.type_changes.extend(chain::type_changes(before, &source));
+        }
+        run.changes.push(done.changes);
+        run.transcript.push((tag.clone(), done.lines));
         if cache == Cache::Removed {
             remove_tree_cache(&home);
         }
@@ -327,53 +382,53 @@ fn layer_count_failures(home: &Path, tags: usize) -> Vec<String> {
     failures
 }
 
-/// Removes steps and ops from a failing case while it still fails.
-/// proptest shrinks one part of a case after the other, and removing an op
-/// early changes what later ops pick, so what it leaves can often lose more.
-fn minimize(mut case: Case, options: &Options) -> Case {
+/// The changes of a failing case, with steps and changes taken out while
+/// it still fails. proptest shrinks the ops of a case one after the other,
+/// and an op left out changes what later ops pick; changes have their
+/// targets fixed, so taking one out leaves the others as they were.
+fn minimize(case: &Case, options: &Options) -> Vec<Vec<Change>> {
     let deadline = Instant::now() + MINIMIZE_TIME;
-    let fails = |case: &Case| matches!(run_case(case, options, Cache::Kept), Ok(run) if !run.failures.is_empty());
+    let Ok(first) = run_case(Steps::Ops(case), options, Cache::Kept) else {
+        return Vec::new();
+    };
+    let mut steps = first.changes;
+    let fails = |steps: &[Vec<Change>]| matches!(run_case(Steps::Changes(steps), options, Cache::Kept), Ok(run) if !run.failures.is_empty());
     'smaller: while Instant::now() < deadline {
-        for smaller in smaller_cases(&case) {
+        for smaller in smaller_steps(&steps) {
             if Instant::now() >= deadline {
                 break 'smaller;
             }
             if fails(&smaller) {
-                case = smaller;
+                steps = smaller;
                 continue 'smaller;
             }
         }
         break;
     }
-    case
+    steps
 }
 
-/// `case` without one of its steps, or without one of its ops.
-fn smaller_cases(case: &Case) -> Vec<Case> {
+/// `steps` without one of its steps, or without one change of a step.
+fn smaller_steps(steps: &[Vec<Change>]) -> Vec<Vec<Vec<Change>>> {
     let mut smaller = Vec::new();
-    for step in 0..case.steps.len() {
-        let mut fewer = case.clone();
-        fewer.steps.remove(step);
+    for step in 0..steps.len() {
+        let mut fewer = steps.to_vec();
+        fewer.remove(step);
         smaller.push(fewer);
     }
-    for op in 0..case.first.len() {
-        let mut fewer = case.clone();
-        fewer.first.remove(op);
-        smaller.push(fewer);
-    }
-    for step in 0..case.steps.len() {
-        for op in 0..case.steps[step].len() {
-            let mut fewer = case.clone();
-            fewer.steps[step].remove(op);
+    for step in 0..steps.len() {
+        for change in 0..steps[step].len() {
+            let mut fewer = steps.to_vec();
+            fewer[step].remove(change);
             smaller.push(fewer);
         }
     }
     smaller
 }
 
-/// The failure report of the minimal `case`: run again to print its chain
-/// and differences, and once more without the tree cache.
-fn report(case: &Case, options: &Options, seed: u64) -> String {
+/// The failure report of a minimal chain: run again to print its steps and
+/// differences, and once more without the tree cache.
+fn report(steps: &[Vec<Change>], options: &Options, seed: u64) -> String {
     let mut text = String::new();
     let avoid = avoided();
     writeln!(
@@ -382,9 +437,9 @@ fn report(case: &Case, options: &Options, seed: u64) -> String {
          replay: PROPTEST_RNG_SEED={seed} {AVOID_ENV}={avoid:?} cargo test --test restore_property\n"
     )
     .unwrap();
-    let kept = match run_case(case, options, Cache::Kept) {
+    let kept = match run_case(Steps::Changes(steps), options, Cache::Kept) {
         Ok(run) => run,
-        Err(rejected) => return format!("{text}the minimal case is now rejected ({rejected}): {case:?}"),
+        Err(rejected) => return format!("{text}the minimal chain is now rejected ({rejected}): {steps:?}"),
     };
     writeln!(text, "chain (stash {NAME}:TAG after each step):").unwrap();
     for (tag, lines) in &kept.transcript {
@@ -415,7 +470,7 @@ fn report(case: &Case, options: &Options, seed: u64) -> String {
     )
     .unwrap();
     list_failures(&mut text, &kept.failures);
-    let removed = run_case(case, options, Cache::Removed).map(|run| run.failures);
+    let removed = run_case(Steps::Changes(steps), options, Cache::Removed).map(|run| run.failures);
     match removed {
         Ok(failures) if failures.is_empty() => writeln!(
             text,

@@ -1,7 +1,8 @@
 //! Layers: the one model of what a tar layer says and does.
 //!
-//! - [`read`] turns a layer blob into one stream of normalised changes,
-//!   verifying the blob over its whole length;
+//! - [`tarball`] reads the tar format (ustar, GNU, PAX), and [`read`] turns
+//!   a layer blob into one stream of normalised changes, verifying the blob
+//!   over its whole length;
 //! - [`apply`] is the only place that decides what a change does to a tree
 //!   (umoci's semantics: whiteouts, opaque markers, `--keep-dirlinks`,
 //!   clobbering, symlinks resolved inside the root), over a [`apply::Target`];
@@ -14,6 +15,7 @@ pub mod apply;
 pub mod cache;
 pub mod extract;
 pub mod read;
+pub mod tarball;
 pub mod tree;
 pub mod write;
 

@@ -15,7 +15,8 @@ use std::thread;
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use sha2::{Digest as _, Sha256};
 
-use super::{clean_path, show, split, Kind, Meta, StackedLayer, Time, OPAQUE, WHITEOUT};
+use super::tarball::{Header, TarReader};
+use super::{clean_path, show, split, Kind, Meta, StackedLayer, OPAQUE, WHITEOUT};
 use crate::oci::{self, Digest};
 
 const CHUNK: usize = 1 << 20;
@@ -174,153 +175,32 @@ impl Read for ChunkReader {
 /// Walks the tar stream, then reads what follows its end marker to the end,
 /// so the worker hashes every byte.
 fn entries(chunks: ChunkReader, f: &mut dyn FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
-    let mut archive = tar::Archive::new(CompleteTar::new(chunks));
-    let mut global = Records::default();
-    let mut last = Vec::new();
-    for entry in archive.entries().wrap_err("reading the layer")? {
-        let mut entry = entry.wrap_err_with(|| match last.is_empty() {
-            true => "reading the first entry of the layer".to_string(),
-            false => format!("reading the entry after {}", show(&last)),
+    let mut tar = TarReader::new(chunks);
+    let mut last: Option<Vec<u8>> = None;
+    loop {
+        let header = tar.next_entry().map_err(|e| match &last {
+            None => e,
+            Some(p) => eyre!("after {}: {e:#}", show(p)),
         })?;
-        last = entry.path_bytes().into_owned();
-        let change = normalise(&mut entry, &mut global).map_err(|e| eyre!("entry {}: {e:#}", show(&last)))?;
-        if let Some(change) = change {
-            let path = change.path().to_vec();
-            f(change, &mut entry).map_err(|e| eyre!("{}: {e:#}", show(&path)))?;
-        }
+        let Some(header) = header else { break };
+        let change = normalise(&header).map_err(|e| eyre!("entry {}: {e:#}", show(&header.name)))?;
+        let path = change.path().to_vec();
+        f(change, &mut tar).map_err(|e| eyre!("{}: {e:#}", show(&path)))?;
+        last = Some(header.name);
     }
-    let mut rest = archive.into_inner();
-    // A tar ends with two zero blocks; a zero block followed by anything
-    // else is a broken archive (as Go's reader, and so umoci, says).
-    let mut block = [0u8; 512];
-    let n = read_full(&mut rest, &mut block)?;
-    if block[..n].iter().any(|&b| b != 0) {
-        bail!("the layer has data after a lone end-of-archive block: it is not a valid tar");
-    }
-    io::copy(&mut rest, &mut io::sink()).wrap_err("reading the end of the layer")?;
+    tar.finish()?;
     Ok(())
 }
 
-/// PAX records that apply to an entry (from a global header, or its own).
-#[derive(Debug, Clone, Default)]
-struct Records {
-    mtime: Option<Time>,
-    uid: Option<u64>,
-    gid: Option<u64>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Records {
-    fn parse<'a>(records: impl Iterator<Item = io::Result<tar::PaxExtension<'a>>>) -> Result<Records> {
-        let mut out = Records::default();
-        for ext in records {
-            let ext = ext.map_err(|e| eyre!("a PAX record cannot be parsed: {e}"))?;
-            let (key, value) = (ext.key_bytes(), ext.value_bytes());
-            match key {
-                b"mtime" => out.mtime = Some(pax_time(value)?),
-                b"uid" => out.uid = Some(pax_number(key, value)?),
-                b"gid" => out.gid = Some(pax_number(key, value)?),
-                b"size" => {
-                    pax_number(key, value)?;
-                }
-                k if k.starts_with(b"GNU.sparse.") => bail!("sparse files are not supported in layers"),
-                k => {
-                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        out.xattrs.retain(|(n, _)| n != name);
-                        out.xattrs.push((name.to_vec(), value.to_vec()));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// `self` with `over`'s records taking precedence.
-    fn overlaid(&self, over: Records) -> Records {
-        let mut xattrs = self.xattrs.clone();
-        for (k, v) in over.xattrs {
-            xattrs.retain(|(n, _)| *n != k);
-            xattrs.push((k, v));
-        }
-        Records {
-            mtime: over.mtime.or(self.mtime),
-            uid: over.uid.or(self.uid),
-            gid: over.gid.or(self.gid),
-            xattrs,
-        }
-    }
-}
-
-fn pax_number(key: &[u8], value: &[u8]) -> Result<u64> {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            eyre!(
-                "the PAX record {} is not a number: {:?}",
-                String::from_utf8_lossy(key),
-                String::from_utf8_lossy(value)
-            )
-        })
-}
-
-/// A PAX time: `[-]SECONDS[.FRACTION]`.
-fn pax_time(value: &[u8]) -> Result<Time> {
-    let bad = || eyre!("the PAX mtime {:?} is not a time", String::from_utf8_lossy(value));
-    let text = std::str::from_utf8(value).map_err(|_| bad())?;
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(t) => (true, t),
-        None => (false, text),
-    };
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(frac) {
-        return Err(bad());
-    }
-    let sec: i64 = whole.parse().map_err(|_| bad())?;
-    let nsec: u32 = format!("{:0<9}", &frac[..frac.len().min(9)])
-        .parse()
-        .map_err(|_| bad())?;
-    Ok(match (negative, nsec) {
-        (false, _) => Time { sec, nsec },
-        (true, 0) => Time { sec: -sec, nsec: 0 },
-        (true, n) => Time {
-            sec: -sec - 1,
-            nsec: 1_000_000_000 - n,
-        },
-    })
-}
-
-/// One tar entry as a change, or `None` for a header that only sets records.
-fn normalise<R: Read>(entry: &mut tar::Entry<R>, global: &mut Records) -> Result<Option<Change>> {
-    let h = entry.header().clone();
-    let raw_path = entry.path_bytes().into_owned();
-    if raw_path.contains(&0) {
+/// One tar entry as a change.
+fn normalise(h: &Header) -> Result<Change> {
+    if h.name.contains(&0) {
         bail!("the name holds a NUL byte");
     }
-    let kind = h.entry_type();
-    if kind.is_pax_global_extensions() {
-        // GNU tar applies a global header's records to every entry after it;
-        // it is never a file.
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data)?;
-        *global = global.overlaid(Records::parse(tar::PaxExtensions::new(&data))?);
-        return Ok(None);
-    }
-    let local = match entry.pax_extensions()? {
-        Some(pax) => Records::parse(pax)?,
-        None => Records::default(),
-    };
-    let records = global.overlaid(local);
-    let path = clean_path(&raw_path);
+    let path = clean_path(&h.name);
     let (dir, base) = split(&path);
-    // The tar crate reads both '0' and NUL as a regular file; old tars mark
-    // directories by a trailing slash on a NUL-typed entry.
-    let flag = h.as_bytes()[156];
-    let legacy_dir = flag == b'\0' && raw_path.ends_with(b"/");
     if base == OPAQUE {
-        return Ok(Some(Change::Opaque(dir.to_vec())));
+        return Ok(Change::Opaque(dir.to_vec()));
     }
     if let Some(hidden) = base.strip_prefix(WHITEOUT) {
         if hidden.is_empty() || hidden == b"." || hidden == b".." {
@@ -329,42 +209,31 @@ fn normalise<R: Read>(entry: &mut tar::Entry<R>, global: &mut Records) -> Result
                 String::from_utf8_lossy(hidden)
             );
         }
-        return Ok(Some(Change::Whiteout(super::join(dir, hidden))));
+        return Ok(Change::Whiteout(super::join(dir, hidden)));
     }
     let link = || -> Result<Vec<u8>> {
-        let target = entry
-            .link_name_bytes()
-            .ok_or_else(|| eyre!("a link without a target"))?;
-        if target.is_empty() || target.contains(&0) {
+        if h.linkname.is_empty() || h.linkname.contains(&0) {
             bail!("a link with an empty or NUL-holding target");
         }
-        Ok(target.into_owned())
+        Ok(h.linkname.clone())
     };
-    let device = || -> Result<(u32, u32)> {
-        let major = h.device_major().wrap_err("the device major number is malformed")?;
-        let minor = h.device_minor().wrap_err("the device minor number is malformed")?;
-        Ok((major.unwrap_or(0), minor.unwrap_or(0)))
-    };
-    let kind = match flag {
+    let (major, minor) = h.device;
+    // Old tars mark directories by a trailing slash on a NUL-typed entry.
+    let legacy_dir = h.flag == b'\0' && h.name.ends_with(b"/");
+    let kind = match h.flag {
         _ if legacy_dir => Kind::Dir,
-        b'0' | b'\0' => Kind::File { size: entry.size() },
+        b'0' | b'\0' => Kind::File { size: h.size },
         b'5' => Kind::Dir,
         b'2' => Kind::Symlink { target: link()? },
-        b'3' => {
-            let (major, minor) = device()?;
-            Kind::Char { major, minor }
-        }
-        b'4' => {
-            let (major, minor) = device()?;
-            Kind::Block { major, minor }
-        }
+        b'3' => Kind::Char { major, minor },
+        b'4' => Kind::Block { major, minor },
         b'6' => Kind::Fifo,
         b'1' => {
             let target = clean_path(&link()?);
             if target.is_empty() {
                 bail!("a hard link to the root directory");
             }
-            return Ok(Some(Change::Link { path, target }));
+            return Ok(Change::Link { path, target });
         }
         other => bail!(
             "its type {:?} is not one a root tree can hold (file, directory, link, device, fifo)",
@@ -374,73 +243,17 @@ fn normalise<R: Read>(entry: &mut tar::Entry<R>, global: &mut Records) -> Result
     if path.is_empty() && kind != Kind::Dir {
         bail!("the root of the tree must be a directory, not a {}", kind.word());
     }
-    let mode = h.mode().wrap_err("the mode is malformed")? & 0o7777;
-    let uid = match records.uid {
-        Some(u) => u,
-        None => h.uid().wrap_err("the owner (uid) is malformed")?,
-    };
-    let gid = match records.gid {
-        Some(g) => g,
-        None => h.gid().wrap_err("the group (gid) is malformed")?,
-    };
-    let mtime = match records.mtime {
-        Some(t) => t,
-        None => Time::secs(h.mtime().wrap_err("the mtime is malformed")? as i64),
-    };
-    let mut xattrs = records.xattrs;
-    xattrs.sort();
-    Ok(Some(Change::Put {
+    Ok(Change::Put {
         path,
         meta: Meta {
             kind,
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
+            mode: h.mode & 0o7777,
+            uid: h.uid,
+            gid: h.gid,
+            mtime: h.mtime,
+            xattrs: h.xattrs.clone(),
         },
-    }))
-}
-
-/// A tar stream completed where its writer stopped short: some writers
-/// (umoci insert among them) end a layer without padding its last entry to a
-/// 512-byte block and without the two zero blocks that end an archive.
-/// After the stream ends this reader supplies both, so the tar reader sees a
-/// well-formed archive. The zeros are not hashed: the diff_id is checked on
-/// the bytes of the blob.
-pub struct CompleteTar<R> {
-    inner: R,
-    read: u64,
-    trailer: Option<u64>,
-}
-
-impl<R: Read> CompleteTar<R> {
-    /// Wraps an uncompressed tar stream.
-    pub fn new(inner: R) -> CompleteTar<R> {
-        CompleteTar {
-            inner,
-            read: 0,
-            trailer: None,
-        }
-    }
-}
-
-impl<R: Read> Read for CompleteTar<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.trailer.is_none() {
-            let n = self.inner.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                self.read += n as u64;
-                return Ok(n);
-            }
-            self.trailer = Some((512 - self.read % 512) % 512 + 1024);
-        }
-        let left = self.trailer.get_or_insert(0);
-        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-        buf[..n].fill(0);
-        *left -= n as u64;
-        Ok(n)
-    }
+    })
 }
 
 #[cfg(test)]
@@ -448,6 +261,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
+    use crate::layer::Time;
     use crate::oci::{Descriptor, MEDIA_LAYER_GZIP};
 
     /// A gzip layer of `tar` in a fresh layout; `tamper` may change the blob
@@ -635,35 +449,6 @@ mod tests {
                 changes(&layer(&tmp.path().join(evil.replace('/', "_")), &tar, |_| {})).is_err(),
                 "{evil}"
             );
-        }
-    }
-
-    #[test]
-    fn pax_times_parse_before_and_after_the_epoch() {
-        assert_eq!(
-            pax_time(b"1.5").unwrap(),
-            Time {
-                sec: 1,
-                nsec: 500_000_000
-            }
-        );
-        assert_eq!(
-            pax_time(b"-1.5").unwrap(),
-            Time {
-                sec: -2,
-                nsec: 500_000_000
-            }
-        );
-        assert_eq!(pax_time(b"-3").unwrap(), Time { sec: -3, nsec: 0 });
-        assert_eq!(
-            pax_time(b"7.1234567891").unwrap(),
-            Time {
-                sec: 7,
-                nsec: 123_456_789
-            }
-        );
-        for bad in ["", "x", "1.2.3", "1e5", "-"] {
-            assert!(pax_time(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 }

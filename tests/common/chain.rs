@@ -1,15 +1,18 @@
 //! Random root trees and random chains of changes to them, for property
 //! tests. A [`Case`] is a first tree (a few ops on a KIWI root that holds
 //! only `image/config.xml`) and up to six steps of [`Op`]s; [`run_step`]
-//! applies one step to a real directory and returns what it did as shell-like
-//! lines, so a failing chain reads as a recipe.
+//! applies one step to a real directory and returns the [`Change`]s it
+//! made with one shell-like line each, so a failing chain reads as a recipe.
 //!
 //! Ops pick their targets by index among the entries that exist when they
-//! run, so every chain applies to every tree and proptest can shrink a
-//! failing chain op by op; an op with nothing to act on does nothing and
-//! leaves no line. What a change does to the tree (the times the kernel
-//! sets, the setuid bits and `security.capability` that chown and write
-//! clear) is not modelled: tests snapshot the real tree.
+//! run (pick.rs), so every chain applies to every tree and proptest can
+//! shrink a failing chain op by op; an op with nothing to act on does
+//! nothing and leaves no line. The changes they made have their targets
+//! fixed: [`replay_step`] makes them again, leaving out those that no longer
+//! fit, which is how a test takes a failing chain apart further (change.rs).
+//! What a change does to the tree (the times the kernel sets, the setuid
+//! bits and `security.capability` that chown and write clear) is not
+//! modelled: tests snapshot the real tree.
 //!
 //! Needs root (device nodes, foreign owners, `security.capability`).
 //! Nothing here follows a symlink: parents are real directories found by a
@@ -17,43 +20,23 @@
 //! calls that do not follow it. That matters: absolute link targets point
 //! at the host.
 
-use std::ffi::OsStr;
-use std::fmt::Write as _;
-use std::fs::{self, Permissions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+pub mod change;
+mod pick;
+
+use std::fs;
+use std::path::Path;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
-use walkdir::WalkDir;
 
-use super::tree::{escape, Kind, Snapshot};
+use super::tree::{Kind, Snapshot};
+use change::{execute, parent_of, replace_kernel_times, Change};
+use pick::resolve;
 
-/// Most entries a tree gets, `image/` and `image/config.xml` included.
-pub const MAX_ENTRIES: usize = 30;
-/// Names new entries get, the first one free in their directory. `dev`
-/// matters at the top (a KIWI root's dev/), `a.c` sorts between `a` and
-/// `a/...`, `caf\xe9` is not UTF-8.
-const NAMES: [&[u8]; 6] = [b"a", b"b", b"dev", b"a.c", b"c", b"caf\xe9"];
-const MODES: [u32; 12] = [
-    0o644, 0o755, 0o600, 0o4755, 0o2755, 0o6711, 0o1777, 0o2770, 0o1755, 0o7777, 0o444, 0o000,
-];
-const OWNERS: [(u32, u32); 5] = [(0, 0), (1234, 5678), (0, 5678), (1234, 0), (65534, 65534)];
-const XATTRS: [&[u8]; 4] = [b"user.a", b"user.b", b"user.caf\xe9", b"security.capability"];
-const CHAR_DEVICES: [(u32, u32); 4] = [(1, 3), (5, 1), (10, 200), (4095, 1_048_575)];
-const BLOCK_DEVICES: [(u32, u32); 3] = [(7, 0), (8, 17), (259, 65_536)];
-/// Symlink targets that are not entries: dangling, outside, the link's own directory.
-const OTHER_TARGETS: [&str; 4] = ["nowhere", "../nowhere/at/all", "/nonexistent-kiwi-prop", "."];
-/// Explicit mtimes are this plus up to 10^8 s (2017 to 2020)...
-const EXPLICIT_BASE: i64 = 1_500_000_000;
-/// ...whole-second stand-ins for kernel-set times from here (see [`Avoid::nsec`])...
+/// Whole-second stand-ins for the times the kernel sets start here (2020),
+/// 1000 s apart per step (see [`Avoid::nsec`]).
 const STAND_IN_BASE: i64 = 1_600_000_000;
-/// ...and a time at or after this one was set by the kernel while the test ran.
-const KERNEL_TIMES: i64 = 1_700_000_000;
 
 /// The first tree and the steps after it.
 #[derive(Debug, Clone)]
@@ -127,7 +110,7 @@ pub enum Target {
     Entry(Index),
     /// A directory by an absolute path (resolved inside the root by an unpacker).
     AbsoluteDir(Index),
-    /// One of [`OTHER_TARGETS`].
+    /// A dangling or outside target, or `.` (pick.rs, `OTHER_TARGETS`).
     Other(Index),
 }
 
@@ -162,12 +145,14 @@ pub struct Avoid {
     pub slash_link: bool,
     /// `newline-xattrs`: no newline in xattr values.
     pub newline_xattrs: bool,
+    /// `dir-xattrs`: no xattrs on directories.
+    pub dir_xattrs: bool,
 }
 
 impl Avoid {
     /// Every name [`Avoid::parse`] takes.
     pub const NAMES: &'static str =
-        "nsec, dev, dirlink, same-mtime, node-links, odd-xattrs, slash-link, newline-xattrs";
+        "nsec, dev, dirlink, same-mtime, node-links, odd-xattrs, slash-link, newline-xattrs, dir-xattrs";
 
     /// A comma-separated list of the names in [`Avoid::NAMES`].
     pub fn parse(list: &str) -> Result<Avoid, String> {
@@ -182,6 +167,7 @@ impl Avoid {
                 "odd-xattrs" => avoid.odd_xattrs = true,
                 "slash-link" => avoid.slash_link = true,
                 "newline-xattrs" => avoid.newline_xattrs = true,
+                "dir-xattrs" => avoid.dir_xattrs = true,
                 other => return Err(format!("{other:?} is none of {}", Avoid::NAMES)),
             }
         }
@@ -227,7 +213,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => (index(), index()).prop_map(|(victim, owner)| Op::Chown { victim, owner }),
         2 => (index(), index(), any::<u8>()).prop_map(|(victim, name, seed)| Op::SetXattr { victim, name, seed }),
         1 => (index(), index()).prop_map(|(victim, which)| Op::RemoveXattr { victim, which }),
-        2 => (index(), 0u32..100_000_000, nsec()).prop_map(|(victim, secs, nsec)| Op::SetMtime { victim, secs, nsec }),
+        2 => (index(), 0u32..10_000_000, nsec()).prop_map(|(victim, secs, nsec)| Op::SetMtime { victim, secs, nsec }),
         1 => (index(), 1u32..1_000_000_000).prop_map(|(victim, nsec)| Op::NsecOnly { victim, nsec }),
         2 => (index(), 1u8..=255, any::<bool>())
             .prop_map(|(victim, seed, keep_mtime)| Op::Rewrite { victim, seed, keep_mtime }),
@@ -281,22 +267,56 @@ const KIWI_CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 </image>
 "#;
 
-/// Applies the ops of step `step` (0 for the first tree) to `root` and
-/// returns what was done, one line per action.
-pub fn run_step(root: &Path, ops: &[Op], step: usize, avoid: &Avoid) -> Vec<String> {
-    let mut lines = Vec::new();
+/// What one step did: the changes made, in order, and one line for each
+/// (and a last line when [`Avoid::nsec`] moved times).
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    /// The changes made; [`replay_step`] makes them again.
+    pub changes: Vec<Change>,
+    /// What was done, shell-like.
+    pub lines: Vec<String>,
+}
+
+/// Applies the ops of step `step` (0 for the first tree) to `root`: each op
+/// picks its targets in the tree as it is when the op runs.
+pub fn run_step(root: &Path, ops: &[Op], step: usize, avoid: &Avoid) -> Step {
+    let mut done = Step::default();
     for op in ops {
-        apply(root, op, avoid, &mut lines);
+        for change in resolve(root, op, step, avoid) {
+            make(root, change, avoid, &mut done);
+        }
     }
+    finish_step(root, step, avoid, &mut done);
+    done
+}
+
+/// Makes `changes` (from [`run_step`], maybe fewer) again; a change that no
+/// longer fits the tree (its target gone or of another kind) is left out.
+pub fn replay_step(root: &Path, changes: &[Change], step: usize, avoid: &Avoid) -> Step {
+    let mut done = Step::default();
+    for change in changes {
+        make(root, change.clone(), avoid, &mut done);
+    }
+    finish_step(root, step, avoid, &mut done);
+    done
+}
+
+fn make(root: &Path, change: Change, avoid: &Avoid, done: &mut Step) {
+    if let Some(line) = execute(root, &change, avoid) {
+        done.lines.push(line);
+        done.changes.push(change);
+    }
+}
+
+fn finish_step(root: &Path, step: usize, avoid: &Avoid, done: &mut Step) {
     if avoid.nsec {
         let stand_in = STAND_IN_BASE + 1000 * step as i64;
         if replace_kernel_times(root, stand_in) > 0 {
-            lines.push(format!(
+            done.lines.push(format!(
                 "(every mtime the kernel set in this step moved to @{stand_in})"
             ));
         }
     }
-    lines
 }
 
 /// Whether some path is a directory in `after` and was a symlink in
@@ -315,6 +335,34 @@ pub fn dirlink_became_dir(before: &Snapshot, after: &Snapshot) -> Option<Vec<u8>
         .map(|(path, _)| path)
         .find(|path| leads_to_dir(&lookup, path))
         .cloned()
+}
+
+/// Every path whose type differs between two snapshots, as `"file -> dir"`,
+/// a symlink to a directory told apart from other symlinks.
+pub fn type_changes(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let lookup = |path: &[u8]| {
+        before.get(path).map(|entry| match &entry.kind {
+            Kind::Dir => Look::Dir,
+            Kind::Symlink { target } => Look::Symlink(target.clone()),
+            _ => Look::Other,
+        })
+    };
+    let class = |path: &[u8], kind: &Kind, old: bool| match kind {
+        Kind::Dir => "dir",
+        Kind::File { .. } => "file",
+        Kind::Symlink { .. } if old && leads_to_dir(&lookup, path) => "dirlink",
+        Kind::Symlink { .. } => "symlink",
+        Kind::Fifo | Kind::Socket => "fifo",
+        Kind::CharDevice { .. } | Kind::BlockDevice { .. } => "device",
+    };
+    after
+        .iter()
+        .filter_map(|(path, new)| {
+            let old = before.get(path)?;
+            let (from, to) = (class(path, &old.kind, true), class(path, &new.kind, false));
+            (from != to && !(from == "dirlink" && to == "symlink")).then(|| format!("{from} -> {to}"))
+        })
+        .collect()
 }
 
 /// What a path is, as far as resolving symlinks goes.
@@ -369,512 +417,4 @@ fn components(path: &[u8]) -> Vec<Vec<u8>> {
         .filter(|c| !c.is_empty())
         .map(<[u8]>::to_vec)
         .collect()
-}
-
-/// An entry found by [`list`].
-struct Item {
-    path: Vec<u8>,
-    look: Look,
-    nlink: u64,
-    size: u64,
-    xattrs: Vec<Vec<u8>>,
-}
-
-impl Item {
-    fn is_dir(&self) -> bool {
-        matches!(self.look, Look::Dir)
-    }
-
-    fn is_symlink(&self) -> bool {
-        matches!(self.look, Look::Symlink(_))
-    }
-}
-
-/// The entries ops may act on (all but `image/` and what is in it), in
-/// path order, and how many entries the tree has in all.
-struct Listing {
-    items: Vec<Item>,
-    files: Vec<bool>,
-    total: usize,
-}
-
-fn list(root: &Path) -> Listing {
-    let mut found = Vec::new();
-    let mut total = 0;
-    for entry in WalkDir::new(root).min_depth(1).follow_links(false) {
-        let entry = entry.unwrap_or_else(|e| panic!("walking {}: {e}", root.display()));
-        total += 1;
-        let path = entry.path().strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
-        if path == b"image" || path.starts_with(b"image/") {
-            continue;
-        }
-        let meta = fs::symlink_metadata(entry.path()).unwrap();
-        let look = if meta.is_dir() {
-            Look::Dir
-        } else if meta.file_type().is_symlink() {
-            Look::Symlink(
-                fs::read_link(entry.path())
-                    .unwrap()
-                    .into_os_string()
-                    .into_encoded_bytes(),
-            )
-        } else {
-            Look::Other
-        };
-        let xattrs = xattr::list(entry.path())
-            .unwrap()
-            .map(|name| name.as_bytes().to_vec())
-            .collect();
-        let item = Item {
-            path,
-            look,
-            nlink: meta.nlink(),
-            size: meta.len(),
-            xattrs,
-        };
-        found.push((item, meta.is_file()));
-    }
-    found.sort_by(|a, b| a.0.path.cmp(&b.0.path));
-    let (items, files) = found.into_iter().unzip();
-    Listing { items, files, total }
-}
-
-impl Listing {
-    /// The `index`th of the items that pass `keep`, if any do.
-    fn pick(&self, index: &Index, keep: impl Fn(&Item, bool) -> bool) -> Option<&Item> {
-        let fitting: Vec<&Item> = self
-            .items
-            .iter()
-            .zip(&self.files)
-            .filter(|(item, &file)| keep(item, file))
-            .map(|(item, _)| item)
-            .collect();
-        (!fitting.is_empty()).then(|| fitting[index.index(fitting.len())])
-    }
-
-    /// The `index`th directory, the root (`""`) first.
-    fn pick_dir(&self, index: &Index) -> Vec<u8> {
-        let dirs: Vec<&[u8]> = std::iter::once(b"".as_slice())
-            .chain(self.items.iter().filter(|i| i.is_dir()).map(|i| i.path.as_slice()))
-            .collect();
-        dirs[index.index(dirs.len())].to_vec()
-    }
-
-    fn lookup(&self, path: &[u8]) -> Option<Look> {
-        if path.is_empty() {
-            return Some(Look::Dir);
-        }
-        let at = self.items.binary_search_by(|i| i.path.as_slice().cmp(path)).ok()?;
-        Some(match &self.items[at].look {
-            Look::Dir => Look::Dir,
-            Look::Symlink(target) => Look::Symlink(target.clone()),
-            Look::Other => Look::Other,
-        })
-    }
-}
-
-fn apply(root: &Path, op: &Op, avoid: &Avoid, lines: &mut Vec<String>) {
-    let tree = list(root);
-    match op {
-        Op::Create { parent, name, new } => {
-            let parent = tree.pick_dir(parent);
-            if tree.total + new_entries(new) > MAX_ENTRIES {
-                return;
-            }
-            let Some(name) = free_name(root, &parent, name, avoid) else {
-                return;
-            };
-            create(root, &tree, &join(&parent, name), new, avoid, lines);
-        }
-        Op::Retype { victim, new } => {
-            let Some(item) = tree.pick(victim, |_, _| true) else {
-                return;
-            };
-            if tree.total + new_entries(new) - 1 > MAX_ENTRIES {
-                return;
-            }
-            let was_dirlink = item.is_symlink() && leads_to_dir(&|p| tree.lookup(p), &item.path);
-            remove(root, item, lines);
-            if was_dirlink && matches!(new, New::Dir { .. }) {
-                lines.push(format!(
-                    "(a symlink to a directory becomes a directory: {})",
-                    show(&item.path)
-                ));
-            }
-            create(root, &tree, &item.path, new, avoid, lines);
-        }
-        Op::Delete { victim } => {
-            if let Some(item) = tree.pick(victim, |_, _| true) {
-                remove(root, item, lines);
-            }
-        }
-        Op::HardLink { source, parent, name } => {
-            let keep = |item: &Item, file: bool| file || (!avoid.node_links && !item.is_dir());
-            let Some(source) = tree.pick(source, keep) else { return };
-            let parent = tree.pick_dir(parent);
-            if tree.total + 1 > MAX_ENTRIES {
-                return;
-            }
-            let Some(name) = free_name(root, &parent, name, avoid) else {
-                return;
-            };
-            let path = join(&parent, name);
-            fs::hard_link(abs(root, &source.path), abs(root, &path)).unwrap();
-            lines.push(format!("ln {} {}", show(&source.path), show(&path)));
-        }
-        Op::BreakLink { victim, same_content } => {
-            let Some(item) = tree.pick(victim, |item, file| file && item.nlink > 1) else {
-                return;
-            };
-            let path = abs(root, &item.path);
-            let mut content = fs::read(&path).unwrap();
-            if !same_content {
-                content.iter_mut().for_each(|b| *b ^= 0x5a);
-            }
-            fs::remove_file(&path).unwrap();
-            fs::write(&path, &content).unwrap();
-            let how = if *same_content { "same content" } else { "new content" };
-            lines.push(format!(
-                "rm {p}; write {p} ({} bytes, {how}): breaks a hard link",
-                content.len(),
-                p = show(&item.path)
-            ));
-        }
-        Op::Chmod { victim, mode } => {
-            let Some(item) = tree.pick(victim, |item, _| !item.is_symlink()) else {
-                return;
-            };
-            let mode = MODES[mode.index(MODES.len())];
-            fs::set_permissions(abs(root, &item.path), Permissions::from_mode(mode)).unwrap();
-            lines.push(format!("chmod {mode:04o} {}", show(&item.path)));
-        }
-        Op::Chown { victim, owner } => {
-            let Some(item) = tree.pick(victim, |_, _| true) else {
-                return;
-            };
-            let (uid, gid) = OWNERS[owner.index(OWNERS.len())];
-            lchown(abs(root, &item.path), Some(uid), Some(gid)).unwrap();
-            lines.push(format!("chown -h {uid}:{gid} {}", show(&item.path)));
-        }
-        Op::SetXattr { victim, name, seed } => {
-            let names: Vec<&[u8]> = XATTRS
-                .into_iter()
-                .filter(|name| !avoid.odd_xattrs || std::str::from_utf8(name).is_ok())
-                .collect();
-            let name = names[name.index(names.len())];
-            let capability = name == b"security.capability";
-            let keep = |item: &Item, file: bool| file || (!capability && item.is_dir());
-            let Some(item) = tree.pick(victim, keep) else { return };
-            let mut value = if capability {
-                capability_value(*seed)
-            } else {
-                content(usize::from(seed % 4), *seed)
-            };
-            if avoid.newline_xattrs {
-                value.iter_mut().filter(|b| **b == b'\n').for_each(|b| *b = b'.');
-            }
-            xattr::set(abs(root, &item.path), OsStr::from_bytes(name), &value).unwrap();
-            lines.push(format!(
-                "setfattr -h -n {} -v {} {}",
-                show(name),
-                hex(&value),
-                show(&item.path)
-            ));
-        }
-        Op::RemoveXattr { victim, which } => {
-            let Some(item) = tree.pick(victim, |item, _| !item.xattrs.is_empty()) else {
-                return;
-            };
-            let name = &item.xattrs[which.index(item.xattrs.len())];
-            xattr::remove(abs(root, &item.path), OsStr::from_bytes(name)).unwrap();
-            lines.push(format!("setfattr -h -x {} {}", show(name), show(&item.path)));
-        }
-        Op::SetMtime { victim, secs, nsec } => {
-            let Some(item) = tree.pick(victim, |_, _| true) else {
-                return;
-            };
-            let nsec = if avoid.nsec { 0 } else { *nsec };
-            let secs = EXPLICIT_BASE + i64::from(*secs);
-            set_mtime(&abs(root, &item.path), secs, nsec);
-            lines.push(format!("touch -h -d @{secs}.{nsec:09} {}", show(&item.path)));
-        }
-        Op::NsecOnly { victim, nsec } => {
-            if avoid.nsec {
-                return;
-            }
-            let Some(item) = tree.pick(victim, |_, _| true) else {
-                return;
-            };
-            let path = abs(root, &item.path);
-            let (secs, old) = mtime(&path);
-            let nsec = if *nsec == old { (old + 1) % 1_000_000_000 } else { *nsec };
-            set_mtime(&path, secs, nsec);
-            lines.push(format!(
-                "touch -h -d @{secs}.{nsec:09} {} (was @{secs}.{old:09}: only the nanoseconds change)",
-                show(&item.path)
-            ));
-        }
-        Op::Rewrite {
-            victim,
-            seed,
-            keep_mtime,
-        } => {
-            let Some(item) = tree.pick(victim, |item, file| file && item.size > 0) else {
-                return;
-            };
-            let keep_mtime = *keep_mtime && !avoid.same_mtime;
-            let path = abs(root, &item.path);
-            let before = mtime(&path);
-            let mut file = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-            let mut content = Vec::new();
-            file.read_to_end(&mut content).unwrap();
-            content.iter_mut().for_each(|b| *b ^= seed);
-            file.seek(SeekFrom::Start(0)).unwrap();
-            file.write_all(&content).unwrap();
-            drop(file);
-            let p = show(&item.path);
-            if keep_mtime {
-                set_mtime(&path, before.0, before.1);
-                lines.push(format!(
-                    "rewrite {p} in place (same {} bytes), then touch -h -d @{}.{:09} {p} (its mtime kept)",
-                    content.len(),
-                    before.0,
-                    before.1
-                ));
-            } else {
-                if mtime(&path) == before {
-                    // Within one tick of the kernel's clock: make the change show.
-                    set_mtime(&path, before.0, (before.1 + 1) % 1_000_000_000);
-                }
-                lines.push(format!("rewrite {p} in place (same {} bytes)", content.len()));
-            }
-        }
-    }
-}
-
-/// How many entries creating `new` adds.
-fn new_entries(new: &New) -> usize {
-    match new {
-        New::Dir { children } => 1 + usize::from(*children),
-        _ => 1,
-    }
-}
-
-/// The first name of [`NAMES`], from the `index`th on, not taken in `parent`.
-fn free_name(root: &Path, parent: &[u8], index: &Index, avoid: &Avoid) -> Option<&'static [u8]> {
-    let start = index.index(NAMES.len());
-    (0..NAMES.len())
-        .map(|n| NAMES[(start + n) % NAMES.len()])
-        .filter(|name| !(avoid.dev && parent.is_empty() && *name == b"dev"))
-        .find(|name| fs::symlink_metadata(abs(root, &join(parent, name))).is_err())
-}
-
-fn remove(root: &Path, item: &Item, lines: &mut Vec<String>) {
-    let path = abs(root, &item.path);
-    if item.is_dir() {
-        // remove_dir_all does not follow symlinks inside.
-        fs::remove_dir_all(&path).unwrap();
-        lines.push(format!("rm -r {}", show(&item.path)));
-    } else {
-        fs::remove_file(&path).unwrap();
-        lines.push(format!("rm {}", show(&item.path)));
-    }
-}
-
-/// Creates `new` at `path`; `tree` (listed before any removal) supplies
-/// symlink targets, never `path` itself or what was below it.
-fn create(root: &Path, tree: &Listing, path: &[u8], new: &New, avoid: &Avoid, lines: &mut Vec<String>) {
-    let at = abs(root, path);
-    let p = show(path);
-    match new {
-        New::File { len, seed } => {
-            let bytes = content(usize::from(*len), *seed);
-            fs::write(&at, &bytes).unwrap();
-            lines.push(format!("write {p} ({} bytes)", bytes.len()));
-        }
-        New::Dir { children } => {
-            fs::create_dir(&at).unwrap();
-            lines.push(format!("mkdir {p}"));
-            for (n, name) in NAMES.iter().take(usize::from(*children)).enumerate() {
-                let child = join(path, name);
-                let bytes = content(3 + n, n as u8);
-                fs::write(abs(root, &child), &bytes).unwrap();
-                lines.push(format!("write {} ({} bytes)", show(&child), bytes.len()));
-            }
-        }
-        New::Symlink(target) => {
-            let target = link_target(tree, path, target, avoid);
-            symlink(OsStr::from_bytes(&target), &at).unwrap();
-            lines.push(format!("ln -s {} {p}", show(&target)));
-        }
-        New::Node(node) => {
-            let (kind, (major, minor), shown) = match node {
-                Node::Fifo => (FileType::Fifo, (0, 0), "mkfifo".to_string()),
-                Node::Char(i) => {
-                    let dev = CHAR_DEVICES[i.index(CHAR_DEVICES.len())];
-                    (FileType::CharacterDevice, dev, format!("mknod c {} {}", dev.0, dev.1))
-                }
-                Node::Block(i) => {
-                    let dev = BLOCK_DEVICES[i.index(BLOCK_DEVICES.len())];
-                    (FileType::BlockDevice, dev, format!("mknod b {} {}", dev.0, dev.1))
-                }
-            };
-            let dev = rustix::fs::makedev(major, minor);
-            rustix::fs::mknodat(rustix::fs::CWD, &at, kind, Mode::from_raw_mode(0o644), dev)
-                .unwrap_or_else(|e| panic!("{shown} {}: {e}", at.display()));
-            lines.push(format!("{shown} {p}"));
-        }
-    }
-}
-
-fn link_target(tree: &Listing, link: &[u8], target: &Target, avoid: &Avoid) -> Vec<u8> {
-    let inside = |p: &[u8]| p == link || (p.starts_with(link) && p.get(link.len()) == Some(&b'/'));
-    let dirs = || {
-        std::iter::once(b"".as_slice())
-            .chain(tree.items.iter().filter(|i| i.is_dir()).map(|i| i.path.as_slice()))
-            .filter(|p| !inside(p))
-            .collect::<Vec<_>>()
-    };
-    match target {
-        Target::Dir(i) => {
-            let dirs = dirs();
-            relative(parent_of(link), dirs[i.index(dirs.len())])
-        }
-        Target::AbsoluteDir(i) => {
-            let mut dirs = dirs();
-            if avoid.slash_link {
-                dirs.retain(|dir| !dir.is_empty());
-            }
-            match dirs.is_empty() {
-                true => b"/nonexistent-kiwi-prop".to_vec(),
-                false => [b"/".as_slice(), dirs[i.index(dirs.len())]].concat(),
-            }
-        }
-        Target::Entry(i) => {
-            let entries: Vec<&[u8]> = tree
-                .items
-                .iter()
-                .map(|item| item.path.as_slice())
-                .filter(|p| !inside(p))
-                .collect();
-            if entries.is_empty() {
-                return OTHER_TARGETS[0].as_bytes().to_vec();
-            }
-            relative(parent_of(link), entries[i.index(entries.len())])
-        }
-        Target::Other(i) => OTHER_TARGETS[i.index(OTHER_TARGETS.len())].as_bytes().to_vec(),
-    }
-}
-
-/// The path from directory `from` to `to` (both relative to the root).
-fn relative(from: &[u8], to: &[u8]) -> Vec<u8> {
-    let ups = components(from).len();
-    let mut parts: Vec<&[u8]> = vec![b".."; ups];
-    if !to.is_empty() {
-        parts.push(to);
-    }
-    if parts.is_empty() {
-        return b".".to_vec();
-    }
-    parts.join(&b'/')
-}
-
-/// Moves every mtime at or after [`KERNEL_TIMES`] to `stand_in`; how many.
-fn replace_kernel_times(root: &Path, stand_in: i64) -> usize {
-    let mut moved = 0;
-    for entry in WalkDir::new(root).min_depth(1).follow_links(false) {
-        let path = entry.unwrap().into_path();
-        if mtime(&path).0 >= KERNEL_TIMES {
-            set_mtime(&path, stand_in, 0);
-            moved += 1;
-        }
-    }
-    moved
-}
-
-fn mtime(path: &Path) -> (i64, u32) {
-    let meta = fs::symlink_metadata(path).unwrap();
-    (meta.mtime(), meta.mtime_nsec() as u32)
-}
-
-/// Sets atime and mtime of `path` itself, not of a symlink's target.
-fn set_mtime(path: &Path, secs: i64, nsec: u32) {
-    let time = Timespec {
-        tv_sec: secs,
-        tv_nsec: i64::from(nsec),
-    };
-    let times = Timestamps {
-        last_access: time,
-        last_modification: time,
-    };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
-        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
-}
-
-/// `len` bytes made from `seed` (xorshift), the same for the same arguments.
-fn content(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-/// `security.capability` (`struct vfs_cap_data`, revision 2) permitting one
-/// capability, effective when `seed` is odd.
-fn capability_value(seed: u8) -> Vec<u8> {
-    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
-    let effective = u32::from(seed & 1);
-    let permitted = 1u32 << (seed % 32);
-    [VFS_CAP_REVISION_2 | effective, permitted, 0, 0, 0]
-        .iter()
-        .flat_map(|word| word.to_le_bytes())
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "\"\"".to_string();
-    }
-    let mut shown = "0x".to_string();
-    for byte in bytes {
-        write!(shown, "{byte:02x}").unwrap();
-    }
-    shown
-}
-
-/// A path or name as typed in a shell: bare when plain, else quoted with escapes.
-pub fn show(bytes: &[u8]) -> String {
-    let plain = bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._-/@:".contains(b));
-    if plain && !bytes.is_empty() {
-        String::from_utf8(bytes.to_vec()).unwrap()
-    } else {
-        escape(bytes)
-    }
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        [parent, b"/", name].concat()
-    }
-}
-
-fn parent_of(path: &[u8]) -> &[u8] {
-    path.iter()
-        .rposition(|&b| b == b'/')
-        .map_or(b"".as_slice(), |i| &path[..i])
-}
-
-fn abs(root: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(rel))
-    }
 }

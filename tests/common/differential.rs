@@ -47,6 +47,9 @@ pub fn unpack_umoci(layout: &Path, name: &str, rootfs: &Path) -> Result<(), Stri
     }
 }
 
+/// A check of our tree alone, returning its failures.
+pub type Check = Box<dyn Fn(&Snapshot) -> Vec<String> + Send + Sync>;
+
 /// What a case expects.
 pub enum Expect {
     /// umoci unpacks it; ours must give the same tree.
@@ -56,7 +59,7 @@ pub enum Expect {
     BothRefuse,
     /// umoci 0.4.7 cannot be the oracle: ours must succeed and pass these
     /// checks, each returning its failures.
-    Ours(Box<dyn Fn(&Snapshot) -> Vec<String> + Send + Sync>),
+    Ours(Check),
     /// A deliberate difference: ours refuses what umoci 0.4.7 unpacks, with
     /// an error that contains this text.
     OursRefuse(&'static str),
