@@ -39,8 +39,8 @@
 #   floor_gzip       tar -cf - ROOT | gzip -1 > FILE
 #   floor_zstd       tar -cf - ROOT | zstd -T0 -q > FILE
 #   floor_untar      tar -xzf FILE (the gzip -1 archive) -C EMPTY_DIR
-# The floors use --numeric-owner --xattrs and leave out the contents of
-# dev/, proc/ and sys/, as a stash does.
+# The floors use --numeric-owner --xattrs and store the whole root, as a
+# stash does (nothing is mounted in a prepared root).
 #
 # KIWI keeps its stashes in /var/tmp/kiwi-stash (hard-coded) and loads them
 # into podman's storage. Every kiwi-ng run here is in its own mount
@@ -173,7 +173,7 @@ tree_bytes=$(du -sb --apparent-size "$ROOT" | cut -f1)
 say "root: $tree_entries entries, $tree_bytes bytes (du --apparent-size), prepared in $((prep_us / 1000000)) s"
 
 # --- helpers ------------------------------------------------------------------
-tar_c=(tar -C "$ROOT" --numeric-owner --xattrs --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -cf - .)
+tar_c=(tar -C "$ROOT" --numeric-owner --xattrs -cf - .)
 
 # measure CASE RUN CMD...: runs CMD (output to logs/CASE.RUN.log) under GNU
 # time and appends "CASE RUN wall_us=.. rss_kib=.." to the results line
