@@ -88,7 +88,7 @@ pub fn apply_layers<T: Target>(
     for l in layers {
         applier.start_layer();
         read::read(l, &mut |change, content| match keep(&change)? {
-            true => applier.apply(change, content),
+            true => applier.apply(&change, content),
             false => Ok(()),
         })?;
     }
@@ -111,12 +111,12 @@ impl<'t, T: Target> Applier<'t, T> {
     }
 
     /// Applies one change.
-    pub fn apply(&mut self, change: Change, content: &mut dyn Read) -> Result<()> {
+    pub fn apply(&mut self, change: &Change, content: &mut dyn Read) -> Result<()> {
         match change {
-            Change::Put { path, meta } => self.put(&path, &meta, content),
-            Change::Link { path, target } => self.link(&path, &target),
+            Change::Put { path, meta } => self.put(path, meta, content),
+            Change::Link { path, target } => self.link(path, target),
             Change::Whiteout(path) => {
-                let (dir, name) = split(&path);
+                let (dir, name) = split(path);
                 let Some(dir) = self.resolve(dir, false)? else {
                     return Ok(());
                 };
@@ -126,7 +126,7 @@ impl<'t, T: Target> Applier<'t, T> {
                 }
                 Ok(())
             }
-            Change::Opaque(dir) => match self.resolve(&dir, false)? {
+            Change::Opaque(dir) => match self.resolve(dir, false)? {
                 Some(dir) => self.remove_lower(&dir, true),
                 None => Ok(()),
             },

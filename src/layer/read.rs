@@ -184,8 +184,7 @@ fn entries(chunks: ChunkReader, f: &mut dyn FnMut(Change, &mut dyn Read) -> Resu
         })?;
         let Some(header) = header else { break };
         let change = normalise(&header).map_err(|e| eyre!("entry {}: {e:#}", show(&header.name)))?;
-        let path = change.path().to_vec();
-        f(change, &mut tar).map_err(|e| eyre!("{}: {e:#}", show(&path)))?;
+        f(change, &mut tar).map_err(|e| eyre!("{}: {e:#}", show(&clean_path(&header.name))))?;
         last = Some(header.name);
     }
     tar.finish()?;

@@ -86,10 +86,9 @@ impl Plan<'_> {
         let mut tree = lower.clone();
         let mut applier = Applier::new(&mut tree);
         for change in self.changes() {
-            let path = change.path().to_vec();
             applier
-                .apply(change, &mut io::empty())
-                .wrap_err_with(|| format!("planning {}", show(&path)))?;
+                .apply(&change, &mut io::empty())
+                .wrap_err_with(|| format!("planning {}", show(change.path())))?;
         }
         Ok(tree)
     }
