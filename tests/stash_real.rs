@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::images::{private_podman_storage, restore, restore_with};
@@ -26,6 +26,14 @@ fn run(home: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// A temp dir, and in it the paths of a root, a store and `out` (none made).
+fn work_dirs(out: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let at = |name: &str| tmp.path().join(name);
+    let (root, home, out) = (at("root"), at("store"), at(out));
+    (tmp, root, home, out)
+}
+
 fn list(home: &Path) -> Vec<serde_json::Value> {
     let out = run(home, &["stash", "--list", "--json"]);
     serde_json::from_slice(&out.stdout).unwrap()
@@ -33,12 +41,7 @@ fn list(home: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_stash_restores_every_entry_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (
-        tmp.path().join("root"),
-        tmp.path().join("store"),
-        tmp.path().join("out"),
-    );
+    let (_tmp, root, home, out) = work_dirs("out");
     make_special_tree(&root);
     stash(&home, &root, "special", "1");
     restore(&home, "special:1", &out);
@@ -71,12 +74,7 @@ impl Drop for Mounted {
 
 #[test]
 fn what_is_mounted_inside_the_root_is_left_out_by_the_mount() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (
-        tmp.path().join("root"),
-        tmp.path().join("store"),
-        tmp.path().join("out"),
-    );
+    let (tmp, root, home, out) = work_dirs("out");
     make_special_tree(&root);
     let host_cache = tmp.path().join("host-cache");
     std::fs::create_dir_all(&host_cache).unwrap();
@@ -113,12 +111,7 @@ fn what_is_mounted_inside_the_root_is_left_out_by_the_mount() {
 
 #[test]
 fn a_restash_adds_one_small_layer_that_deletes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (
-        tmp.path().join("root"),
-        tmp.path().join("store"),
-        tmp.path().join("out"),
-    );
+    let (_tmp, root, home, out) = work_dirs("out");
     make_special_tree(&root);
     stash(&home, &root, "special", "latest");
     let victim = root.join("etc/hostname");
@@ -260,12 +253,7 @@ fn write_noise(dir: &Path, files: usize, size: usize) {
 
 #[test]
 fn a_killed_stash_leaves_existing_tags_readable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, home, out) = (
-        tmp.path().join("root"),
-        tmp.path().join("store"),
-        tmp.path().join("out"),
-    );
+    let (_tmp, root, home, out) = work_dirs("out");
     make_special_tree(&root);
     stash(&home, &root, "victim", "old");
     let before = list(&home);
@@ -402,12 +390,7 @@ fn the_extractor_restores_what_umoci_restores() {
 
 #[test]
 fn a_rebuild_unpacks_many_directories_at_a_low_open_file_limit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, home, target) = (
-        tmp.path().join("root"),
-        tmp.path().join("store"),
-        tmp.path().join("target"),
-    );
+    let (_tmp, root, home, target) = work_dirs("target");
     make_special_tree(&root);
     // More directories than descriptors: 40 x 30 + a chain 60 deep.
     for a in 0..40 {
