@@ -20,8 +20,6 @@ use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_I
 /// `KIWI_STACKBUILD_HOME` says otherwise.
 pub const DEFAULT_HOME: &str = "/var/lib/kiwi-stackbuild/stash";
 
-const LOCK_FILE: &str = ".kiwi-stackbuild.lock";
-
 /// The local store of stashes.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -74,11 +72,9 @@ impl Store {
         self.root.join("index.json").is_file()
     }
 
-    fn create(&self) -> Result<()> {
+    /// Writes the layout's files where they are missing; needs the lock.
+    fn create(&self, _lock: &Lock) -> Result<()> {
         let context = || format!("creating the stash store {}", self.root.display());
-        fs::create_dir_all(self.blob_dir())
-            .wrap_err_with(context)
-            .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
         let layout = self.root.join("oci-layout");
         if !layout.exists() {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).wrap_err_with(context)?;
@@ -94,36 +90,64 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the store if needed and takes its exclusive lock.
+    /// Creates the store if needed and takes its exclusive lock. What runs
+    /// killed left behind (temp files of layers, blobs and pulls) is removed
+    /// then: no other writer can be at work.
     pub fn lock_exclusive(&self) -> Result<Lock> {
-        self.create()?;
-        let file = self.lock_file()?;
-        file.lock()
+        fs::create_dir_all(self.blob_dir())
+            .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
+            .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
+        let dir = self.lock_handle()?;
+        dir.lock()
             .wrap_err_with(|| format!("locking {}", self.root.display()))?;
-        Ok(Lock { _file: file })
+        let lock = Lock { _file: dir };
+        self.remove_leftovers(&lock)?;
+        self.create(&lock)?;
+        Ok(lock)
     }
 
     /// Takes the shared lock of an existing store, so no change runs while
-    /// we read; `None` when there is no store yet.
+    /// we read; `None` when there is no store yet. Needs only read access, so
+    /// it works on a read-only store and for any user who can read it.
     pub fn lock_shared(&self) -> Result<Option<Lock>> {
         if !self.exists() {
             return Ok(None);
         }
-        let file = self.lock_file()?;
-        file.lock_shared()
+        let dir = self.lock_handle()?;
+        dir.lock_shared()
             .wrap_err_with(|| format!("locking {}", self.root.display()))?;
-        Ok(Some(Lock { _file: file }))
+        Ok(Some(Lock { _file: dir }))
     }
 
-    fn lock_file(&self) -> Result<File> {
-        let path = self.root.join(LOCK_FILE);
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .wrap_err_with(|| format!("opening {}", path.display()))
-            .suggestion("the store needs write access: run as root or choose another --stash-home")
+    /// The store directory itself, which is what is locked: unlike a lock
+    /// file it cannot be removed while the store is in use, and opening it
+    /// needs no write access.
+    fn lock_handle(&self) -> Result<File> {
+        File::open(&self.root)
+            .wrap_err_with(|| format!("opening the stash store {}", self.root.display()))
+            .suggestion("the store must be readable: run as root or choose another --stash-home")
+    }
+
+    /// Removes the `.tmp-*` files and directories killed runs left in the
+    /// store and its blob directory.
+    fn remove_leftovers(&self, _lock: &Lock) -> Result<()> {
+        for dir in [self.root.clone(), self.blob_dir()] {
+            for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let path = entry.path();
+                let gone = if entry.file_type()?.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                gone.wrap_err_with(|| format!("removing {}, left by an interrupted run", path.display()))?;
+                log::debug!("removed {}, left by an interrupted run", path.display());
+            }
+        }
+        Ok(())
     }
 
     /// The store's index (empty when there is no store).
@@ -291,19 +315,6 @@ impl Store {
             }
         }
         crate::layer::cache::prune(&self.root, &chains);
-        // Staging areas of pulls that were killed.
-        for entry in fs::read_dir(&self.root).wrap_err_with(|| format!("reading {}", self.root.display()))? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                let path = entry.path();
-                let gone = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                gone.wrap_err_with(|| format!("removing {}", path.display()))?;
-            }
-        }
         let dir = self.blob_dir();
         for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
             let entry = entry?;

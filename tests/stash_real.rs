@@ -420,3 +420,87 @@ fn a_rebuild_unpacks_many_directories_at_a_low_open_file_limit() {
     );
     assert_same_tree(&snapshot(&root), &snapshot(&target.join("build/image-root")));
 }
+
+#[test]
+fn a_read_only_store_is_listed_and_restored_from_by_anyone_who_can_read_it() {
+    let (tmp, root, home, target) = work_dirs("target");
+    make_special_tree(&root);
+    stash(&home, &root, "shared", "1");
+    let ro = tmp.path().join("ro-store");
+    std::fs::create_dir(&ro).unwrap();
+    let _bind = Mounted::new(&["--bind", home.to_str().unwrap()], &ro);
+    let status = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(status.success(), "remounting the store read-only failed");
+    assert!(
+        std::fs::write(ro.join("probe"), "x").is_err(),
+        "the store is still writable"
+    );
+
+    let listed = list(&ro);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["rebuild", "--root", "shared:1", "--", "--target-dir"])
+        .arg(&target)
+        .env("KIWI_STACKBUILD_HOME", &ro)
+        .env("KIWI_NG", "/bin/true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restoring from a read-only store failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&snapshot(&root), &snapshot(&target.join("build/image-root")));
+
+    // A user who is not root, and can only read the store, lists it.
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["stash", "--list", "--json"])
+        .env("KIWI_STACKBUILD_HOME", &ro)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nobody could not list a readable store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_nobody: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(as_nobody, listed);
+}
+
+#[test]
+fn the_next_stash_removes_what_a_killed_one_left() {
+    let (_tmp, root, home, _) = work_dirs("out");
+    make_special_tree(&root);
+    stash(&home, &root, "victim", "old");
+    write_noise(&root.join("var/noise"), 64, 4 << 20);
+    let leftovers = || -> Vec<String> {
+        [home.clone(), home.join("blobs/sha256")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp-"))
+            .collect()
+    };
+    let mut left = Vec::new();
+    for delay_ms in [200u64, 400, 800] {
+        let mut child = stash_cmd(&home, &root, "victim", "new").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        if !child.wait().unwrap().success() {
+            left = leftovers();
+            if !left.is_empty() {
+                break;
+            }
+        }
+    }
+    assert!(!left.is_empty(), "no kill left a temp file behind: nothing to prove");
+    stash(&home, &root, "other", "1");
+    assert_eq!(leftovers(), Vec::<String>::new(), "the next stash kept {left:?}");
+}
