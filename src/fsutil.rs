@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use color_eyre::eyre::{Result, WrapErr};
 
@@ -42,4 +42,64 @@ pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<tempfile::
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
         .wrap_err_with(|| format!("making {} private", dir.path().display()))?;
     Ok(dir)
+}
+
+/// `path` made absolute with its existing part's symlinks resolved, so two
+/// spellings of one place compare equal; the rest is taken as written.
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            let mut out = real;
+            for c in rest.iter().rev() {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(n) => out.push(n),
+                    _ => {}
+                }
+            }
+            return out;
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Whether `path` is `dir` or lies below it, as [`resolved`] sees them.
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
+    resolved(path).starts_with(resolved(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_compare_by_where_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        fs::create_dir(&store).unwrap();
+        std::os::unix::fs::symlink(&store, tmp.path().join("link")).unwrap();
+        assert!(is_inside(&store.join("t/x"), &store));
+        assert!(is_inside(&tmp.path().join("link/t"), &store), "through a symlink");
+        assert!(is_inside(&tmp.path().join("other/../store/t"), &store), "through ..");
+        assert!(!is_inside(&tmp.path().join("store2"), &store));
+        assert!(!is_inside(&tmp.path().join("t"), &store));
+    }
+
+    #[test]
+    fn copies_keep_setuid_only_with_their_owner() {
+        assert_eq!(kept_mode(0o104755, true), 0o4755);
+        assert_eq!(kept_mode(0o106755, false), 0o755);
+        assert_eq!(kept_mode(0o1777, false), 0o1777);
+    }
 }

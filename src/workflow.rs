@@ -11,7 +11,7 @@ use color_eyre::Section;
 
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
-use crate::labels::{self, Facts};
+use crate::labels;
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::registry::RegistryAuth;
 use crate::restore::{self, Fetched};
@@ -94,6 +94,14 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         return Err(eyre!("two descriptions: --description before and after --"))
             .suggestion("give the description once");
     }
+    if crate::fsutil::is_inside(&pass.target_dir, store.root()) {
+        return Err(eyre!(
+            "--target-dir {} is inside the stash store {}",
+            pass.target_dir.display(),
+            store.root().display()
+        ))
+        .suggestion("build outside the store: its garbage collection removes what it does not know");
+    }
     let root_dir = image_root(&pass.target_dir);
     if root_dir.symlink_metadata().is_ok() {
         return Err(eyre!("{} already exists", root_dir.display()))
@@ -134,10 +142,22 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
             // The stored description is read from the layers, and merged,
             // before anything is unpacked.
             let (merged, dir) = merge_into_target(d, &images[0], &pass.target_dir, scratch.path())?;
-            check_fit(&images, Some(&merged), job.globals.target_arch.as_deref(), job.force)?;
+            let fit = check_fit(
+                &images,
+                Some(&merged),
+                job.globals.target_arch.as_deref(),
+                false,
+                job.force,
+            );
+            if fit.is_err() {
+                // Nothing will be built from it.
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            fit?;
             derived_description = Some(dir);
         } else {
-            check_fit(&images, doc, job.globals.target_arch.as_deref(), job.force)?;
+            let stack = images.len() > 1;
+            check_fit(&images, doc, job.globals.target_arch.as_deref(), stack, job.force)?;
         }
         unpack_roots(&images, scratch.path(), &root_dir, unpacker)?;
     }
@@ -363,49 +383,85 @@ fn keep_root(
     Ok(())
 }
 
+/// One side of a fit check: what it is, and what it records (`None`:
+/// unknown).
+struct Side {
+    name: String,
+    facts: [(&'static str, Option<String>); 3],
+}
+
 /// The facts of a stored image that say whether a build fits on it.
-fn fit_facts(image: &Fetched) -> Option<Facts> {
+fn image_side(image: &Fetched) -> Side {
     let l = image.config.labels();
-    l.get(labels::PACKAGE_MANAGER)?;
-    Some(Facts {
-        package_manager: l.get(labels::PACKAGE_MANAGER).cloned(),
-        architecture: l.get(labels::ARCHITECTURE).cloned(),
-        distribution: l.get(labels::DISTRIBUTION).cloned(),
-        ..Facts::default()
-    })
+    let get = |label: &str| l.get(label).cloned();
+    Side {
+        name: image.reference.to_string(),
+        facts: [
+            ("package manager", get(labels::PACKAGE_MANAGER)),
+            ("architecture", get(labels::ARCHITECTURE)),
+            ("distribution", get(labels::DISTRIBUTION)),
+        ],
+    }
 }
 
 /// Refuses to stack images, or build a description on them, when their
 /// package manager, architecture or distribution differ (unless `force`).
-fn check_fit(images: &[Fetched], description: Option<&Document>, target_arch: Option<&str>, force: bool) -> Result<()> {
-    let mut sides: Vec<(String, Facts)> = images
-        .iter()
-        .filter_map(|i| fit_facts(i).map(|f| (i.reference.to_string(), f)))
-        .collect();
-    if let Some(doc) = description {
-        let facts = Facts {
-            package_manager: doc.package_manager(),
-            architecture: Some(target_arch.unwrap_or(std::env::consts::ARCH).to_string()),
-            distribution: doc.distribution(),
-            ..Facts::default()
-        };
-        sides.push((format!("the description {}", doc.origin()), facts));
+/// Every image is checked against every other and against the description,
+/// where both record the fact. In a stack (`strict`) an image that records
+/// none of them (it was not stashed by kiwi-stackbuild) is refused too:
+/// nothing says it fits. A single image under a new description may be any
+/// container, and a derived build's base is checked through the merged
+/// description, which carries what the base's own description says.
+fn check_fit(
+    images: &[Fetched],
+    description: Option<&Document>,
+    target_arch: Option<&str>,
+    strict: bool,
+    force: bool,
+) -> Result<()> {
+    let refuse = |err: color_eyre::Report, suggestion: &str| -> Result<()> {
+        if force {
+            log::warn!("{err} (going on: --force)");
+            Ok(())
+        } else {
+            Err(err).suggestion(suggestion.to_string())
+        }
+    };
+    let mut sides: Vec<Side> = images.iter().map(image_side).collect();
+    if strict {
+        for unknown in sides.iter().filter(|s| s.facts[0].1.is_none()) {
+            refuse(
+                eyre!(
+                    "{} records no package manager, architecture or distribution (labels {}*): nothing says it fits",
+                    unknown.name,
+                    labels::PREFIX
+                ),
+                "stack images stashed by kiwi-stackbuild, or pass --force if you know they fit",
+            )?;
+        }
     }
-    for pair in sides.windows(2) {
-        let ((a, fa), (b, fb)) = (&pair[0], &pair[1]);
-        let checks = [
-            ("package manager", &fa.package_manager, &fb.package_manager),
-            ("architecture", &fa.architecture, &fb.architecture),
-            ("distribution", &fa.distribution, &fb.distribution),
-        ];
-        for (what, x, y) in checks {
-            if let (Some(x), Some(y)) = (x, y) {
-                if x != y {
-                    let err = eyre!("{what} differs: {a} has {x}, {b} has {y}");
-                    if force {
-                        log::warn!("{err} (going on: --force)");
-                    } else {
-                        return Err(err).suggestion("build on a matching image, or pass --force if you know it works");
+    if let Some(doc) = description {
+        sides.push(Side {
+            name: format!("the description {}", doc.origin()),
+            facts: [
+                ("package manager", doc.package_manager()),
+                (
+                    "architecture",
+                    Some(target_arch.unwrap_or(std::env::consts::ARCH).to_string()),
+                ),
+                ("distribution", doc.distribution()),
+            ],
+        });
+    }
+    for (i, a) in sides.iter().enumerate() {
+        for b in &sides[i + 1..] {
+            for ((what, x), (_, y)) in a.facts.iter().zip(&b.facts) {
+                if let (Some(x), Some(y)) = (x, y) {
+                    if x != y {
+                        refuse(
+                            eyre!("{what} differs: {} has {x}, {} has {y}", a.name, b.name),
+                            "build on a matching image, or pass --force if you know it works",
+                        )?;
                     }
                 }
             }
@@ -514,4 +570,93 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         eprintln!("removed {key} ({freed} unused blobs freed)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::oci::{Descriptor, Digest, ImageConfig, Manifest};
+
+    /// An image whose config records `facts` (package manager,
+    /// architecture, distribution; `None` records no label at all).
+    fn image(name: &str, facts: Option<(&str, &str, &str)>) -> Fetched {
+        let mut config = ImageConfig::default();
+        if let Some((pm, arch, dist)) = facts {
+            let labels: BTreeMap<String, String> = [
+                (labels::PACKAGE_MANAGER, pm),
+                (labels::ARCHITECTURE, arch),
+                (labels::DISTRIBUTION, dist),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            config.config.labels = Some(labels);
+        }
+        let descriptor = Descriptor {
+            media_type: "c".into(),
+            digest: Digest::of(name.as_bytes()),
+            size: 1,
+            annotations: BTreeMap::new(),
+            platform: None,
+        };
+        Fetched {
+            reference: name.parse().unwrap(),
+            layout: PathBuf::from("/nowhere"),
+            digest: Digest::of(name.as_bytes()),
+            manifest: Manifest {
+                schema_version: 2,
+                media_type: None,
+                config: descriptor,
+                layers: Vec::new(),
+                annotations: BTreeMap::new(),
+            },
+            config,
+        }
+    }
+
+    #[test]
+    fn every_image_of_a_stack_is_checked_against_every_other() {
+        let bookworm = || image("a", Some(("apt", "x86_64", "bookworm")));
+        let trixie = || image("c", Some(("apt", "x86_64", "trixie")));
+        let unlabelled = || image("b", None);
+        let cases: Vec<(Vec<Fetched>, bool, Option<&str>)> = vec![
+            (vec![bookworm(), bookworm()], true, None),
+            // Neighbours alone would never compare a with c.
+            (
+                vec![bookworm(), unlabelled(), trixie()],
+                true,
+                Some("records no package manager"),
+            ),
+            (
+                vec![bookworm(), image("b", Some(("apt", "x86_64", "bookworm"))), trixie()],
+                true,
+                Some("distribution differs: a has bookworm, c has trixie"),
+            ),
+            (
+                vec![bookworm(), image("z", Some(("zypper", "x86_64", "bookworm")))],
+                true,
+                Some("package manager differs"),
+            ),
+            // One container under a new description: any image will do.
+            (vec![unlabelled()], false, None),
+        ];
+        for (images, strict, want) in cases {
+            let names: Vec<String> = images.iter().map(|i| i.reference.to_string()).collect();
+            let got = check_fit(&images, None, None, strict, false);
+            match want {
+                None => assert!(got.is_ok(), "{names:?}: {got:?}"),
+                Some(text) => {
+                    let err = format!("{:#}", got.expect_err(text));
+                    assert!(err.contains(text), "{names:?}: {err}");
+                }
+            }
+            assert!(
+                check_fit(&images, None, None, strict, true).is_ok(),
+                "--force builds anyway"
+            );
+        }
+    }
 }

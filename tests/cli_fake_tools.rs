@@ -1175,3 +1175,43 @@ fn not_root_is_refused_before_any_work() {
         );
     }
 }
+
+#[test]
+fn bad_target_dirs_are_refused_before_anything_runs() {
+    let sandbox = Sandbox::new();
+    let target = sandbox.arg("target");
+    let in_store = format!("{}/builds/t", sandbox.arg("store"));
+    fs::create_dir_all(sandbox.store()).unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--target-dir", ""], "--target-dir is empty"),
+        (
+            &["--target-dir", "--signing-key", "/k"],
+            "kiwi-ng option --target-dir needs a value, not the option --signing-key",
+        ),
+        (
+            &["--target-dir", &target, "--target-dir", "/elsewhere"],
+            "--target-dir is given twice after --",
+        ),
+        (&["--target-dir", &in_store], "is inside the stash store"),
+        (
+            &["--target-dir", &format!("{}/../store/x", sandbox.arg("bin"))],
+            "is inside the stash store",
+        ),
+    ];
+    for (after, message) in cases {
+        let mut argv = vec!["rebuild", "--root", "base", "--"];
+        argv.extend_from_slice(after);
+        let run = sandbox.run(&argv);
+        run.assert_fails(1);
+        run.assert_stderr_has(&[message, "Suggestion: "]);
+        assert!(
+            !run.stderr.contains("   1: "),
+            "more than one error line:\n{}",
+            run.stderr
+        );
+        run.assert_no_tool_ran();
+        assert!(!Path::new(&target).exists(), "{after:?} created the target");
+        let made: Vec<_> = fs::read_dir(sandbox.store()).unwrap().collect();
+        assert!(made.is_empty(), "{after:?} changed the store: {made:?}");
+    }
+}

@@ -129,15 +129,25 @@ impl PassThrough {
                 (false, Some(_)) => bail!("kiwi-ng {command} option {name} takes no value"),
                 (false, None) => None,
                 (true, Some(v)) => Some(v.to_os_string()),
-                (true, None) => Some(
-                    it.next()
+                (true, None) => {
+                    let v = it
+                        .next()
                         .cloned()
-                        .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?,
-                ),
+                        .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?;
+                    let looks_like_option = v.as_bytes().starts_with(b"--");
+                    if looks_like_option && table.iter().any(|(n, _)| v.as_bytes().starts_with(n.as_bytes())) {
+                        return Err(eyre!(
+                            "kiwi-ng option {name} needs a value, not the option {}",
+                            v.to_string_lossy()
+                        ))
+                        .suggestion(format!("give {name} a value: {name} VALUE"));
+                    }
+                    Some(v)
+                }
             };
             match (name.as_str(), value) {
-                ("--target-dir", Some(v)) => target_dir = Some(PathBuf::from(v)),
-                ("--description", Some(v)) => description = Some(PathBuf::from(v)),
+                ("--target-dir", Some(v)) => target_dir = Some(path_once(&name, target_dir.as_ref(), v)?),
+                ("--description", Some(v)) => description = Some(path_once(&name, description.as_ref(), v)?),
                 ("--allow-existing-root", _) => {}
                 (_, v) => {
                     rest.push(OsString::from(&name));
@@ -154,6 +164,17 @@ impl PassThrough {
             rest,
         })
     }
+}
+
+/// The directory given to `name`: not empty, and given once.
+fn path_once(name: &str, before: Option<&PathBuf>, value: OsString) -> Result<PathBuf> {
+    if before.is_some() {
+        return Err(eyre!("{name} is given twice after --")).suggestion(format!("give {name} once"));
+    }
+    if value.is_empty() {
+        return Err(eyre!("{name} is empty")).suggestion(format!("name a directory: {name} DIR"));
+    }
+    Ok(PathBuf::from(value))
 }
 
 fn unknown_option(name: &str, command: &str) -> color_eyre::Report {
@@ -324,7 +345,7 @@ mod tests {
 
     #[test]
     fn pass_through_errors_name_the_option() {
-        let cases: [(&[&str], bool, &str); 6] = [
+        let cases: [(&[&str], bool, &str); 11] = [
             (&["--target-dir", "/t", "--bogus"], false, "\"--bogus\""),
             (
                 &["--target-dir", "/t", "--add-package", "x"],
@@ -335,6 +356,19 @@ mod tests {
             (&["--signing-key", "/k"], false, "no --target-dir"),
             (&["--target-dir"], false, "needs a value"),
             (&["--target-dir", "/t", "--clear-cache=yes"], true, "takes no value"),
+            (&["--target-dir", ""], false, "--target-dir is empty"),
+            (&["--target-dir="], false, "--target-dir is empty"),
+            (
+                &["--target-dir", "--signing-key", "/k"],
+                false,
+                "not the option --signing-key",
+            ),
+            (&["--target-dir", "/a", "--target-dir", "/b"], false, "given twice"),
+            (
+                &["--target-dir", "/t", "--description", "/d", "--description=/e"],
+                true,
+                "given twice",
+            ),
         ];
         for (argv, build, want) in cases {
             let err = PassThrough::parse(&args(argv), build).unwrap_err();
