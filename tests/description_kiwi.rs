@@ -265,3 +265,29 @@ fn image_info_argv() {
         assert_eq!(image_info_args(&profiles, dir), expected);
     }
 }
+
+/// The installed kiwi-ng's own option lists are read from its `--help`, and
+/// kiwi 11.1's match the built-in fallback lists.
+#[test]
+fn kiwi_ng_help_gives_the_option_lists() {
+    use kiwi_stackbuild::tools::kiwi::{version, Options};
+    if std::env::var_os("KIWI_STACKBUILD_SKIP_KIWI").is_some() {
+        eprintln!("KIWI_STACKBUILD_SKIP_KIWI is set: not checking kiwi-ng's options");
+        return;
+    }
+    let version = version().expect("kiwi-ng's version");
+    for build in [true, false] {
+        let installed = Options::read_installed(build, &version).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(installed.source, format!("kiwi-ng {version}"));
+        let mut builtin = Options::builtin(build).options;
+        if !build {
+            // kiwi-ng lists --root, which we set ourselves.
+            builtin.insert(0, ("--root".to_string(), true));
+        }
+        if version.starts_with("11.1.") {
+            assert_eq!(installed.options, builtin, "{}", installed.command);
+        } else {
+            assert!(installed.options.iter().any(|(n, v)| n == "--target-dir" && *v));
+        }
+    }
+}

@@ -10,7 +10,11 @@ use color_eyre::Section;
 
 use super::{run, Output, Tool};
 
-/// Options of `kiwi-ng system build` in kiwi 11.1, and whether each takes a value.
+/// The kiwi version the built-in option lists were taken from.
+const BUILTIN_FROM: &str = "kiwi 11.1";
+
+/// Options of `kiwi-ng system build` in kiwi 11.1, and whether each takes a
+/// value: used only when the installed kiwi-ng's own list cannot be read.
 const BUILD_OPTIONS: &[(&str, bool)] = &[
     ("--description", true),
     ("--target-dir", true),
@@ -37,6 +41,162 @@ const BUILD_OPTIONS: &[(&str, bool)] = &[
 
 /// Options of `kiwi-ng system create` in kiwi 11.1 (`--root` is ours to set).
 const CREATE_OPTIONS: &[(&str, bool)] = &[("--target-dir", true), ("--signing-key", true)];
+
+/// The options of one kiwi-ng command, and whether each takes a value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Options {
+    /// `system build` or `system create`.
+    pub command: String,
+    /// Where the list comes from, for messages: `kiwi-ng 11.1.6`, or
+    /// `kiwi 11.1, built in`.
+    pub source: String,
+    /// Option names with their leading `--`, and whether each takes a value.
+    pub options: Vec<(String, bool)>,
+}
+
+impl Options {
+    /// The options of `system build` (when `build`) or `system create`: the
+    /// installed kiwi-ng's own, read from its `--help` once per kiwi-ng
+    /// version and cached; the built-in list of kiwi 11.1 when that fails.
+    pub fn of(build: bool) -> Options {
+        match Options::installed(build) {
+            Ok(options) => options,
+            Err(e) => {
+                log::debug!("checking kiwi-ng options against the built-in list of {BUILTIN_FROM}: {e:#}");
+                Options::builtin(build)
+            }
+        }
+    }
+
+    /// The built-in list, taken from kiwi 11.1.
+    pub fn builtin(build: bool) -> Options {
+        let table = if build { BUILD_OPTIONS } else { CREATE_OPTIONS };
+        Options {
+            command: command_name(build).into(),
+            source: format!("{BUILTIN_FROM}, built in"),
+            options: table.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+        }
+    }
+
+    /// What the installed kiwi-ng's `--help` lists, through the cache.
+    fn installed(build: bool) -> Result<Options> {
+        let program = std::fs::canonicalize(Tool::KiwiNg.locate()?)?;
+        let version = version()?;
+        let cache = cache_file(&program, &version, build);
+        if let Some(options) = cache.as_deref().and_then(read_cached) {
+            return Ok(options);
+        }
+        let options = Options::read_installed(build, &version)?;
+        if let Some(path) = cache {
+            if let Err(e) = write_cached(&path, &options) {
+                log::debug!("not caching kiwi-ng's options in {}: {e:#}", path.display());
+            }
+        }
+        Ok(options)
+    }
+
+    /// What the installed kiwi-ng (of `version`) lists in its `--help`,
+    /// read now.
+    pub fn read_installed(build: bool, version: &str) -> Result<Options> {
+        let command = command_name(build);
+        let mut args: Vec<OsString> = command.split(' ').map(OsString::from).collect();
+        args.push("--help".into());
+        // kiwi-ng 11 formats its help to the terminal width: wide enough
+        // that no option name is cut short.
+        let out = super::run_with_env(
+            Tool::KiwiNg,
+            &args,
+            Output::Capture,
+            &[("COLUMNS", "300"), ("NO_COLOR", "1")],
+        )?;
+        let options = parse_help(&String::from_utf8_lossy(&out));
+        if !options.iter().any(|(n, _)| n == "--target-dir") {
+            bail!("kiwi-ng {command} --help lists no --target-dir");
+        }
+        Ok(Options {
+            command: command.into(),
+            source: format!("kiwi-ng {version}"),
+            options,
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<bool> {
+        self.options.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+}
+
+fn command_name(build: bool) -> &'static str {
+    if build {
+        "system build"
+    } else {
+        "system create"
+    }
+}
+
+/// The option names a kiwi-ng `--help` lists, and whether each takes a
+/// value. kiwi-ng 10 and later print a table (`│ * --name  <type>  text`,
+/// where `<bool>` is a flag); older ones print docopt text (`--name=<value>`
+/// or `--name` at the start of a line of the options section). `--help`
+/// itself is left out.
+pub fn parse_help(text: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for line in text.lines() {
+        let found = if let Some(row) = line.strip_prefix('│') {
+            let mut words = row.split_whitespace().skip_while(|w| *w == "*");
+            words
+                .next()
+                .filter(|w| w.starts_with("--"))
+                .map(|name| (name, words.next().is_some_and(|t| t.starts_with('<') && t != "<bool>")))
+        } else {
+            let indent = line.len() - line.trim_start().len();
+            let word = line.split_whitespace().next().unwrap_or_default();
+            (indent <= 4 && word.starts_with("--")).then(|| match word.split_once('=') {
+                Some((name, _)) => (name, true),
+                None => (word, false),
+            })
+        };
+        let Some((name, takes_value)) = found else { continue };
+        let plain = name.len() > 2 && name[2..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if plain && name != "--help" && !out.iter().any(|(n, _)| n == name) {
+            out.push((name.to_string(), takes_value));
+        }
+    }
+    out
+}
+
+/// Where the options of `program` at `version` are cached: under
+/// `$XDG_CACHE_HOME` (or `~/.cache`), one file per executable, version and
+/// command; `None` without a home.
+fn cache_file(program: &Path, version: &str, build: bool) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    let program_id = crate::oci::Digest::of(program.as_os_str().as_bytes());
+    let version: String = version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+        .collect();
+    let command = if build { "build" } else { "create" };
+    Some(base.join(format!(
+        "kiwi-stackbuild/kiwi-ng-options/{version}-{command}-{}.json",
+        &program_id.hex()[..16]
+    )))
+}
+
+fn read_cached(path: &Path) -> Option<Options> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_cached(path: &Path, options: &Options) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| eyre!("{} has no parent", path.display()))?;
+    std::fs::create_dir_all(dir)?;
+    crate::store::write_atomic(path, &serde_json::to_vec_pretty(options)?)
+}
 
 /// kiwi-ng's global options, which go in front of `system ...`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,13 +264,14 @@ pub fn names_description(args: &[OsString]) -> bool {
 
 impl PassThrough {
     /// Checks `args` against the options of `system build` (when `build`) or
-    /// `system create`, before anything slow runs.
+    /// `system create` of the installed kiwi-ng, before anything slow runs.
     pub fn parse(args: &[OsString], build: bool) -> Result<PassThrough> {
-        let (table, command) = if build {
-            (BUILD_OPTIONS, "system build")
-        } else {
-            (CREATE_OPTIONS, "system create")
-        };
+        PassThrough::parse_with(args, &Options::of(build))
+    }
+
+    /// Checks `args` against `options`.
+    pub fn parse_with(args: &[OsString], options: &Options) -> Result<PassThrough> {
+        let command = options.command.as_str();
         let mut target_dir = None;
         let mut description = None;
         let mut rest = Vec::new();
@@ -122,8 +283,8 @@ impl PassThrough {
                 _ => (bytes, None),
             };
             let name = String::from_utf8_lossy(name).into_owned();
-            let Some(&(_, takes_value)) = table.iter().find(|(n, _)| *n == name) else {
-                return Err(unknown_option(&name, command));
+            let Some(takes_value) = options.find(&name).filter(|_| name != "--root") else {
+                return Err(unknown_option(&name, options));
             };
             let value = match (takes_value, inline) {
                 (false, Some(_)) => bail!("kiwi-ng {command} option {name} takes no value"),
@@ -135,7 +296,12 @@ impl PassThrough {
                         .cloned()
                         .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?;
                     let looks_like_option = v.as_bytes().starts_with(b"--");
-                    if looks_like_option && table.iter().any(|(n, _)| v.as_bytes().starts_with(n.as_bytes())) {
+                    if looks_like_option
+                        && options
+                            .options
+                            .iter()
+                            .any(|(n, _)| v.as_bytes().starts_with(n.as_bytes()))
+                    {
                         return Err(eyre!(
                             "kiwi-ng option {name} needs a value, not the option {}",
                             v.to_string_lossy()
@@ -177,12 +343,16 @@ fn path_once(name: &str, before: Option<&PathBuf>, value: OsString) -> Result<Pa
     Ok(PathBuf::from(value))
 }
 
-fn unknown_option(name: &str, command: &str) -> color_eyre::Report {
-    let err = eyre!("kiwi-ng {command} has no option {name:?}");
+fn unknown_option(name: &str, options: &Options) -> color_eyre::Report {
+    let command = &options.command;
+    let err = eyre!(
+        "kiwi-ng {command} has no option {name:?} (options of {})",
+        options.source
+    );
     if name == "--root" {
         return err.suggestion("kiwi-stackbuild sets the root itself: give the image as --root REF before --");
     }
-    if BUILD_OPTIONS.iter().any(|(n, _)| *n == name) {
+    if command == "system create" && BUILD_OPTIONS.iter().any(|(n, _)| *n == name) {
         return err.suggestion(format!(
             "{name} is an option of system build: give a --description to build"
         ));
@@ -279,6 +449,86 @@ mod tests {
     use super::*;
     use crate::tools::args;
 
+    /// Parses `argv` against the built-in lists, whatever kiwi-ng is installed.
+    fn parse(argv: &[&str], build: bool) -> Result<PassThrough> {
+        PassThrough::parse_with(&args(argv), &Options::builtin(build))
+    }
+
+    /// The shape of kiwi-ng 11's `system create --help` at a wide terminal.
+    const TABLE_HELP: &str = "
+ Usage: kiwi-ng system create [OPTIONS]
+
+╭─ Options ──────────────────────────────────────────────────────────────╮
+│ *  --root            <path>        <directory> The path to the root      │
+│ *  --target-dir      <path>        <directory> Where results go          │
+│    --signing-key     <list[Path]>  <key-file> A key; see --root above    │
+│    --fast-mode       <bool>        A flag                                │
+│    --help            <bool>        Show this message and exit.           │
+╰────────────────────────────────────────────────────────────────────────╯
+";
+
+    /// The shape of an older kiwi-ng's docopt help.
+    const DOCOPT_HELP: &str = "usage: kiwi-ng system create -h | --help
+       kiwi-ng system create --root=<directory> --target-dir=<directory>
+           [--signing-key=<key-file>...]
+
+options:
+    --root=<directory>
+        the path to the root directory, see also
+        --target-dir
+    --signing-key=<key-file>
+        includes the key
+    --quiet
+        a flag
+    --target-dir=<directory>
+        where results go
+";
+
+    #[test]
+    fn help_tables_and_docopt_text_give_the_options() {
+        let want = |pairs: &[(&str, bool)]| pairs.iter().map(|&(n, v)| (n.to_string(), v)).collect::<Vec<_>>();
+        assert_eq!(
+            parse_help(TABLE_HELP),
+            want(&[
+                ("--root", true),
+                ("--target-dir", true),
+                ("--signing-key", true),
+                ("--fast-mode", false)
+            ])
+        );
+        assert_eq!(
+            parse_help(DOCOPT_HELP),
+            want(&[
+                ("--root", true),
+                ("--signing-key", true),
+                ("--quiet", false),
+                ("--target-dir", true)
+            ])
+        );
+        assert!(parse_help("fake kiwi-ng: building in\n").is_empty());
+    }
+
+    #[test]
+    fn options_of_the_installed_kiwi_ng_decide() {
+        let options = Options {
+            command: "system create".into(),
+            source: "kiwi-ng 12.0".into(),
+            options: parse_help(TABLE_HELP),
+        };
+        let pass = PassThrough::parse_with(&args(["--target-dir", "/t", "--fast-mode"]), &options).unwrap();
+        // kiwi-ng create has --root, but it is ours to give.
+        let err = PassThrough::parse_with(&args(["--target-dir", "/t", "--root", "/r"]), &options).unwrap_err();
+        assert!(format!("{err}").contains("has no option \"--root\""), "{err}");
+        assert_eq!(pass.rest, args(["--fast-mode"]));
+        let err = PassThrough::parse_with(&args(["--target-dir", "/t", "--signing-key"]), &options).unwrap_err();
+        assert!(format!("{err}").contains("needs a value"), "{err}");
+        let err = PassThrough::parse_with(&args(["--target-dir", "/t", "--clear-cache"]), &options).unwrap_err();
+        assert!(
+            format!("{err}").ends_with("has no option \"--clear-cache\" (options of kiwi-ng 12.0)"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn create_command_puts_globals_first() {
         let globals = Globals {
@@ -289,7 +539,7 @@ mod tests {
             debug: true,
             ..Globals::default()
         };
-        let pass = PassThrough::parse(&args(["--target-dir", "/t", "--signing-key=/k"]), false).unwrap();
+        let pass = parse(&["--target-dir", "/t", "--signing-key=/k"], false).unwrap();
         let want = args([
             "--debug",
             "--profile",
@@ -316,15 +566,15 @@ mod tests {
 
     #[test]
     fn build_command_adds_allow_existing_root_once() {
-        let pass = PassThrough::parse(
-            &args([
+        let pass = parse(
+            &[
                 "--description",
                 "/d",
                 "--allow-existing-root",
                 "--target-dir=/t",
                 "--add-package",
                 "vim",
-            ]),
+            ],
             true,
         )
         .unwrap();
@@ -371,7 +621,7 @@ mod tests {
             ),
         ];
         for (argv, build, want) in cases {
-            let err = PassThrough::parse(&args(argv), build).unwrap_err();
+            let err = parse(argv, build).unwrap_err();
             assert!(format!("{err}").contains(want), "{argv:?}: {err}");
         }
     }

@@ -150,6 +150,11 @@ pub fn run(tool: Tool, args: &[OsString], output: Output) -> Result<Vec<u8>> {
     run_explained(tool, args, output, |_| None)
 }
 
+/// Like [`run`], with `env` added to the child's environment.
+pub fn run_with_env(tool: Tool, args: &[OsString], output: Output, env: &[(&str, &str)]) -> Result<Vec<u8>> {
+    run_inner(tool, args, output, env, |_| None)
+}
+
 /// What a failing child's output means to the user: a one-line message and
 /// what they can do.
 pub type Explanation = Option<(String, String)>;
@@ -162,14 +167,27 @@ pub fn run_explained(
     output: Output,
     explain: impl Fn(&str) -> Explanation,
 ) -> Result<Vec<u8>> {
+    run_inner(tool, args, output, &[], explain)
+}
+
+fn run_inner(
+    tool: Tool,
+    args: &[OsString],
+    output: Output,
+    env: &[(&str, &str)],
+    explain: impl Fn(&str) -> Explanation,
+) -> Result<Vec<u8>> {
     let program = tool.locate()?;
     let line = command_line(&program, args);
     log::debug!("running {line}");
     // Children get credentials through files, never through our environment.
-    let expr = duct::cmd(&program, args)
+    let mut expr = duct::cmd(&program, args)
         .stdin_null()
         .unchecked()
         .env_remove(crate::registry::PASSWORD_ENV);
+    for (name, value) in env {
+        expr = expr.env(name, value);
+    }
     let (status, stdout, tail) = match output {
         Output::Capture => {
             let out = expr
