@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result, WrapErr};
+use color_eyre::Section;
 
 use crate::listing;
 use crate::reference::{ImageReference, StashRef, Tag};
@@ -319,6 +320,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             workflow::merge_preview(&store, &a.description, &a.output, a.base.as_deref(), &auth)
         }
         Command::Push(a) => {
+            if let ImageReference::Stash(named) = &a.destination {
+                return Err(eyre!(
+                    "push {}: {named} is a stash name, not a place to push to",
+                    a.stash.key()
+                ))
+                .suggestion("give a reference with its transport, e.g. docker://HOST/NAME:TAG or oci:DIR:TAG");
+            }
             tools::require(&[Tool::Skopeo])?;
             let auth = cli.global.registry()?;
             transfer::push(&store, &a.stash.key(), &a.destination, &auth, cli.global.compression())?;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::reference::ImageReference;
@@ -99,7 +99,8 @@ impl Credentials {
             },
         };
         if user.is_empty() {
-            bail!("--creds needs a user name before the colon");
+            return Err(eyre!("--creds needs a user name before the colon"))
+                .suggestion("write --creds USER:PASSWORD, or --creds USER with the password from the environment");
         }
         Ok(Credentials {
             user,
@@ -299,7 +300,8 @@ pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
 /// Checks a `--cert-dir` before anything runs.
 pub fn check_cert_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        bail!("--cert-dir {} is not a directory", dir.display());
+        return Err(eyre!("--cert-dir {} is not a directory", dir.display()))
+            .suggestion("name the directory that holds the registry's CA certificate (*.crt)");
     }
     Ok(())
 }

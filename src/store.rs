@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 use serde::Serialize;
 
@@ -387,7 +387,8 @@ pub fn readable() -> std::fs::Permissions {
 /// Fails when `path` is not a store root we may use.
 pub fn check_home(path: &Path) -> Result<()> {
     if path.exists() && !path.is_dir() {
-        bail!("the stash store {} is not a directory", path.display());
+        return Err(eyre!("the stash store {} is not a directory", path.display()))
+            .suggestion("name a directory (or a new path) with --stash-home or KIWI_STACKBUILD_HOME");
     }
     Ok(())
 }

@@ -1272,3 +1272,144 @@ fn bad_target_dirs_are_refused_before_anything_runs() {
         assert!(made.is_empty(), "{after:?} changed the store: {made:?}");
     }
 }
+
+// ---------------------------------------------------------------- bad arguments, one table
+
+/// Bad command lines: the arguments (`@ROOT@`, `@TARGET@`, `@STORE@`,
+/// `@FILE@`, `@DESC@` and `@EMPTY@` stand for sandbox paths) and what the
+/// error's one line must say.
+#[rustfmt::skip]
+const BAD: &[(&[&str], &str)] = &[
+    // Stash names, tags and references.
+    (&["stash", "--root", "@ROOT@", "--container-name", "Bad Name"], "Bad Name"),
+    (&["stash", "--root", "@ROOT@", "--tag", "-x"], "-x"),
+    (&["stash", "--root", "@ROOT@", "--tag", "a b"], "a b"),
+    (&["stash", "--rm", "nosuch:1"], "no stash nosuch:1"),
+    (&["stash", "--rm", "base:nosuch"], "no stash base:nosuch"),
+    (&["stash", "--rm", "UPPER"], "UPPER"),
+    (&["rebuild", "--root", "base:", "--", "--target-dir", "@TARGET@"], "base:"),
+    (&["rebuild", "--root", "base:nosuch", "--", "--target-dir", "@TARGET@"], "no stash base:nosuch"),
+    (&["rebuild", "--root", "nosuch", "--", "--target-dir", "@TARGET@"], "no stash nosuch:latest"),
+    (&["rebuild", "--root", "base@sha256:zz", "--", "--target-dir", "@TARGET@"], "sha256:zz"),
+    (&["rebuild", "--root", "ftp://host/x", "--", "--target-dir", "@TARGET@"], "ftp://host/x"),
+    (&["rebuild", "--root", "docker://", "--", "--target-dir", "@TARGET@"], "docker://"),
+    (&["rebuild", "--root", "oci:", "--", "--target-dir", "@TARGET@"], "oci:"),
+    (&["rebuild", "--root", "base:1", "--keep-root", "Bad:Tag", "--", "--target-dir", "@TARGET@"], "Bad"),
+    (&["push", "nosuch:1", "oci:@EMPTY@/out:1"], "no stash nosuch:1"),
+    (&["push", "base:1", "nowhere"], "nowhere is a stash name, not a place to push to"),
+    (&["pull", "docker://registry.example/x:1", "Bad Name"], "Bad Name"),
+    (&["pull", "notareference"], "notareference"),
+    (&["stackbuild", "--stash", "nosuch", "--target-dir", "@TARGET@"], "no stash nosuch"),
+    // Paths.
+    (&["stash", "--root", "@EMPTY@/missing"], "missing"),
+    (&["stash", "--root", "@FILE@"], "file"),
+    (&["stash", "--root", "@EMPTY@"], "is not a KIWI root tree"),
+    (&["--stash-home", "@FILE@", "stash", "--list"], "is not a directory"),
+    (&["rebuild", "--description", "@EMPTY@/missing", "--", "--target-dir", "@TARGET@"], "missing does not exist"),
+    (&["rebuild", "--description", "@EMPTY@", "--", "--target-dir", "@TARGET@"], "no KIWI description"),
+    (&["merge", "--description", "@EMPTY@/missing", "--output", "@EMPTY@/out"], "missing does not exist"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@STORE@/inside"], "inside the stash store"),
+    (&["--cert-dir", "@EMPTY@/missing", "pull", "docker://registry.example/x:1"], "is not a directory"),
+    // Options after `--`.
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", ""], "--target-dir is empty"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir="], "--target-dir is empty"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "--signing-key", "k"], "not the option --signing-key"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--target-dir", "@TARGET@2"], "given twice"),
+    (&["rebuild", "--root", "base:1", "--", "--signing-key", "k"], "no --target-dir"),
+    (&["rebuild", "--root", "base:1"], "no --target-dir"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--bogus"], "has no option \"--bogus\""),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--add-package", "vim"], "has no option \"--add-package\""),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--root", "/r"], "has no option \"--root\""),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--signing-key"], "needs a value"),
+    (&["rebuild", "--description", "@DESC@", "--", "--target-dir", "@TARGET@", "--clear-cache=yes"], "takes no value"),
+    (&["rebuild", "--description", "@DESC@", "--", "--description", "@DESC@", "--target-dir", "@TARGET@"], "two descriptions"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--description"], "needs a value"),
+    // Our own options.
+    (&["rebuild", "--", "--target-dir", "@TARGET@"], "--root"),
+    (&["--tls-verify=maybe", "stash", "--list"], "maybe"),
+    (&["--compress-format", "lz4", "stash", "--list"], "lz4"),
+    (&["--creds", ":secret", "pull", "docker://registry.example/x:1"], "user name"),
+    (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
+    (&["stash", "--list", "--rm", "base:1"], "--rm"),
+    (&["stash", "--tag", "t"], "--root"),
+    (&["completions", "nosh"], "nosh"),
+];
+
+#[test]
+fn bad_arguments_are_one_line_errors_that_change_nothing() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "base");
+    sandbox.stash(&root, &["--tag", "1"]);
+    fs::create_dir(sandbox.path("empty")).unwrap();
+    fs::write(sandbox.path("file"), "a file\n").unwrap();
+    let desc = sandbox.path("desc");
+    fs::create_dir(&desc).unwrap();
+    fs::write(desc.join("config.xml"), CONFIG_XML.replace("@NAME@", "desc")).unwrap();
+    let target = sandbox.path("target");
+    let snapshot = || {
+        (
+            common::tree::snapshot(&sandbox.store()),
+            common::tree::snapshot(&sandbox.path("empty")),
+        )
+    };
+    let before = snapshot();
+    let fill = |arg: &str| {
+        arg.replace("@ROOT@", &sandbox.arg("root"))
+            .replace("@TARGET@", target.to_str().unwrap())
+            .replace("@STORE@", &sandbox.arg("store"))
+            .replace("@FILE@", &sandbox.arg("file"))
+            .replace("@DESC@", desc.to_str().unwrap())
+            .replace("@EMPTY@", &sandbox.arg("empty"))
+    };
+    let mut wrong = Vec::new();
+    for (bad, says) in BAD {
+        let args: Vec<String> = bad.iter().map(|a| fill(a)).collect();
+        let run = sandbox.run(&args);
+        let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        // color-eyre: "Error:", "   0: MESSAGE", "Suggestion: ..."; clap:
+        // "error: MESSAGE" (what is missing may follow on indented lines), a
+        // usage or tip, "For more information, try '--help'."
+        let (message, suggested) = if lines.first().is_some_and(|l| l.trim_end() == "Error:") {
+            let message = lines.get(1).and_then(|l| l.trim_start().strip_prefix("0: "));
+            let one = !run.stderr.contains("   1: ");
+            (
+                message.filter(|_| one).map(str::to_string),
+                run.stderr.contains("Suggestion: "),
+            )
+        } else {
+            let message = lines.first().and_then(|l| l.strip_prefix("error: ")).map(|first| {
+                let more = lines[1..].iter().take_while(|l| l.starts_with("  "));
+                std::iter::once(first)
+                    .chain(more.copied())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            (
+                message,
+                run.stderr.contains("try '--help'") || run.stderr.contains("tip: "),
+            )
+        };
+        let ok = !run.status.success()
+            && run.status.code().is_some()
+            && message.as_deref().is_some_and(|m| m.contains(says))
+            && suggested;
+        if !ok {
+            wrong.push(format!("{args:?}: exit {}\n{}", run.status, run.stderr));
+        }
+        assert!(!target.exists(), "{args:?} created the target");
+        assert_eq!(
+            snapshot(),
+            before,
+            "{args:?} changed the store or a directory it was given"
+        );
+    }
+    assert!(BAD.len() >= 40);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} not as expected:\n\n{}",
+        wrong.len(),
+        BAD.len(),
+        wrong.join("\n")
+    );
+}

@@ -26,8 +26,8 @@ mod corpus_tests;
 
 use std::path::{Path, PathBuf};
 
-use color_eyre::eyre::bail;
-use color_eyre::Result;
+use color_eyre::eyre::eyre;
+use color_eyre::{Result, Section};
 
 pub use check::check_derived;
 pub use facts::{distribution_from_apt, distribution_from_source};
@@ -40,6 +40,10 @@ pub use model::{Document, Element, Node};
 pub fn find(dir: &Path) -> Result<PathBuf> {
     if dir.is_file() {
         return Ok(dir.to_path_buf());
+    }
+    if !dir.exists() {
+        return Err(eyre!("the description {} does not exist", dir.display()))
+            .suggestion("give the directory of a KIWI description, or its .kiwi or config.xml file");
     }
     for candidate in [dir.join("config.xml"), dir.join("image").join("config.xml")] {
         if candidate.is_file() {
@@ -55,10 +59,11 @@ pub fn find(dir: &Path) -> Result<PathBuf> {
     kiwi_files.sort();
     match kiwi_files.into_iter().next() {
         Some(path) => Ok(path),
-        None => bail!(
+        None => Err(eyre!(
             "no KIWI description in {} (looked for config.xml, image/config.xml, *.kiwi)",
             dir.display()
-        ),
+        ))
+        .suggestion("give the directory of a KIWI description, or its .kiwi or config.xml file"),
     }
 }
 
@@ -105,6 +110,8 @@ mod tests {
             empty.display()
         );
         assert_eq!(error, expected);
-        assert!(find(&dir.path().join("missing")).is_err());
+        let missing = dir.path().join("missing");
+        let error = find(&missing).unwrap_err().to_string();
+        assert_eq!(error, format!("the description {} does not exist", missing.display()));
     }
 }

@@ -287,14 +287,18 @@ impl PassThrough {
                 return Err(unknown_option(&name, options));
             };
             let value = match (takes_value, inline) {
-                (false, Some(_)) => bail!("kiwi-ng {command} option {name} takes no value"),
+                (false, Some(_)) => {
+                    return Err(eyre!("kiwi-ng {command} option {name} takes no value"))
+                        .suggestion(format!("write {name} alone"))
+                }
                 (false, None) => None,
                 (true, Some(v)) => Some(v.to_os_string()),
                 (true, None) => {
                     let v = it
                         .next()
                         .cloned()
-                        .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))?;
+                        .ok_or_else(|| eyre!("kiwi-ng option {name} needs a value"))
+                        .suggestion(format!("give {name} a value: {name} VALUE"))?;
                     let looks_like_option = v.as_bytes().starts_with(b"--");
                     if looks_like_option
                         && options
