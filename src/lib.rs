@@ -5,6 +5,7 @@ pub mod argv;
 pub mod cli;
 pub mod derive;
 pub mod description;
+pub mod fault;
 pub mod fsutil;
 pub mod labels;
 pub mod layer;
