@@ -17,7 +17,7 @@ use crate::oci::{
 };
 use crate::reference::{StashName, Tag};
 use crate::restore::{self, Fetched};
-use crate::store::Store;
+use crate::store::{Store, TempBlob};
 
 /// gzip level of the layers we write: fast, since roots are large and
 /// registries care more about time than the last few percent.
@@ -140,26 +140,22 @@ impl Base {
     }
 }
 
-/// Puts the blob `digest` of `layout` into `store` (a hard link where the
-/// file system allows, else a copy), unless it is there.
-fn import_blob(store: &Store, layout: &Path, digest: &Digest) -> Result<()> {
-    let dest = oci::blob_path(store.root(), digest);
-    if dest.exists() {
-        return Ok(());
-    }
-    let src = oci::blob_path(layout, digest);
-    let tmp = store.blob_dir().join(format!(".tmp-import-{}", digest.hex()));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(&src, &tmp).is_err() {
-        std::fs::copy(&src, &tmp).wrap_err_with(|| format!("copying blob {digest} into the store"))?;
-    }
-    std::fs::rename(&tmp, &dest).wrap_err_with(|| format!("storing blob {digest}"))?;
-    Ok(())
+/// What a stash prepared under the shared lock: the new layer and the base
+/// layers of other layouts, as temp files of the store, and the image.
+struct Staged {
+    layer: write::Layer,
+    layer_file: TempBlob,
+    imports: Vec<(Digest, TempBlob)>,
+    config: ImageConfig,
+    manifest: Manifest,
+    base_name: Option<(String, String)>,
 }
 
 /// Stores `root` as `name:tag`, as one delta layer on `base` when given,
 /// else on the stash of that name (the same tag, else its newest tag), else
-/// as a first layer.
+/// as a first layer. The tree is read and its layer written under the
+/// store's shared lock; the exclusive lock is held only to move the blobs
+/// in and replace the index.
 pub fn stash(
     store: &Store,
     root: &Path,
@@ -170,36 +166,101 @@ pub fn stash(
 ) -> Result<Stashed> {
     let epoch = source_date_epoch()?;
     let key = format!("{name}:{tag}");
-    let lock = store.lock_exclusive()?;
-    let mut index = store.index()?;
+    // A child process: asked before any lock, so that nobody waits on it.
+    facts.kiwi_version = crate::tools::Tool::KiwiNg
+        .locate()
+        .ok()
+        .and_then(|_| crate::tools::kiwi::version().ok());
+    let shared = store.lock_for_staging()?;
     let base = match base {
         Some(b) => Some(b),
-        None => store
-            .find(&index, &key)
-            .or_else(|| store.latest_of(&index, name.as_str()))
-            .map(|d| Base::from_store(store, &d))
-            .transpose()?,
+        None => {
+            let index = store.index()?;
+            store
+                .find(&index, &key)
+                .or_else(|| store.latest_of(&index, name.as_str()))
+                .map(|d| Base::from_store(store, &d))
+                .transpose()?
+        }
     };
+    let staged = stage(store, root, base.as_ref(), facts, epoch)?;
+    crate::fault::point("stash-layer-written");
+    // flock cannot turn a shared lock into an exclusive one atomically, and
+    // a garbage collection may run in between: what the image needs is
+    // checked again under the exclusive lock.
+    drop(shared);
+    crate::fault::point("stash-between-locks");
+    let lock = store.lock_exclusive()?;
+    let mut index = store.index()?;
+    if let Some(b) = &base {
+        check_base(store, b)?;
+    }
+    let Staged {
+        layer,
+        layer_file,
+        imports,
+        config,
+        manifest,
+        base_name,
+    } = staged;
+    for (digest, file) in imports {
+        file.store_as(store, &digest, &lock)?;
+    }
+    layer_file.store_as(store, &layer.digest, &lock)?;
+    crate::fault::point("stash-after-layer");
+    store.put_json(&config, MEDIA_CONFIG)?;
+    crate::fault::point("stash-after-config");
+    let layers = manifest.layers.len();
+    let manifest_desc = store.put_json(&manifest, MEDIA_MANIFEST)?;
+    crate::fault::point("stash-after-manifest");
+    let digest = manifest_desc.digest.clone();
+    Store::set_ref(&mut index, &key, manifest_desc);
+    crate::fault::point("stash-before-index");
+    store.write_index(&index, &lock)?;
+    crate::fault::point("stash-after-index");
+    Ok(Stashed {
+        key,
+        digest,
+        layers,
+        layer,
+        base: base_name.map(|(n, _)| n),
+    })
+}
+
+/// Fails when a blob of `base` that the store held is gone (a `stash --rm`
+/// ran between the locks). Needs the exclusive lock.
+fn check_base(store: &Store, base: &Base) -> Result<()> {
+    let gone = base
+        .layers
+        .iter()
+        .filter(|l| l.layout == store.root())
+        .find(|l| !oci::blob_path(store.root(), &l.layer.digest).exists());
+    match gone {
+        Some(l) => Err(eyre!(
+            "the base {} was removed while stashing (its layer {} is gone); run the stash again",
+            base.names.join(" + "),
+            l.layer.digest.short()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads `root`, writes its layer over `base` into a temp file of the store,
+/// and makes the new image's config and manifest. Needs the shared lock.
+fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoch: Option<i64>) -> Result<Staged> {
     let base_ids: Vec<Digest> = base
         .iter()
         .flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone()))
         .collect();
-    let lower = match &base {
+    let mut imports = Vec::new();
+    let lower = match base {
         Some(b) => {
-            let started = Instant::now();
-            let cached = cache::chain_id(&base_ids).and_then(|c| cache::load(store.root(), &c));
-            let tree = match cached {
-                Some(tree) => tree,
-                None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
-            };
-            log::debug!(
-                "read {} entries of {} in {:.2?}",
-                tree.len(),
-                b.names.join(" + "),
-                started.elapsed()
-            );
-            for l in &b.layers {
-                import_blob(store, &l.layout, &l.layer.digest)?;
+            let tree = lower_tree(store, b, &base_ids)?;
+            for l in b.layers.iter().filter(|l| l.layout != store.root()) {
+                if !oci::blob_path(store.root(), &l.layer.digest).exists() {
+                    let file = store.temp_blob_from(&oci::blob_path(&l.layout, &l.layer.digest))?;
+                    imports.push((l.layer.digest.clone(), file));
+                }
             }
             tree
         }
@@ -209,7 +270,8 @@ pub fn stash(
     let scanned = tree::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
     let plan = write::plan(&scanned, &lower);
     let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
-    let layer = write::write(&plan, &store.blob_dir(), GZIP_LEVEL)?;
+    let layer_file = store.temp_blob("layer")?;
+    let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
         layer.entries - layer.whiteouts,
@@ -220,17 +282,46 @@ pub fn stash(
         started.elapsed()
     );
     remember_tree(store, &base_ids, &layer.diff_id, &after);
-    facts.kiwi_version = crate::tools::Tool::KiwiNg
-        .locate()
-        .ok()
-        .and_then(|_| crate::tools::kiwi::version().ok());
-    if let Some(b) = &base {
+    if let Some(b) = base {
         let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
         facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
         facts.bases.extend(b.names.iter().cloned());
     }
+    let (config, manifest, base_name) = image(&facts, base, &layer, epoch)?;
+    Ok(Staged {
+        layer,
+        layer_file,
+        imports,
+        config,
+        manifest,
+        base_name,
+    })
+}
+
+/// The tree of `base`: from the cache, else read from its layers.
+fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
+    let started = Instant::now();
+    let cached = cache::chain_id(base_ids).and_then(|c| cache::load(store.root(), &c));
+    let tree = match cached {
+        Some(tree) => tree,
+        None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
+    };
+    log::debug!(
+        "read {} entries of {} in {:.2?}",
+        tree.len(),
+        b.names.join(" + "),
+        started.elapsed()
+    );
+    Ok(tree)
+}
+
+/// The config and manifest of the image `layer` makes on `base`, and the
+/// name and digest of the base it names.
+type Image = (ImageConfig, Manifest, Option<(String, String)>);
+
+fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option<i64>) -> Result<Image> {
     let created = oci::rfc3339(now(epoch));
-    let (mut config, mut layers) = match &base {
+    let (mut config, mut layers) = match base {
         Some(b) => (b.config.clone(), b.layers.iter().map(|l| l.layer.clone()).collect()),
         None => (new_config(), Vec::new()),
     };
@@ -265,9 +356,8 @@ pub fn stash(
         annotations: Default::default(),
         platform: None,
     });
-    let config_desc = store.put_json(&config, MEDIA_CONFIG)?;
+    let config_desc = Store::describe_json(&config, MEDIA_CONFIG)?;
     let base_name = base
-        .as_ref()
         .and_then(|b| b.names.last())
         .and_then(|n| n.rsplit_once('@'))
         .map(|(n, d)| (n.to_string(), d.to_string()));
@@ -278,18 +368,7 @@ pub fn stash(
         layers,
         annotations: facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str()))),
     };
-    let layers = manifest.layers.len();
-    let manifest_desc = store.put_json(&manifest, MEDIA_MANIFEST)?;
-    let digest = manifest_desc.digest.clone();
-    Store::set_ref(&mut index, &key, manifest_desc);
-    store.write_index(&index, &lock)?;
-    Ok(Stashed {
-        key,
-        digest,
-        layers,
-        layer,
-        base: base_name.map(|(n, _)| n),
-    })
+    Ok((config, manifest, base_name))
 }
 
 /// Caches the tree the new image's layers make (the lower tree with the new

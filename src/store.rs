@@ -1,18 +1,28 @@
 //! The local stash store: one OCI image layout for all stashes, refs named
 //! `name:tag` in `index.json`.
 //!
-//! Every change takes an exclusive lock on the store, writes new blobs beside
-//! the index, and then replaces `index.json` by rename, so a crash or kill at
-//! any moment leaves every tag that existed before readable.
+//! A writer does its slow part (reading, compressing, copying) under the
+//! shared lock, into temp files of its own in the store, and takes the
+//! exclusive lock only to move its blobs in and replace `index.json` by
+//! rename, so a crash or kill at any moment leaves every tag that existed
+//! before readable. Garbage collection needs the exclusive lock, so nothing a
+//! writer reads under the shared one disappears; between the two locks it
+//! can, and the writer checks again under the exclusive one.
+//!
+//! Every `.tmp-*` file and directory in the store is flocked by the run that
+//! owns it for as long as it lives, and is made while that run holds a store
+//! lock; the cleanup of what killed runs left (under the exclusive lock)
+//! removes only those it can lock itself.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::{self, File, TryLockError};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 use serde::Serialize;
+use tempfile::{NamedTempFile, TempDir};
 
 use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
 
@@ -92,7 +102,7 @@ impl Store {
 
     /// Creates the store if needed and takes its exclusive lock. What runs
     /// killed left behind (temp files of layers, blobs and pulls) is removed
-    /// then: no other writer can be at work.
+    /// then; temp files of live runs are locked and stay.
     pub fn lock_exclusive(&self) -> Result<Lock> {
         fs::create_dir_all(self.blob_dir())
             .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
@@ -119,6 +129,18 @@ impl Store {
         Ok(Some(Lock { _file: dir }))
     }
 
+    /// Takes the shared lock for the slow part of a change (reading the
+    /// base, writing a layer, copying an image), creating the store first if
+    /// needed. Other writers and readers go on meanwhile; garbage collection
+    /// waits.
+    pub fn lock_for_staging(&self) -> Result<Lock> {
+        if !self.exists() {
+            drop(self.lock_exclusive()?);
+        }
+        self.lock_shared()?
+            .ok_or_else(|| eyre!("the stash store {} vanished", self.root.display()))
+    }
+
     /// The store directory itself, which is what is locked: unlike a lock
     /// file it cannot be removed while the store is in use, and opening it
     /// needs no write access.
@@ -129,8 +151,8 @@ impl Store {
     }
 
     /// Removes the `.tmp-*` files and directories killed runs left in the
-    /// store and its blob directory.
-    fn remove_leftovers(&self, _lock: &Lock) -> Result<()> {
+    /// store and its blob directory: those no live run holds locked.
+    pub fn remove_leftovers(&self, _lock: &Lock) -> Result<()> {
         for dir in [self.root.clone(), self.blob_dir()] {
             for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
                 let entry = entry?;
@@ -138,16 +160,77 @@ impl Store {
                     continue;
                 }
                 let path = entry.path();
+                // Its owner may just have dropped it.
+                let Ok(handle) = File::open(&path) else { continue };
+                match handle.try_lock() {
+                    Ok(()) => {}
+                    Err(TryLockError::WouldBlock) => continue,
+                    Err(TryLockError::Error(e)) => {
+                        return Err(e).wrap_err_with(|| format!("locking {}", path.display()));
+                    }
+                }
                 let gone = if entry.file_type()?.is_dir() {
                     fs::remove_dir_all(&path)
                 } else {
                     fs::remove_file(&path)
                 };
-                gone.wrap_err_with(|| format!("removing {}, left by an interrupted run", path.display()))?;
-                log::debug!("removed {}, left by an interrupted run", path.display());
+                match gone {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(e)
+                            .wrap_err_with(|| format!("removing {}, left by an interrupted run", path.display()));
+                    }
+                    _ => log::debug!("removed {}, left by an interrupted run", path.display()),
+                }
             }
         }
         Ok(())
+    }
+
+    /// A new, empty temp file in the blob directory, owned by this run until
+    /// it is dropped or stored. Take a store lock first.
+    pub fn temp_blob(&self, kind: &str) -> Result<TempBlob> {
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{kind}-"))
+            .permissions(readable())
+            .tempfile_in(self.blob_dir())
+            .wrap_err_with(|| format!("creating a {kind} in {}", self.blob_dir().display()))?;
+        TempBlob::owned(file)
+    }
+
+    /// The file `src` (a blob of another layout) as a temp file in the blob
+    /// directory: a hard link where the file system allows, else a copy.
+    /// Take a store lock first.
+    pub fn temp_blob_from(&self, src: &Path) -> Result<TempBlob> {
+        let linked = tempfile::Builder::new()
+            .prefix(".tmp-import-")
+            .make_in(self.blob_dir(), |path| {
+                fs::hard_link(src, path).and_then(|()| File::open(path))
+            });
+        let temp = match linked {
+            Ok(file) => TempBlob::owned(file)?,
+            Err(_) => {
+                let temp = self.temp_blob("import")?;
+                let mut from = File::open(src).wrap_err_with(|| format!("opening {}", src.display()))?;
+                io::copy(&mut from, &mut temp.file()).wrap_err_with(|| format!("copying {}", src.display()))?;
+                temp.file().sync_all()?;
+                temp
+            }
+        };
+        Ok(temp)
+    }
+
+    /// A new temp directory in the store, owned by this run until dropped.
+    /// Take a store lock first.
+    pub fn temp_dir(&self, kind: &str) -> Result<OwnedDir> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{kind}-"))
+            .tempdir_in(&self.root)
+            .wrap_err_with(|| format!("creating a {kind} area in the store"))?;
+        let handle = File::open(dir.path()).wrap_err_with(|| format!("opening {}", dir.path().display()))?;
+        handle
+            .lock()
+            .wrap_err_with(|| format!("locking {}", dir.path().display()))?;
+        Ok(OwnedDir { dir, _lock: handle })
     }
 
     /// The store's index (empty when there is no store).
@@ -211,21 +294,30 @@ impl Store {
         serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing image config {digest}"))
     }
 
-    /// Stores a JSON blob and returns its descriptor.
+    /// Stores a JSON blob and returns its descriptor. Needs the exclusive lock.
     pub fn put_json<T: Serialize>(&self, value: &T, media_type: &str) -> Result<Descriptor> {
         let bytes = serde_json::to_vec(value)?;
-        let digest = Digest::of(&bytes);
-        let path = oci::blob_path(&self.root, &digest);
+        let desc = Store::describe_bytes(&bytes, media_type);
+        let path = oci::blob_path(&self.root, &desc.digest);
         if !path.exists() {
-            write_atomic(&path, &bytes).wrap_err_with(|| format!("storing blob {digest}"))?;
+            write_atomic(&path, &bytes).wrap_err_with(|| format!("storing blob {}", desc.digest))?;
         }
-        Ok(Descriptor {
+        Ok(desc)
+    }
+
+    /// The descriptor [`Store::put_json`] gives for `value`, without storing it.
+    pub fn describe_json<T: Serialize>(value: &T, media_type: &str) -> Result<Descriptor> {
+        Ok(Store::describe_bytes(&serde_json::to_vec(value)?, media_type))
+    }
+
+    fn describe_bytes(bytes: &[u8], media_type: &str) -> Descriptor {
+        Descriptor {
             media_type: media_type.into(),
-            digest,
+            digest: Digest::of(bytes),
             size: bytes.len() as u64,
             annotations: BTreeMap::new(),
             platform: None,
-        })
+        }
     }
 
     /// Points `key` at `manifest` in `index` (replacing an old target).
@@ -289,7 +381,9 @@ impl Store {
             });
         }
         Store::remove_ref(&mut index, key);
+        crate::fault::point("rm-before-index");
         self.write_index(&index, &lock)?;
+        crate::fault::point("rm-after-index");
         self.collect_garbage(&index, &lock)
     }
 
@@ -319,9 +413,11 @@ impl Store {
         for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
+            // Temp files are the cleanup's, which leaves those of live runs.
+            if !keep.contains(&name) && !name.starts_with('.') {
                 fs::remove_file(entry.path()).wrap_err_with(|| format!("removing {}", entry.path().display()))?;
                 removed += 1;
+                crate::fault::point("gc-between-removals");
             }
         }
         Ok(removed)
@@ -356,6 +452,57 @@ impl Store {
                 err.suggestion(format!("known tags: {}", tags.join(", ")))
             }
         })
+    }
+}
+
+/// A temp file in the store's blob directory, flocked by this run for as
+/// long as it lives so that another writer's cleanup leaves it alone;
+/// removed when dropped, unless stored.
+#[derive(Debug)]
+pub struct TempBlob {
+    file: NamedTempFile,
+}
+
+impl TempBlob {
+    fn owned(file: NamedTempFile) -> Result<TempBlob> {
+        file.as_file()
+            .lock()
+            .wrap_err_with(|| format!("locking {}", file.path().display()))?;
+        Ok(TempBlob { file })
+    }
+
+    /// The open file, to write the blob into.
+    pub fn file(&self) -> &File {
+        self.file.as_file()
+    }
+
+    /// Moves the file in as the blob `digest`, unless the store has that
+    /// blob already. Needs the exclusive lock.
+    pub fn store_as(self, store: &Store, digest: &Digest, _lock: &Lock) -> Result<()> {
+        let dest = oci::blob_path(store.root(), digest);
+        if !dest.exists() {
+            self.file
+                .persist(&dest)
+                .map_err(|e| e.error)
+                .wrap_err_with(|| format!("storing blob {digest}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A temp directory in the store, flocked by this run for as long as it
+/// lives (see [`TempBlob`]); removed when dropped.
+#[derive(Debug)]
+pub struct OwnedDir {
+    // Removed before the lock goes: fields drop in order.
+    dir: TempDir,
+    _lock: File,
+}
+
+impl OwnedDir {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 

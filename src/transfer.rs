@@ -10,7 +10,7 @@ use color_eyre::Section;
 use crate::oci::{self, Descriptor, Digest, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
 use crate::reference::ImageReference;
 use crate::registry::RegistryAuth;
-use crate::store::{write_atomic, Store};
+use crate::store::{write_atomic, Lock, Store};
 use crate::tools::skopeo::{self, Compression};
 
 /// Makes `dir` an image layout that already holds every blob of `store`
@@ -85,17 +85,25 @@ fn known_manifest(store: &Store, digest: &Digest) -> Option<Descriptor> {
     })
 }
 
+/// Whether the store holds `d` and every blob it reaches.
+fn complete(store: &Store, d: &Descriptor) -> bool {
+    let mut blobs = Vec::new();
+    reachable(store.root(), d, &mut blobs).is_ok() && blobs.iter().all(|b| oci::blob_path(store.root(), b).exists())
+}
+
 /// Copies `src` into the store as `key`. Blobs the store has are not fetched
 /// again; a registry image whose manifest the store has is only tagged. A
-/// failed pull changes nothing in the store.
+/// failed pull changes nothing in the store. The copy runs under the shared
+/// lock (stashes, pulls and rebuilds go on); only moving the new blobs in
+/// and replacing the index takes the exclusive one.
 pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth) -> Result<Pulled> {
-    let lock = store.lock_exclusive()?;
-    let mut index = store.index()?;
     if matches!(src, ImageReference::Docker(_)) {
         let raw = skopeo::inspect_raw(src, auth)?;
-        if let Some(d) = known_manifest(store, &Digest::of(&raw)) {
+        let lock = store.lock_exclusive()?;
+        if let Some(d) = known_manifest(store, &Digest::of(&raw)).filter(|d| complete(store, d)) {
             log::info!("{src} is in the store already ({}): nothing to fetch", d.digest.short());
             let digest = d.digest.clone();
+            let mut index = store.index()?;
             Store::set_ref(&mut index, key, d);
             store.write_index(&index, &lock)?;
             return Ok(Pulled {
@@ -105,10 +113,8 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
             });
         }
     }
-    let staging = tempfile::Builder::new()
-        .prefix(".tmp-pull-")
-        .tempdir_in(store.root())
-        .wrap_err("creating a staging area in the store")?;
+    let shared = store.lock_for_staging()?;
+    let staging = store.temp_dir("pull")?;
     staging_layout(store, staging.path())?;
     let dst = ImageReference::Oci {
         dir: staging.path().to_string_lossy().into_owned(),
@@ -118,33 +124,67 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     let copied = skopeo::copy(src, &dst, auth, Compression::Keep).wrap_err_with(|| format!("pulling {src}"));
     progress.finish_and_clear();
     copied?;
+    crate::fault::point("pull-after-copy");
     let staged: Index = oci::read_json(&staging.path().join("index.json"))?;
     let desc = store
         .find(&staged, key)
         .ok_or_else(|| eyre!("skopeo stored no image for {src}"))?;
     let mut blobs = Vec::new();
     reachable(staging.path(), &desc, &mut blobs)?;
-    let (mut new_blobs, mut new_bytes) = (0, 0);
-    for digest in blobs {
-        let dest = oci::blob_path(store.root(), &digest);
-        if dest.exists() {
-            continue;
-        }
-        let from = oci::blob_path(staging.path(), &digest);
-        new_bytes += fs::metadata(&from)?.len();
-        new_blobs += 1;
-        fs::rename(&from, &dest).wrap_err_with(|| format!("storing blob {digest}"))?;
-    }
+    // Config and layers first, the manifest last.
+    blobs.reverse();
+    drop(shared);
+    let lock = store.lock_exclusive()?;
+    let mut index = store.index()?;
+    let (new_blobs, new_bytes) = move_in(store, staging.path(), blobs, src, &lock)?;
     let digest = desc.digest.clone();
     let mut desc = desc;
     desc.annotations.remove(REF_NAME);
     Store::set_ref(&mut index, key, desc);
+    crate::fault::point("pull-before-index");
     store.write_index(&index, &lock)?;
+    crate::fault::point("pull-after-index");
     Ok(Pulled {
         digest,
         new_blobs,
         new_bytes,
     })
+}
+
+/// Moves the `blobs` of the `staging` layout that the store lacks into it;
+/// returns how many and their size. Needs the exclusive lock.
+fn move_in(
+    store: &Store,
+    staging: &Path,
+    blobs: Vec<Digest>,
+    src: &ImageReference,
+    _lock: &Lock,
+) -> Result<(usize, u64)> {
+    let new: Vec<Digest> = blobs
+        .into_iter()
+        .filter(|d| !oci::blob_path(store.root(), d).exists())
+        .collect();
+    for digest in &new {
+        // A blob the staging layout linked to the store by symlink is gone
+        // when a garbage collection ran between the locks.
+        let from = oci::blob_path(staging, digest);
+        if !from.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            return Err(eyre!(
+                "the blob {digest} was removed from the store while pulling {src}"
+            ))
+            .suggestion("run the pull again");
+        }
+    }
+    let mut bytes = 0;
+    for (n, digest) in new.iter().enumerate() {
+        let from = oci::blob_path(staging, digest);
+        bytes += fs::metadata(&from)?.len();
+        fs::rename(&from, oci::blob_path(store.root(), digest)).wrap_err_with(|| format!("storing blob {digest}"))?;
+        if n == 0 {
+            crate::fault::point("pull-between-blobs");
+        }
+    }
+    Ok((new.len(), bytes))
 }
 
 /// Pushes `src` to a registry with zstd layers. skopeo 1.9 would reuse gzip
@@ -161,6 +201,7 @@ fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth
         image: Some(key.to_string()),
     };
     skopeo::copy(src, &zstd, auth, Compression::Zstd)?;
+    crate::fault::point("push-between-copies");
     skopeo::copy(&zstd, dst, auth, Compression::Exact)
 }
 
@@ -180,6 +221,7 @@ pub fn push(
         dir: store.root().to_string_lossy().into_owned(),
         image: Some(key.to_string()),
     };
+    crate::fault::point("push-before-copy");
     let progress = crate::progress::spinner(&format!("pushing {key} to {dst}"));
     let copied = if compression == Compression::Zstd && matches!(dst, ImageReference::Docker(_)) {
         push_recompressed(&src, key, dst, auth)

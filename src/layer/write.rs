@@ -10,7 +10,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 
@@ -26,7 +25,7 @@ use crate::oci::{Digest, HashingWriter};
 
 const CHUNK: usize = 1 << 20;
 
-/// A layer blob written into a layout's `blobs/sha256`.
+/// A layer blob as written.
 #[derive(Debug, Clone)]
 pub struct Layer {
     /// Digest of the compressed blob.
@@ -187,14 +186,10 @@ pub fn checked(plan: &Plan<'_>, lower: &Tree, scanned: &[Scanned]) -> Result<Tre
     Ok(after)
 }
 
-/// Writes the planned layer into `blob_dir` (a layout's `blobs/sha256`).
-pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-layer-")
-        .permissions(crate::store::readable())
-        .tempfile_in(blob_dir)
-        .wrap_err_with(|| format!("creating a layer in {}", blob_dir.display()))?;
-    let file = tmp.as_file().try_clone().wrap_err("opening the new layer")?;
+/// Writes the planned layer into `out` (an empty file, synced when done);
+/// the caller moves it where its digest says.
+pub fn write(plan: &Plan<'_>, out: &File, level: u32) -> Result<Layer> {
+    let file = out.try_clone().wrap_err("opening the new layer")?;
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let compressor = thread::spawn(move || compress(rx, file, level));
     let total: u64 = plan
@@ -223,8 +218,6 @@ pub fn write(plan: &Plan<'_>, blob_dir: &Path, level: u32) -> Result<Layer> {
     let compressed = compressor.join().map_err(|_| eyre!("the layer compressor panicked"))?;
     let (digest, size) = compressed.wrap_err("compressing the layer")?;
     written?;
-    let dest = blob_dir.join(digest.hex());
-    tmp.persist(&dest).wrap_err_with(|| format!("storing layer {digest}"))?;
     Ok(Layer {
         digest,
         diff_id,
