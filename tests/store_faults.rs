@@ -1,0 +1,667 @@
+//! The store under faults and concurrency, with real skopeo: a run killed
+//! (SIGKILL) at every named fault point (`KIWI_STACKBUILD_FAULT`) or at a
+//! random moment leaves every tag that existed before readable and
+//! verified, no torn blob under its final name, and nothing the next writer
+//! does not clean up; concurrent stashes and removals lose nothing and leave
+//! nothing half removed; a long run holding only the shared lock lets
+//! listing and restoring go on.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::tree::{assert_same_tree, make_special_tree, snapshot, Snapshot};
+use rustix::process::{waitpid, Pid, WaitOptions};
+use sha2::{Digest as _, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kiwi-stackbuild");
+const FAULT: &str = "KIWI_STACKBUILD_FAULT";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// The binary on the store at `home`, with no fault set and no kiwi-ng to
+/// ask for its version (a rebuild's `system create` is `/bin/true`).
+fn cmd(home: &Path, args: &[&OsStr]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("KIWI_STACKBUILD_HOME", home)
+        .env("KIWI_NG", "/bin/true")
+        .env_remove(FAULT)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn os<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
+    args.iter().map(|a| OsStr::new(*a)).collect()
+}
+
+fn stash_args<'a>(root: &'a Path, name: &'a str, tag: &'a str) -> Vec<&'a OsStr> {
+    let mut args = os(&["stash", "--root"]);
+    args.push(root.as_os_str());
+    args.extend(os(&["--container-name", name, "--tag", tag]));
+    args
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run(home: &Path, args: &[&OsStr]) -> Output {
+    let out = cmd(home, args).output().expect("running kiwi-stackbuild");
+    check(&out, &format!("{args:?}"));
+    out
+}
+
+fn stash(home: &Path, root: &Path, name: &str, tag: &str) {
+    run(home, &stash_args(root, name, tag));
+}
+
+/// Runs `args` with the fault point `point` set; the run must die there.
+fn run_killed_at(home: &Path, args: &[&OsStr], point: &str) {
+    let out = cmd(home, args).env(FAULT, point).output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{args:?} was not killed at {point} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut hash = Sha256::new();
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    format!("{:x}", hash.finalize())
+}
+
+fn blob(home: &Path, digest: &str) -> PathBuf {
+    home.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())
+}
+
+/// Checks that the blob `d` (a descriptor) is there, of its size and digest.
+fn verify_blob(home: &Path, d: &serde_json::Value, what: &str) -> PathBuf {
+    let digest = d["digest"].as_str().unwrap();
+    let path = blob(home, digest);
+    assert!(path.is_file(), "{what}: blob {digest} is missing");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        d["size"].as_u64().unwrap(),
+        "{what}: blob {digest} has the wrong size"
+    );
+    assert_eq!(
+        format!("sha256:{}", sha256_file(&path)),
+        digest,
+        "{what}: blob {digest} is damaged"
+    );
+    path
+}
+
+/// Reads index.json and verifies every blob each ref reaches; returns the
+/// refs with their manifest digests.
+fn verify_store(home: &Path) -> BTreeMap<String, String> {
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();
+    let mut refs = BTreeMap::new();
+    for d in index["manifests"].as_array().unwrap() {
+        let name = d["annotations"][REF_NAME].as_str().unwrap().to_string();
+        let path = verify_blob(home, d, &name);
+        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+        verify_blob(home, &manifest["config"], &name);
+        for layer in manifest["layers"].as_array().unwrap() {
+            verify_blob(home, layer, &name);
+        }
+        let old = refs.insert(name.clone(), d["digest"].as_str().unwrap().to_string());
+        assert!(old.is_none(), "{name} is in the index twice");
+    }
+    refs
+}
+
+/// Every file in the blob directory under a final name is whole: its
+/// content has the digest its name says.
+fn assert_no_torn_blob(home: &Path, what: &str) {
+    for entry in fs::read_dir(home.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        assert_eq!(
+            sha256_file(&entry.path()),
+            name,
+            "{what}: a torn blob under its final name"
+        );
+    }
+}
+
+/// The `.tmp-*` files and directories in the store and its blob directory.
+fn leftovers(home: &Path) -> Vec<String> {
+    [home.to_path_buf(), home.join("blobs/sha256")]
+        .iter()
+        .flat_map(|d| fs::read_dir(d).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
+/// Restores `key` with the binary (a rebuild whose kiwi-ng does nothing)
+/// and compares it with `expected`.
+fn assert_restores(home: &Path, key: &str, expected: &Snapshot) {
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("t");
+    let mut args = os(&["rebuild", "--root", key, "--", "--target-dir"]);
+    args.push(dir.as_os_str());
+    run(home, &args);
+    assert_same_tree(expected, &snapshot(&dir.join("build/image-root")));
+}
+
+/// A store with three tags to copy for each fault: `base:1`, `base:2` (a
+/// delta on it) and `other:1`, and the roots they came from.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    store: PathBuf,
+    /// The root of `base:2`, and of the next stash on it.
+    root: PathBuf,
+    /// A root no tag holds.
+    spare: PathBuf,
+    /// What `base:2` restores to.
+    base2: Snapshot,
+    refs: BTreeMap<String, String>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |n: &str| tmp.path().join(n);
+        let (store, root, other, spare) = (at("template"), at("root"), at("other"), at("spare"));
+        make_special_tree(&root);
+        stash(&store, &root, "base", "1");
+        fs::remove_file(root.join("etc/hostname")).unwrap();
+        fs::write(root.join("etc/second"), "in base:2\n").unwrap();
+        stash(&store, &root, "base", "2");
+        let base2 = snapshot(&root);
+        fs::write(root.join("etc/third"), "in base:3\n").unwrap();
+        make_special_tree(&other);
+        fs::write(other.join("other.txt"), "only in other:1\n").unwrap();
+        stash(&store, &other, "other", "1");
+        make_special_tree(&spare);
+        fs::write(spare.join("spare.txt"), "in no tag\n").unwrap();
+        let refs = verify_store(&store);
+        assert_eq!(refs.len(), 3, "{refs:?}");
+        Fixture {
+            tmp,
+            store,
+            root,
+            spare,
+            base2,
+            refs,
+        }
+    }
+
+    /// A fresh copy of the store, for one run.
+    fn copy(&self, name: &str) -> PathBuf {
+        let home = self.tmp.path().join(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&self.store)
+            .arg(&home)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        home
+    }
+
+    /// After a run killed at `point`: every tag of the fixture but those in
+    /// `changed` is there as it was and verifies, `base:2` restores, no blob
+    /// is torn, and the next stash leaves no temp file. Returns the refs the
+    /// killed run left.
+    fn assert_survived(&self, home: &Path, point: &str, changed: &[&str]) -> BTreeMap<String, String> {
+        let refs = verify_store(home);
+        for (key, digest) in &self.refs {
+            if !changed.contains(&key.as_str()) {
+                assert_eq!(refs.get(key), Some(digest), "{point}: {key} changed");
+            }
+        }
+        assert_no_torn_blob(home, point);
+        assert_restores(home, "base:2", &self.base2);
+        stash(home, &self.spare, "next", "1");
+        assert_eq!(
+            leftovers(home),
+            Vec::<String>::new(),
+            "{point}: the next stash left these"
+        );
+        verify_store(home);
+        refs
+    }
+}
+
+#[test]
+fn a_stash_killed_at_any_point_leaves_every_tag() {
+    let f = Fixture::new();
+    let points = [
+        ("stash-layer-written", false),
+        ("stash-between-locks", false),
+        ("stash-after-layer", false),
+        ("stash-after-config", false),
+        ("stash-after-manifest", false),
+        ("stash-before-index", false),
+        ("stash-after-index", true),
+    ];
+    for (point, tagged) in points {
+        let home = f.copy(point);
+        run_killed_at(&home, &stash_args(&f.root, "base", "3"), point);
+        let refs = f.assert_survived(&home, point, &[]);
+        assert_eq!(refs.contains_key("base:3"), tagged, "{point}: {refs:?}");
+    }
+}
+
+#[test]
+fn a_removal_killed_at_any_point_leaves_every_other_tag() {
+    let f = Fixture::new();
+    for (point, tagged) in [
+        ("rm-before-index", true),
+        ("rm-after-index", false),
+        ("gc-between-removals", false),
+    ] {
+        let home = f.copy(point);
+        run_killed_at(&home, &os(&["stash", "--rm", "other:1"]), point);
+        let refs = f.assert_survived(&home, point, &["other:1"]);
+        assert_eq!(refs.contains_key("other:1"), tagged, "{point}: {refs:?}");
+        // Removing it again (or what is left of it) collects every blob.
+        if tagged {
+            run(&home, &os(&["stash", "--rm", "other:1"]));
+        }
+        run(&home, &os(&["stash", "--rm", "next"]));
+        assert_eq!(
+            count_blobs(&home),
+            count_blobs(&f.store) - 3,
+            "{point}: other:1 has 3 blobs of its own"
+        );
+    }
+}
+
+/// The blobs of the store no ref reaches.
+fn unreferenced(home: &Path) -> Vec<String> {
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();
+    let mut reached = std::collections::BTreeSet::new();
+    for d in index["manifests"].as_array().unwrap() {
+        let digest = d["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blob(home, digest)).unwrap()).unwrap();
+        reached.insert(digest.to_string());
+        reached.insert(manifest["config"]["digest"].as_str().unwrap().to_string());
+        for layer in manifest["layers"].as_array().unwrap() {
+            reached.insert(layer["digest"].as_str().unwrap().to_string());
+        }
+    }
+    fs::read_dir(home.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && !reached.contains(&format!("sha256:{n}")))
+        .collect()
+}
+
+fn count_blobs(home: &Path) -> usize {
+    fs::read_dir(home.join("blobs/sha256"))
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
+/// An `oci:DIR:pulled` layout holding an image no tag of the fixture has.
+fn source_layout(f: &Fixture) -> String {
+    let store = f.tmp.path().join("source-store");
+    let root = f.tmp.path().join("source-root");
+    make_special_tree(&root);
+    fs::write(root.join("source.txt"), "only in the source\n").unwrap();
+    stash(&store, &root, "src", "1");
+    let layout = format!("oci:{}:pulled", f.tmp.path().join("source-layout").display());
+    run(&store, &os(&["push", "src:1", &layout]));
+    layout
+}
+
+#[test]
+fn a_pull_killed_at_any_point_leaves_every_tag() {
+    let f = Fixture::new();
+    let source = source_layout(&f);
+    for (point, tagged) in [
+        ("pull-after-copy", false),
+        ("pull-between-blobs", false),
+        ("pull-before-index", false),
+        ("pull-after-index", true),
+    ] {
+        let home = f.copy(point);
+        run_killed_at(&home, &os(&["pull", &source, "pulled:1"]), point);
+        let refs = f.assert_survived(&home, point, &[]);
+        assert_eq!(refs.contains_key("pulled:1"), tagged, "{point}: {refs:?}");
+        // The next pull brings what the killed one did not.
+        run(&home, &os(&["pull", &source, "pulled:1"]));
+        assert!(verify_store(&home).contains_key("pulled:1"));
+    }
+}
+
+#[test]
+fn a_push_killed_leaves_the_store_as_it_was() {
+    let f = Fixture::new();
+    let home = f.copy("push");
+    let out = f.tmp.path().join("pushed");
+    let dest = format!("oci:{}:x", out.display());
+    run_killed_at(&home, &os(&["push", "base:2", &dest]), "push-before-copy");
+    f.assert_survived(&home, "push-before-copy", &[]);
+    run(&home, &os(&["push", "base:2", &dest]));
+}
+
+/// A pseudo-random number generator seeded from the clock (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn from_time() -> Rng {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        Rng(nanos | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Fills `dir` with `files` files of `size` pseudo-random bytes each.
+fn write_noise(dir: &Path, files: usize, size: usize, rng: &mut Rng) {
+    fs::create_dir_all(dir).unwrap();
+    for n in 0..files {
+        let mut data = Vec::with_capacity(size + 8);
+        while data.len() < size {
+            data.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        data.truncate(size);
+        fs::write(dir.join(format!("f{n}")), &data).unwrap();
+    }
+}
+
+#[test]
+fn a_stash_killed_at_random_moments_leaves_every_tag() {
+    let f = Fixture::new();
+    let home = f.copy("random");
+    let big = f.tmp.path().join("big");
+    make_special_tree(&big);
+    let mut rng = Rng::from_time();
+    println!("seed {}", rng.0);
+    for d in 0..30 {
+        write_noise(&big.join(format!("usr/share/small/{d}")), 100, 2000, &mut rng);
+    }
+    write_noise(&big.join("usr/lib/large"), 12, 1 << 20, &mut rng);
+    // How long a whole stash of it takes here, to kill within that time.
+    let started = Instant::now();
+    stash(&f.copy("timing"), &big, "big", "1");
+    let whole = started.elapsed();
+    println!("a whole stash takes {whole:.2?}");
+    let before = verify_store(&home);
+    let mut killed = 0;
+    for n in 0..8 {
+        let delay = Duration::from_micros(rng.next() % (whole.as_micros() as u64 * 11 / 10).max(1));
+        let key = format!("big-{n}");
+        let mut child = cmd(&home, &stash_args(&big, &key, "1"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        println!(
+            "run {n}: killed after {delay:.2?}: {status}, left {:?}",
+            leftovers(&home)
+        );
+        killed += usize::from(status.signal() == Some(9));
+        let refs = verify_store(&home);
+        for (key, digest) in &before {
+            assert_eq!(refs.get(key), Some(digest), "after {delay:.2?}: {key} changed");
+        }
+        assert_no_torn_blob(&home, &format!("after {delay:.2?}"));
+    }
+    assert!(killed > 0, "every stash finished before it was killed");
+    assert_restores(&home, "base:2", &f.base2);
+    stash(&home, &f.spare, "next", "1");
+    assert_eq!(leftovers(&home), Vec::<String>::new(), "the next stash left these");
+    verify_store(&home);
+}
+
+#[test]
+fn concurrent_stashes_removals_and_a_pull_lose_nothing_and_leave_nothing_half_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let at = |n: &str| tmp.path().join(n);
+    let home = at("store");
+    let roots: Vec<PathBuf> = (0..4)
+        .map(|n| {
+            let root = at(&format!("root{n}"));
+            make_special_tree(&root);
+            fs::write(root.join("which"), format!("root {n}\n")).unwrap();
+            root
+        })
+        .collect();
+    stash(&home, &roots[0], "keep", "1");
+    for tag in ["1", "2", "3"] {
+        fs::write(roots[1].join("pre"), tag).unwrap();
+        stash(&home, &roots[1], "pre", tag);
+    }
+    stash(&home, &roots[2], "gone", "1");
+    stash(&home, &roots[2], "gone", "2");
+    let source_store = at("source-store");
+    fs::write(roots[0].join("source"), "pulled\n").unwrap();
+    stash(&source_store, &roots[0], "src", "1");
+    let source = format!("oci:{}:pulled", at("source-layout").display());
+    run(&source_store, &os(&["push", "src:1", &source]));
+    // Stashes whose layers are those of the tags being removed, so the
+    // removals' garbage collection runs between their locks.
+    let mut jobs: Vec<(String, Vec<&OsStr>)> = Vec::new();
+    for n in 0..4 {
+        let name: &'static str = ["n0", "n1", "n2", "n3"][n];
+        jobs.push((format!("{name}:1"), stash_args(&roots[[2, 1, 2, 3][n]], name, "1")));
+    }
+    for tag in ["1", "2", "3", "4"] {
+        jobs.push((format!("same:{tag}"), stash_args(&roots[3], "same", tag)));
+    }
+    jobs.push(("rm pre:1".into(), os(&["stash", "--rm", "pre:1"])));
+    jobs.push(("rm gone".into(), os(&["stash", "--rm", "gone"])));
+    jobs.push(("pull".into(), os(&["pull", &source, "pulled:1"])));
+    let children: Vec<(String, Child)> = jobs
+        .iter()
+        .map(|(what, args)| {
+            let child = cmd(&home, args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (what.clone(), child)
+        })
+        .collect();
+    for (what, child) in children {
+        check(&child.wait_with_output().unwrap(), &what);
+    }
+    let refs = verify_store(&home);
+    let keys: Vec<&str> = refs.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "keep:1", "n0:1", "n1:1", "n2:1", "n3:1", "pre:2", "pre:3", "pulled:1", "same:1", "same:2", "same:3",
+            "same:4"
+        ]
+    );
+    assert_no_torn_blob(&home, "after the concurrent runs");
+    assert_eq!(leftovers(&home), Vec::<String>::new());
+    assert_eq!(
+        unreferenced(&home),
+        Vec::<String>::new(),
+        "blobs of removed tags are left"
+    );
+    let out = at("restored");
+    let mut args = os(&["rebuild", "--root", "n0:1", "--", "--target-dir"]);
+    args.push(out.as_os_str());
+    run(&home, &args);
+    assert_same_tree(&snapshot(&roots[2]), &snapshot(&out.join("build/image-root")));
+}
+
+/// Waits until the child stops itself (SIGSTOP at a fault point).
+fn wait_stopped(child: &Child) {
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    let (_, status) = waitpid(Some(pid), WaitOptions::UNTRACED).unwrap().unwrap();
+    assert!(status.stopped(), "the run ended instead of stopping: {status:?}");
+}
+
+fn resume(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-CONT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs `args` and waits for it at most a minute: a run that blocks on the
+/// store lock fails the test instead of hanging it.
+fn run_within_a_minute(home: &Path, args: &[&OsStr]) -> Output {
+    let mut child = cmd(home, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{args:?} is blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    check(&out, &format!("{args:?}"));
+    out
+}
+
+/// While another run holds the shared lock, listing and restoring go on.
+fn assert_readers_go_on(f: &Fixture, home: &Path) {
+    let listed = run_within_a_minute(home, &os(&["stash", "--list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), f.refs.len(), "{listed:?}");
+    let target = f
+        .tmp
+        .path()
+        .join(format!("{}-restored", home.file_name().unwrap().to_string_lossy()));
+    let mut args = os(&["rebuild", "--root", "base:2", "--", "--target-dir"]);
+    args.push(target.as_os_str());
+    run_within_a_minute(home, &args);
+    assert_same_tree(&f.base2, &snapshot(&target.join("build/image-root")));
+}
+
+#[test]
+fn a_paused_stash_lets_listing_and_restoring_go_on() {
+    let f = Fixture::new();
+    let home = f.copy("paused");
+    let child = cmd(&home, &stash_args(&f.root, "base", "3"))
+        .env(FAULT, "stash-layer-written:stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&child);
+    assert_readers_go_on(&f, &home);
+    resume(&child);
+    check(&child.wait_with_output().unwrap(), "the paused stash");
+    assert!(verify_store(&home).contains_key("base:3"));
+}
+
+#[test]
+fn a_slow_pull_lets_listing_and_restoring_go_on() {
+    let f = Fixture::new();
+    let source = source_layout(&f);
+    let home = f.copy("slow-pull");
+    let (started, go) = (f.tmp.path().join("copy-started"), f.tmp.path().join("copy-go"));
+    // skopeo that waits, in its copy, for the test to let it go on.
+    let skopeo = f.tmp.path().join("slow-skopeo");
+    fs::write(
+        &skopeo,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = copy ]; then\n  touch '{}'\n  while [ ! -e '{}' ]; do sleep 0.05; done\nfi\nexec skopeo \"$@\"\n",
+            started.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&skopeo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = cmd(&home, &os(&["pull", &source, "pulled:1"]))
+        .env("SKOPEO", &skopeo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !started.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the pull never started its copy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_readers_go_on(&f, &home);
+    fs::write(&go, "").unwrap();
+    check(&child.wait_with_output().unwrap(), "the slow pull");
+    assert!(verify_store(&home).contains_key("pulled:1"));
+}
+
+#[test]
+fn a_base_removed_between_the_locks_fails_the_stash_and_leaves_nothing() {
+    let f = Fixture::new();
+    let home = f.copy("base-removed");
+    let child = cmd(&home, &stash_args(&f.root, "base", "3"))
+        .env(FAULT, "stash-between-locks:stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&child);
+    let layer_files = || -> Vec<String> {
+        leftovers(&home)
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp-layer-"))
+            .collect()
+    };
+    assert_eq!(layer_files().len(), 1, "the paused stash has its layer ready");
+    run(&home, &os(&["stash", "--rm", "base"]));
+    assert_eq!(
+        layer_files().len(),
+        1,
+        "the removal's cleanup took the layer of a live stash"
+    );
+    resume(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the stash succeeded on a removed base");
+    assert!(
+        stderr.contains("was removed while stashing") && stderr.contains("run the stash again"),
+        "{stderr}"
+    );
+    assert_eq!(leftovers(&home), Vec::<String>::new(), "the failed stash left these");
+    let refs = verify_store(&home);
+    assert_eq!(refs.keys().collect::<Vec<_>>(), ["other:1"]);
+    assert_no_torn_blob(&home, "after the failed stash");
+}
