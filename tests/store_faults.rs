@@ -1,4 +1,5 @@
-//! The store under faults and concurrency, with real skopeo: a run killed
+//! The store under faults and concurrency, with real skopeo (and a real
+//! registry for the zstd push): a run killed
 //! (SIGKILL) at every named fault point (`KIWI_STACKBUILD_FAULT`) or at a
 //! random moment leaves every tag that existed before readable and
 //! verified, no torn blob under its final name, and nothing the next writer
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::registry::Registry;
 use common::tree::{assert_same_tree, make_special_tree, snapshot, Snapshot};
 use rustix::process::{waitpid, Pid, WaitOptions};
 use sha2::{Digest as _, Sha256};
@@ -366,6 +368,25 @@ fn a_push_killed_leaves_the_store_as_it_was() {
     run_killed_at(&home, &os(&["push", "base:2", &dest]), "push-before-copy");
     f.assert_survived(&home, "push-before-copy", &[]);
     run(&home, &os(&["push", "base:2", &dest]));
+}
+
+#[test]
+fn a_zstd_push_killed_between_its_copies_leaves_the_store_as_it_was() {
+    let f = Fixture::new();
+    let home = f.copy("push-zstd");
+    let registry = Registry::plain();
+    let dest = registry.docker("faults/base:2");
+    let push = os(&[
+        "--tls-verify=false",
+        "--compress-format",
+        "zstd",
+        "push",
+        "base:2",
+        &dest,
+    ]);
+    run_killed_at(&home, &push, "push-between-copies");
+    f.assert_survived(&home, "push-between-copies", &[]);
+    run(&home, &push);
 }
 
 /// A pseudo-random number generator seeded from the clock (xorshift).
