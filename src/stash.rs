@@ -248,6 +248,8 @@ fn check_base(store: &Store, base: &Base) -> Result<()> {
 /// Reads `root`, writes its layer over `base` into a temp file of the store,
 /// and makes the new image's config and manifest. Needs the shared lock.
 fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoch: Option<i64>) -> Result<Staged> {
+    // First, so that a store we cannot write to fails before the slow part.
+    let layer_file = store.temp_blob("layer")?;
     let base_ids: Vec<Digest> = base
         .iter()
         .flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone()))
@@ -270,7 +272,6 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     let scanned = tree::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
     let plan = write::plan(&scanned, &lower);
     let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
-    let layer_file = store.temp_blob("layer")?;
     let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
@@ -315,10 +316,11 @@ fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
     Ok(tree)
 }
 
-/// The config and manifest of the image `layer` makes on `base`, and the
-/// name and digest of the base it names.
+/// An image config, its manifest, and the name and digest of the base the
+/// manifest names.
 type Image = (ImageConfig, Manifest, Option<(String, String)>);
 
+/// The image `layer` makes on `base`.
 fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option<i64>) -> Result<Image> {
     let created = oci::rfc3339(now(epoch));
     let (mut config, mut layers) = match base {

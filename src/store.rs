@@ -193,7 +193,8 @@ impl Store {
             .prefix(&format!(".tmp-{kind}-"))
             .permissions(readable())
             .tempfile_in(self.blob_dir())
-            .wrap_err_with(|| format!("creating a {kind} in {}", self.blob_dir().display()))?;
+            .wrap_err_with(|| format!("creating a {kind} in {}", self.blob_dir().display()))
+            .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
         TempBlob::owned(file)
     }
 
