@@ -360,6 +360,45 @@ fn a_pull_killed_at_any_point_leaves_every_tag() {
 }
 
 #[test]
+fn a_kept_root_on_a_foreign_image_imports_its_layers_even_after_a_kill() {
+    let f = Fixture::new();
+    let source = source_layout(&f);
+    let home = f.copy("keep-root");
+    let rebuild = |target: &Path| {
+        let mut args = os(&[
+            "rebuild",
+            "--root",
+            &source,
+            "--keep-root",
+            "kept:1",
+            "--",
+            "--target-dir",
+        ]);
+        args.push(target.as_os_str());
+        cmd(&home, &args)
+    };
+    let first = f.tmp.path().join("keep-target-1");
+    let out = rebuild(&first).env(FAULT, "stash-between-locks").output().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    let left = leftovers(&home);
+    assert!(
+        left.iter().any(|n| n.starts_with(".tmp-import-")),
+        "the source's layer was not staged for import: {left:?}"
+    );
+    f.assert_survived(&home, "stash-between-locks", &[]);
+    let second = f.tmp.path().join("keep-target-2");
+    check(&rebuild(&second).output().unwrap(), "the rebuild with --keep-root");
+    let refs = verify_store(&home);
+    assert!(refs.contains_key("kept:1"), "{refs:?}");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&run(&home, &os(&["stash", "--list", "--json"])).stdout).unwrap();
+    let kept = listed.iter().find(|e| e["reference"] == "kept:1").unwrap();
+    assert_eq!(kept["layers"], 2, "the source's layer and a delta: {kept}");
+    assert_restores(&home, "kept:1", &snapshot(&second.join("build/image-root")));
+    assert_eq!(leftovers(&home), Vec::<String>::new());
+}
+
+#[test]
 fn a_push_killed_leaves_the_store_as_it_was() {
     let f = Fixture::new();
     let home = f.copy("push");
