@@ -489,7 +489,7 @@ fn a_stash_killed_at_random_moments_leaves_every_tag() {
         let _ = child.kill();
         let status = child.wait().unwrap();
         println!(
-            "run {n}: killed after {delay:.2?}: {status}, left {:?}",
+            "run {n}: SIGKILL sent after {delay:.2?}: {status}, left {:?}",
             leftovers(&home)
         );
         killed += usize::from(status.signal() == Some(9));
@@ -724,4 +724,27 @@ fn a_base_removed_between_the_locks_fails_the_stash_and_leaves_nothing() {
     let refs = verify_store(&home);
     assert_eq!(refs.keys().collect::<Vec<_>>(), ["other:1"]);
     assert_no_torn_blob(&home, "after the failed stash");
+}
+
+#[test]
+fn every_fault_point_of_the_source_is_hit_by_a_test_here() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let tests = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/store_faults.rs")).unwrap();
+    let mut points = Vec::new();
+    for entry in walkdir::WalkDir::new(&src) {
+        let entry = entry.unwrap();
+        if entry.path().extension() != Some(OsStr::new("rs")) {
+            continue;
+        }
+        let text = fs::read_to_string(entry.path()).unwrap();
+        for piece in text.split("fault::point(\"").skip(1) {
+            points.push(piece.split('"').next().unwrap().to_string());
+        }
+    }
+    assert!(points.len() >= 10, "{points:?}");
+    let missed: Vec<&String> = points
+        .iter()
+        .filter(|p| !tests.contains(&format!("\"{p}\"")) && !tests.contains(&format!("\"{p}:stop\"")))
+        .collect();
+    assert!(missed.is_empty(), "fault points no test uses: {missed:?}");
 }
