@@ -423,7 +423,13 @@ fn a_zstd_push_killed_between_its_copies_leaves_the_store_as_it_was() {
         "base:2",
         &dest,
     ]);
-    run_killed_at(&home, &push, "push-between-copies");
+    // The killed push leaves its scratch layout in TMPDIR: keep it in ours.
+    let out = cmd(&home, &push)
+        .env(FAULT, "push-between-copies")
+        .env("TMPDIR", f.tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
     f.assert_survived(&home, "push-between-copies", &[]);
     run(&home, &push);
 }
