@@ -191,7 +191,7 @@ pub struct RebuildArgs {
 
 /// `stash`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check"])))]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
     #[arg(long, value_name = "DIR")]
@@ -202,7 +202,7 @@ pub struct StashArgs {
     /// Name of the stash (default: <image name> of the description)
     #[arg(long, value_name = "NAME", requires = "root")]
     pub container_name: Option<String>,
-    /// List the stashes
+    /// List the stashes; broken ones say what is wrong (exit status 3)
     #[arg(long)]
     pub list: bool,
     /// With --list: print JSON
@@ -211,6 +211,21 @@ pub struct StashArgs {
     /// Remove NAME:TAG, or every tag of NAME, and free unused blobs
     #[arg(long, value_name = "NAME[:TAG]")]
     pub rm: Option<StashRef>,
+    /// Verify every blob, report each problem on a line (exit status 3)
+    ///
+    /// Reports refs to missing blobs, blobs whose digest or size is wrong,
+    /// blobs no stash uses and temp files interrupted runs left. Changes
+    /// nothing and needs only read access. Exits with 3 when it finds a
+    /// problem.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: remove what no stash needs (unused blobs, temp files)
+    ///
+    /// Never removes a stash or a blob a stash needs: a stash that needs a
+    /// missing or corrupt blob is reported with what to do (re-pull or
+    /// re-stash it, or stash --rm). Exits with 3 when problems remain.
+    #[arg(long, requires = "check")]
+    pub repair: bool,
 }
 
 /// `stackbuild`.
@@ -382,7 +397,12 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if let Some(r) = a.rm {
         return workflow::remove(store, &r);
     }
-    let root = a.root.ok_or_else(|| eyre!("stash needs --root, --list or --rm"))?;
+    if a.check {
+        return listing::check(store, a.repair);
+    }
+    let root = a
+        .root
+        .ok_or_else(|| eyre!("stash needs --root, --list, --rm or --check"))?;
     let done = workflow::stash(
         store,
         &root,

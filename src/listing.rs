@@ -1,12 +1,15 @@
-//! `stash --list`: the stashes of the store as a table or as JSON.
+//! `stash --list` and `stash --check`: the stashes of the store as a table
+//! or as JSON, and what is wrong with the store.
 
-use color_eyre::eyre::Result;
+use color_eyre::eyre::{eyre, Result};
 
 use crate::stash::human_size;
-use crate::store::Store;
+use crate::store::{Damaged, Entry, Store};
 
 /// Prints the stashes of `store` on stdout: a table, or JSON with `json`.
-/// A missing or empty store prints no rows (and `[]` as JSON).
+/// A missing or empty store prints no rows (and `[]` as JSON). Broken
+/// stashes are listed with what is wrong, and then the command fails with
+/// [`Damaged`] (exit status 3) and a one-line summary.
 pub fn print(store: &Store, json: bool) -> Result<()> {
     let entries = match store.lock_shared()? {
         Some(_lock) => store.list()?,
@@ -14,12 +17,24 @@ pub fn print(store: &Store, json: bool) -> Result<()> {
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
-    }
-    if entries.is_empty() {
+    } else if entries.is_empty() {
         eprintln!("no stashes in {}", store.root().display());
-        return Ok(());
+    } else {
+        print_table(&entries);
     }
+    let broken = entries.iter().filter(|e| e.broken.is_some()).count();
+    if broken > 0 {
+        return Err(Damaged(format!(
+            "{broken} of {} stashes {} broken; see kiwi-stackbuild stash --check",
+            entries.len(),
+            if broken == 1 { "is" } else { "are" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn print_table(entries: &[Entry]) {
     println!(
         "{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE",
         "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED"
@@ -31,15 +46,80 @@ pub fn print(store: &Store, json: bool) -> Result<()> {
             .and_then(|b| b.split(' ').next_back())
             .map(|b| b.split('@').next().unwrap_or(b))
             .unwrap_or("-");
+        // What is not a whole image of ours says so at the end of its row.
+        let mut note = String::new();
+        if e.kind != "oci image" {
+            note.push_str(&format!("  ({})", e.kind));
+        }
+        if let Some(why) = &e.broken {
+            note.push_str(&format!("  broken: {why}"));
+        }
+        let (layers, size) = if e.layers == 0 && (e.broken.is_some() || e.kind != "oci image") {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (e.layers.to_string(), human_size(e.size))
+        };
         println!(
-            "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}",
+            "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}{note}",
             e.reference,
             e.digest.short(),
-            e.layers,
-            human_size(e.size),
+            layers,
+            size,
             e.created.as_deref().unwrap_or("-"),
             base
         );
+    }
+}
+
+/// `stash --check [--repair]`: prints one line per problem on stdout; with
+/// `repair`, removes what no stash needs and prints what it removed. Fails
+/// with [`Damaged`] (exit status 3) when problems were found (with
+/// `repair`: when some remain).
+pub fn check(store: &Store, repair: bool) -> Result<()> {
+    if !store.exists() {
+        store.require_index()?;
+        eprintln!("no stashes in {}: nothing to check", store.root().display());
+        return Ok(());
+    }
+    let lock = if repair {
+        store.lock_exclusive_as_is()?
+    } else {
+        // Shared: a read-only store can be checked.
+        store
+            .lock_shared()?
+            .ok_or_else(|| eyre!("the stash store {} went away", store.root().display()))?
+    };
+    let checked = store.check(&lock)?;
+    for f in &checked.findings {
+        println!("{}", f.text);
+    }
+    let remaining = if repair {
+        let (removed, remaining) = store.repair(&checked, &lock)?;
+        for line in &removed {
+            println!("{line}");
+        }
+        remaining.len()
+    } else {
+        checked.findings.len()
+    };
+    let root = store.root().display();
+    if remaining > 0 {
+        let what = if repair { "remain after the repair" } else { "found" };
+        let hint = if repair {
+            "see above for what to do"
+        } else {
+            "kiwi-stackbuild stash --check --repair removes what no stash needs"
+        };
+        let problems = if remaining == 1 { "problem" } else { "problems" };
+        return Err(Damaged(format!("{remaining} {problems} {what} in {root}; {hint}")).into());
+    }
+    if checked.findings.is_empty() {
+        eprintln!(
+            "{root}: no problems ({} refs, {} blobs checked)",
+            checked.refs, checked.blobs
+        );
+    } else {
+        eprintln!("{root}: repaired");
     }
     Ok(())
 }

@@ -2,10 +2,12 @@ use clap::Parser;
 use color_eyre::config::Theme;
 use color_eyre::eyre::Result;
 use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 
 use kiwi_stackbuild::cli::{dispatch, Cli};
+use kiwi_stackbuild::store::Damaged;
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let theme = if std::io::stderr().is_terminal() {
         Theme::dark()
     } else {
@@ -18,7 +20,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     kiwi_stackbuild::argv::hide_creds_password();
     init_logging(cli.global.debug);
-    dispatch(cli)
+    match dispatch(cli) {
+        // Damage was found and printed: a one-line summary, and its own status.
+        Err(e) if e.downcast_ref::<Damaged>().is_some() => {
+            eprintln!("kiwi-stackbuild: {e}");
+            Ok(ExitCode::from(Damaged::EXIT_CODE))
+        }
+        done => done.map(|()| ExitCode::SUCCESS),
+    }
 }
 
 /// Logs go to stderr: info by default, debug with --debug, RUST_LOG wins.

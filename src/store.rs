@@ -24,7 +24,15 @@ use color_eyre::Section;
 use serde::Serialize;
 use tempfile::{NamedTempFile, TempDir};
 
-use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
+use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, REF_NAME};
+
+mod check;
+#[cfg(test)]
+mod damage_tests;
+pub mod walk;
+
+pub use check::{Checked, Finding, Fix};
+use walk::{Kind, Role};
 
 /// Where the store lives when neither `--stash-home` nor
 /// `KIWI_STACKBUILD_HOME` says otherwise.
@@ -59,6 +67,41 @@ pub struct Entry {
     pub base: Option<String>,
     /// All labels of the image.
     pub labels: BTreeMap<String, String>,
+    /// What it is: `oci image`, `docker image`, `oci index`, `docker
+    /// manifest list`, or the media type of anything else.
+    pub kind: String,
+    /// What is wrong with it, when it cannot be used (a blob missing,
+    /// corrupt or of the wrong size); `None` when it is whole.
+    pub broken: Option<String>,
+}
+
+/// The store was read and found damaged: what is wrong has been printed,
+/// and the command exits with [`Damaged::EXIT_CODE`], so that scripts can
+/// tell it from a command that failed.
+#[derive(Debug)]
+pub struct Damaged(pub String);
+
+impl Damaged {
+    /// The exit status of a command that found damage (1 is a failure, 2 a
+    /// usage error).
+    pub const EXIT_CODE: u8 = 3;
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// What garbage collection will delete: worked out in full before anything is.
+#[derive(Debug, Default)]
+struct Garbage {
+    /// Blob files (hex names) that no ref needs.
+    blobs: Vec<String>,
+    /// Chain IDs of the cached trees to keep.
+    chains: Vec<Digest>,
 }
 
 impl Store {
@@ -104,16 +147,47 @@ impl Store {
     /// killed left behind (temp files of layers, blobs and pulls) is removed
     /// then; temp files of live runs are locked and stay.
     pub fn lock_exclusive(&self) -> Result<Lock> {
+        let lock = self.lock_exclusive_as_is()?;
+        self.remove_leftovers(&lock)?;
+        self.create(&lock)?;
+        Ok(lock)
+    }
+
+    /// The exclusive lock, with nothing removed or created yet (what
+    /// `stash --check --repair` needs, to report what it removes). Fails
+    /// when the store has blobs but no index.
+    pub fn lock_exclusive_as_is(&self) -> Result<Lock> {
         fs::create_dir_all(self.blob_dir())
             .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
             .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
         let dir = self.lock_handle()?;
         dir.lock()
             .wrap_err_with(|| format!("locking {}", self.root.display()))?;
-        let lock = Lock { _file: dir };
-        self.remove_leftovers(&lock)?;
-        self.create(&lock)?;
-        Ok(lock)
+        self.require_index()?;
+        Ok(Lock { _file: dir })
+    }
+
+    /// Fails when `index.json` is missing but `blobs/sha256` holds blobs: that
+    /// is a damaged store, not an empty one, and starting a new index would
+    /// let the next garbage collection delete every blob. An empty or
+    /// absent store directory is fine.
+    pub fn require_index(&self) -> Result<()> {
+        if self.exists() {
+            return Ok(());
+        }
+        let blobs = fs::read_dir(self.blob_dir()).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        });
+        if blobs == 0 {
+            return Ok(());
+        }
+        let root = self.root.display();
+        Err(eyre!("the stash store {root} has {blobs} blobs but no index.json")).suggestion(format!(
+            "restore {root}/index.json from a backup, or remove the directory {root} to start an empty store"
+        ))
     }
 
     /// Takes the shared lock of an existing store, so no change runs while
@@ -121,6 +195,7 @@ impl Store {
     /// it works on a read-only store and for any user who can read it.
     pub fn lock_shared(&self) -> Result<Option<Lock>> {
         if !self.exists() {
+            self.require_index()?;
             return Ok(None);
         }
         let dir = self.lock_handle()?;
@@ -237,6 +312,7 @@ impl Store {
     /// The store's index (empty when there is no store).
     pub fn index(&self) -> Result<Index> {
         if !self.exists() {
+            self.require_index()?;
             return Ok(Index {
                 schema_version: 2,
                 media_type: Some(MEDIA_INDEX.into()),
@@ -330,62 +406,96 @@ impl Store {
         index.manifests.push(manifest);
     }
 
-    /// Every image in the store, in index order.
+    /// Every named entry of the store, in index order. Entries that cannot
+    /// be used are listed too, with what is wrong in [`Entry::broken`];
+    /// layers are only looked up (with their size), not read.
     pub fn list(&self) -> Result<Vec<Entry>> {
         let index = self.index()?;
-        let mut out = Vec::new();
-        for d in &index.manifests {
-            let Some(reference) = d.annotations.get(REF_NAME) else {
-                continue;
-            };
-            if d.media_type != MEDIA_MANIFEST {
-                continue;
-            }
-            let manifest = self
-                .manifest(&d.digest)
-                .wrap_err_with(|| format!("reading {reference}"))?;
-            let config = self
-                .config(&manifest.config.digest)
-                .wrap_err_with(|| format!("reading {reference}"))?;
-            let labels = config.labels();
-            out.push(Entry {
-                reference: reference.clone(),
-                digest: d.digest.clone(),
-                created: config.created.clone(),
-                layers: manifest.layers.len(),
-                size: manifest.layers.iter().map(|l| l.size).sum(),
-                base: labels.get(crate::labels::BASES).cloned(),
-                labels,
-            });
-        }
-        Ok(out)
+        Ok(index
+            .manifests
+            .iter()
+            .filter_map(|d| Some(self.entry(d, d.annotations.get(REF_NAME)?)))
+            .collect())
     }
 
-    /// Removes `key` and every blob no remaining ref uses.
-    pub fn remove(&self, key: &str) -> Result<usize> {
+    /// The listing of the index entry `d`, named `reference`.
+    fn entry(&self, d: &Descriptor, reference: &str) -> Entry {
+        let kind = Kind::of(&d.media_type);
+        let reach = walk::reach(&self.root, d);
+        let mut problems: Vec<String> = reach.problems.iter().map(ToString::to_string).collect();
+        let mut entry = Entry {
+            reference: reference.to_string(),
+            digest: d.digest.clone(),
+            created: None,
+            layers: 0,
+            size: 0,
+            base: None,
+            labels: BTreeMap::new(),
+            kind: kind.to_string(),
+            broken: None,
+        };
+        let fault_of = |role: Role| reach.problems.iter().any(|p| p.role == role);
+        if kind.is_image() && !fault_of(Role::Manifest) {
+            match self.manifest(&d.digest) {
+                Ok(manifest) => {
+                    entry.layers = manifest.layers.len();
+                    entry.size = manifest.layers.iter().map(|l| l.size).sum();
+                    match self.config(&manifest.config.digest) {
+                        Ok(config) => {
+                            entry.created = config.created.clone();
+                            entry.labels = config.labels();
+                            entry.base = entry.labels.get(crate::labels::BASES).cloned();
+                        }
+                        Err(e) if !fault_of(Role::Config) => problems.push(format!("{e:#}")),
+                        Err(_) => {}
+                    }
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        entry.broken = (!problems.is_empty()).then(|| problems.join("; "));
+        entry
+    }
+
+    /// Removes every ref of `keys` and the blobs no remaining ref uses, all
+    /// or nothing: the new index and every blob to delete are worked out
+    /// first, and when that fails nothing is changed. Then the index is
+    /// replaced, and only then are blobs deleted, so a kill in between
+    /// leaves unused blobs that `stash --check --repair` frees. Returns how
+    /// many blobs went.
+    pub fn remove(&self, keys: &[String]) -> Result<usize> {
         if !self.exists() {
+            self.require_index()?;
+            let key = keys.first().map_or("", String::as_str);
             return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion("the store is empty");
         }
         let lock = self.lock_exclusive()?;
         let mut index = self.index()?;
-        if self.find(&index, key).is_none() {
-            let known: Vec<&str> = index
-                .manifests
-                .iter()
-                .filter_map(|d| d.annotations.get(REF_NAME))
-                .map(String::as_str)
-                .collect();
-            return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion(if known.is_empty() {
-                "the store is empty".to_string()
-            } else {
-                format!("stashes: {}", known.join(", "))
-            });
+        for key in keys {
+            if self.find(&index, key).is_none() {
+                let known: Vec<&str> = index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.annotations.get(REF_NAME))
+                    .map(String::as_str)
+                    .collect();
+                return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion(if known.is_empty() {
+                    "the store is empty".to_string()
+                } else {
+                    format!("stashes: {}", known.join(", "))
+                });
+            }
+            Store::remove_ref(&mut index, key);
         }
-        Store::remove_ref(&mut index, key);
+        let garbage = self
+            .garbage(&index)
+            .wrap_err_with(|| format!("removing {}: nothing was changed", keys.join(", ")))?;
         crate::fault::point("rm-before-index");
         self.write_index(&index, &lock)?;
         crate::fault::point("rm-after-index");
-        self.collect_garbage(&index, &lock)
+        self.delete(&garbage)
+            .wrap_err_with(|| format!("{} removed, but not every unused blob was freed", keys.join(", ")))
+            .suggestion("run kiwi-stackbuild stash --check --repair to free the rest")
     }
 
     fn remove_ref(index: &mut Index, key: &str) {
@@ -394,51 +504,64 @@ impl Store {
             .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
     }
 
-    /// Deletes blobs that no manifest of `index` reaches, cached trees of
-    /// images that are gone, and what killed runs left. Returns how many
-    /// blobs went.
+    /// Deletes blobs that no entry of `index` reaches and cached trees of
+    /// images that are gone. Returns how many blobs went. Deletes nothing
+    /// when an entry's manifest or index is there but cannot be read, since
+    /// what it needs cannot be told.
     pub fn collect_garbage(&self, index: &Index, _lock: &Lock) -> Result<usize> {
+        let garbage = self.garbage(index)?;
+        self.delete(&garbage)
+    }
+
+    /// What [`Store::collect_garbage`] would delete, worked out without
+    /// changing anything. Every entry of `index` is walked whatever its
+    /// media type ([`walk::reach`]). A ref whose manifest blob is missing
+    /// reaches nothing that can be found, so it keeps nothing; a ref whose
+    /// manifest is present but unreadable or corrupt may need any blob, so
+    /// it fails the whole plan, naming the ref and what to do.
+    fn garbage(&self, index: &Index) -> Result<Garbage> {
         let mut keep = HashSet::new();
-        for d in &index.manifests {
-            self.mark(d, &mut keep)?;
-        }
-        let mut removed = 0;
         let mut chains = Vec::new();
-        for d in index.manifests.iter().filter(|d| d.media_type == MEDIA_MANIFEST) {
-            if let Ok(config) = self.manifest(&d.digest).and_then(|m| self.config(&m.config.digest)) {
-                chains.extend(crate::layer::cache::chain_id(&config.rootfs.diff_ids));
+        for d in &index.manifests {
+            let reach = walk::reach(&self.root, d);
+            if let Some(problem) = reach.blocker() {
+                let name = ref_name(d);
+                return Err(eyre!("cannot tell which blobs {name} needs: its {problem}")).suggestion(format!(
+                    "re-pull or re-stash {name} to restore that blob, or remove {name} first \
+                     (kiwi-stackbuild stash --rm {name})"
+                ));
             }
+            keep.extend(reach.needs.into_iter().map(|n| n.digest.hex().to_string()));
+            chains.extend(reach.chains);
         }
-        crate::layer::cache::prune(&self.root, &chains);
+        let mut blobs = Vec::new();
         let dir = self.blob_dir();
         for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Temp files are the cleanup's, which leaves those of live runs.
-            if !keep.contains(&name) && !name.starts_with('.') {
-                fs::remove_file(entry.path()).wrap_err_with(|| format!("removing {}", entry.path().display()))?;
-                removed += 1;
-                crate::fault::point("gc-between-removals");
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            // Temp files are remove_leftovers' to judge; other names are no blobs.
+            if is_blob_name(&name) && !keep.contains(&name) {
+                blobs.push(name);
+            }
+        }
+        Ok(Garbage { blobs, chains })
+    }
+
+    /// Deletes what [`Store::garbage`] found. Returns how many blobs went.
+    fn delete(&self, garbage: &Garbage) -> Result<usize> {
+        crate::layer::cache::prune(&self.root, &garbage.chains);
+        let mut removed = 0;
+        for name in &garbage.blobs {
+            let path = self.blob_dir().join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    removed += 1;
+                    crate::fault::point("gc-between-removals");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).wrap_err_with(|| format!("removing {}", path.display())),
             }
         }
         Ok(removed)
-    }
-
-    fn mark(&self, d: &Descriptor, keep: &mut HashSet<String>) -> Result<()> {
-        keep.insert(d.digest.hex().to_string());
-        if d.media_type == MEDIA_INDEX {
-            let nested: Index = serde_json::from_slice(&oci::read_blob(&self.root, &d.digest)?)?;
-            for m in &nested.manifests {
-                self.mark(m, keep)?;
-            }
-        } else if d.media_type == MEDIA_MANIFEST {
-            let m = self.manifest(&d.digest)?;
-            keep.insert(m.config.digest.hex().to_string());
-            for l in &m.layers {
-                keep.insert(l.digest.hex().to_string());
-            }
-        }
-        Ok(())
     }
 
     /// Resolves `key` to its manifest descriptor, or explains what exists.
@@ -505,6 +628,19 @@ impl OwnedDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The name of an entry of an index: its ref name, else its digest.
+fn ref_name(d: &Descriptor) -> String {
+    d.annotations
+        .get(REF_NAME)
+        .cloned()
+        .unwrap_or_else(|| d.digest.to_string())
+}
+
+/// Whether `name` is what a sha256 blob file is called (64 lowercase hex digits).
+fn is_blob_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path`.

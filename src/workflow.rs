@@ -565,10 +565,9 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         return Err(eyre!("no stash named {} in {}", r.name, store.root().display()))
             .suggestion("see kiwi-stackbuild stash --list");
     }
-    for key in keys {
-        let freed = store.remove(&key)?;
-        eprintln!("removed {key} ({freed} unused blobs freed)");
-    }
+    // All tags go, or none: one change of the index.
+    let freed = store.remove(&keys)?;
+    eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
     Ok(())
 }
 
