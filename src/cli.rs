@@ -100,7 +100,7 @@ pub enum Command {
     /// --root may be repeated to stack images; --keep-root works with all.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
-    /// Store a KIWI root tree in the local store, list or remove stashes
+    /// Store a KIWI root tree in the local store; list, remove or check stashes
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
@@ -208,10 +208,10 @@ pub struct StashArgs {
     /// With --list: print JSON
     #[arg(long, requires = "list")]
     pub json: bool,
-    /// Remove NAME:TAG, or every tag of NAME, and free unused blobs
+    /// Remove NAME:TAG, or every tag of NAME (all or none), free unused blobs
     #[arg(long, value_name = "NAME[:TAG]")]
     pub rm: Option<StashRef>,
-    /// Verify every blob, report each problem on a line (exit status 3)
+    /// Verify every blob of the store and report each problem on a line
     ///
     /// Reports refs to missing blobs, blobs whose digest or size is wrong,
     /// blobs no stash uses and temp files interrupted runs left. Changes
