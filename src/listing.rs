@@ -4,6 +4,7 @@
 use color_eyre::eyre::{eyre, Result};
 
 use crate::stash::human_size;
+use crate::store::walk::Kind;
 use crate::store::{Damaged, Entry, Store};
 
 /// Prints the stashes of `store` on stdout: a table, or JSON with `json`.
@@ -48,13 +49,13 @@ fn print_table(entries: &[Entry]) {
             .unwrap_or("-");
         // What is not a whole image of ours says so at the end of its row.
         let mut note = String::new();
-        if e.kind != "oci image" {
+        if e.kind != Kind::OciImage {
             note.push_str(&format!("  ({})", e.kind));
         }
         if let Some(why) = &e.broken {
             note.push_str(&format!("  broken: {why}"));
         }
-        let (layers, size) = if e.layers == 0 && (e.broken.is_some() || e.kind != "oci image") {
+        let (layers, size) = if e.layers == 0 && (e.broken.is_some() || e.kind != Kind::OciImage) {
             ("-".to_string(), "-".to_string())
         } else {
             (e.layers.to_string(), human_size(e.size))

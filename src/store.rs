@@ -69,7 +69,7 @@ pub struct Entry {
     pub labels: BTreeMap<String, String>,
     /// What it is: `oci image`, `docker image`, `oci index`, `docker
     /// manifest list`, or the media type of anything else.
-    pub kind: String,
+    pub kind: Kind,
     /// What is wrong with it, when it cannot be used (a blob missing,
     /// corrupt or of the wrong size); `None` when it is whole.
     pub broken: Option<String>,
@@ -431,7 +431,7 @@ impl Store {
             size: 0,
             base: None,
             labels: BTreeMap::new(),
-            kind: kind.to_string(),
+            kind: kind.clone(),
             broken: None,
         };
         let fault_of = |role: Role| reach.problems.iter().any(|p| p.role == role);

@@ -106,7 +106,7 @@ fn every_kind_of_entry_is_listed_and_keeps_its_blobs() {
         .list()
         .unwrap()
         .into_iter()
-        .map(|e| (e.reference, e.kind, e.broken))
+        .map(|e| (e.reference, e.kind.to_string(), e.broken))
         .collect();
     assert_eq!(
         kinds,

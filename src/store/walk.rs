@@ -19,6 +19,10 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// Media type of a Docker manifest list.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// The largest manifest, index or config read (registries take manifests
+/// of at most 4 MiB).
+const MAX_JSON: u64 = 16 << 20;
+
 /// What an index entry is, by its media type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -54,6 +58,12 @@ impl Kind {
     /// Whether it lists other manifests.
     pub fn is_list(&self) -> bool {
         matches!(self, Kind::OciIndex | Kind::DockerList)
+    }
+}
+
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -231,8 +241,26 @@ impl Walk<'_> {
     /// Reads and verifies a blob; `None` (with the problem noted) when it
     /// is missing, unreadable, of the wrong size or corrupt.
     fn read(&mut self, digest: &Digest, size: Option<u64>, role: Role) -> Option<Vec<u8>> {
-        let bytes = match fs::read(oci::blob_path(self.layout, digest)) {
-            Ok(b) => b,
+        let path = oci::blob_path(self.layout, digest);
+        // The size first: a wrong or huge file is not read at all.
+        let read = fs::metadata(&path).and_then(|m| {
+            let found = m.len();
+            if let Some(recorded) = size.filter(|s| *s != found) {
+                return Ok(Err(Fault::WrongSize { found, recorded }));
+            }
+            if found > MAX_JSON {
+                return Ok(Err(Fault::Unparseable(format!(
+                    "{found} bytes, too large for JSON metadata"
+                ))));
+            }
+            fs::read(&path).map(Ok)
+        });
+        let bytes = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(fault)) => {
+                self.problem(role, digest, fault);
+                return None;
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.problem(role, digest, Fault::Missing);
                 return None;
@@ -242,11 +270,6 @@ impl Walk<'_> {
                 return None;
             }
         };
-        let found = bytes.len() as u64;
-        if let Some(recorded) = size.filter(|s| *s != found) {
-            self.problem(role, digest, Fault::WrongSize { found, recorded });
-            return None;
-        }
         if Digest::of(&bytes) != *digest {
             self.problem(role, digest, Fault::Corrupt);
             return None;
