@@ -544,3 +544,28 @@ fn repair_removes_only_unused_blobs_and_temp_files() {
     let out = d.fails(&["stash", "--repair"], 2);
     assert!(stderr(&out).contains("--check"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_read_only_store_is_checked() {
+    let d = Damage::new();
+    let ro = d.tmp.path().join("ro-store");
+    fs::create_dir(&ro).unwrap();
+    let mount = |args: &[&str]| {
+        let status = Command::new("mount").args(args).status().expect("running mount");
+        assert!(status.success(), "mount {args:?} failed");
+    };
+    mount(&["--bind", d.home.to_str().unwrap(), ro.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["stash", "--check", "--stash-home"])
+        .arg(&ro)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&ro).status();
+    assert!(
+        out.status.success(),
+        "checking a read-only store failed: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("no problems (3 refs"), "{}", stderr(&out));
+}

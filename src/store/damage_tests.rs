@@ -136,6 +136,28 @@ fn every_kind_of_entry_is_listed_and_keeps_its_blobs() {
 }
 
 #[test]
+fn an_artifact_keeps_its_blobs_and_its_subject() {
+    const ARTIFACT: &str = "application/vnd.oci.artifact.manifest.v1+json";
+    let f = Fixture::new();
+    let image = f.image(MEDIA_MANIFEST, &["signed"]);
+    let signature = f.blob(b"a signature", "application/vnd.example.signature");
+    let elsewhere = json!({"mediaType": MEDIA_MANIFEST, "digest": Digest::of(b"not here").to_string(), "size": 8});
+    for (key, subject) in [("sig:1", &image), ("sig:2", &elsewhere)] {
+        let artifact = json!({"mediaType": ARTIFACT, "artifactType": "application/vnd.example.signature",
+            "blobs": [signature], "subject": subject});
+        f.tag(key, &f.blob(artifact.to_string().as_bytes(), ARTIFACT));
+    }
+    let image_blobs = blobs_of(&f, &image);
+    f.tag("other:1", &f.image(MEDIA_MANIFEST, &["other"]));
+    f.store.remove(&["other:1".into()]).unwrap();
+    for blob in image_blobs.iter().chain([&hex(&signature)]) {
+        assert!(f.store.blob_dir().join(blob).exists(), "{blob} went");
+    }
+    assert_eq!(f.entry("sig:2").broken, None, "a subject the store lacks is no damage");
+    assert_eq!(f.entry("sig:2").kind, Kind::Other(ARTIFACT.into()));
+}
+
+#[test]
 fn a_missing_or_short_blob_marks_its_stash_broken_and_names_it() {
     let f = Fixture::new();
     let a = f.image(MEDIA_MANIFEST, &["a"]);

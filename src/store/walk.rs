@@ -302,13 +302,15 @@ impl Walk<'_> {
                 _ => Vec::new(),
             };
             for item in items {
-                self.descriptor(item, member_role);
+                self.descriptor(item, member_role, member == "subject");
             }
         }
     }
 
-    /// One descriptor of a manifest or index.
-    fn descriptor(&mut self, item: &Value, role: Role) {
+    /// One descriptor of a manifest or index; an `optional` one (a
+    /// referrer's subject, which may live elsewhere) is followed only when
+    /// the store has it.
+    fn descriptor(&mut self, item: &Value, role: Role, optional: bool) {
         let Some(spelled) = item.get("digest").and_then(Value::as_str) else {
             return;
         };
@@ -321,6 +323,9 @@ impl Walk<'_> {
             });
             return;
         };
+        if optional && !oci::blob_path(self.layout, &digest).exists() {
+            return;
+        }
         let kind = item.get("mediaType").and_then(Value::as_str).map(Kind::of);
         match kind {
             Some(k) if k.is_list() => self.json(&digest, size, Role::Index),
