@@ -100,8 +100,18 @@ pub struct Base {
 impl Base {
     /// The stash `d` of `store` as a base.
     pub fn from_store(store: &Store, d: &Descriptor) -> Result<Base> {
-        let m = store.manifest(&d.digest)?;
-        let config = store.config(&m.config.digest)?;
+        let name = ref_name(d);
+        let read = || -> Result<(Manifest, ImageConfig)> {
+            let m = store.manifest(&d.digest)?;
+            let config = store.config(&m.config.digest)?;
+            Ok((m, config))
+        };
+        let (m, config) = read()
+            .wrap_err_with(|| format!("reading {name}, the stash to add a layer to"))
+            .suggestion(format!(
+                "see kiwi-stackbuild stash --check; remove the broken stash with \
+                 kiwi-stackbuild stash --rm {name}, or stash under another --container-name"
+            ))?;
         let layers = m
             .layers
             .iter()
