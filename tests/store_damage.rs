@@ -231,6 +231,22 @@ fn a_missing_manifest_breaks_only_its_stash() {
         "{text}"
     );
 
+    // Restashing onto it names it rather than a blob.
+    let index = fs::read(d.home.join("index.json")).unwrap();
+    let root = d.root.to_str().unwrap();
+    let out = d.fails(&["stash", "--root", root, "--container-name", "a", "--tag", "1"], 1);
+    assert!(
+        stderr(&out).contains("reading a:1, the stash to add a layer to"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("kiwi-stackbuild stash --rm a:1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(d.home.join("index.json")).unwrap(), index);
+
     // b:1's blobs go, and so does the config nothing reaches any more.
     let mut freed = vec![b1.as_str(), b1_config.as_str(), a1_config.as_str()];
     freed.extend(b1_layers.iter().map(String::as_str));
