@@ -193,7 +193,8 @@ impl Store {
     /// Removes what `checked` found that no ref needs: unused blobs (unless
     /// a ref that cannot be read may need them) and leftover temp files
     /// (those of no running process). Never a ref, never a blob a ref needs.
-    /// Returns one line per thing removed, and the findings that remain.
+    /// Returns one line per thing removed (or temp file kept), and the
+    /// findings that remain.
     pub fn repair(&self, checked: &Checked, lock: &Lock) -> Result<(Vec<String>, Vec<Finding>)> {
         let mut removed = Vec::new();
         let mut remaining = Vec::new();
@@ -220,7 +221,9 @@ impl Store {
             for finding in &checked.findings {
                 let Fix::Temp(path) = &finding.fix else { continue };
                 if path.symlink_metadata().is_ok() {
-                    remaining.push(finding.clone());
+                    let text = format!("kept temp file {}: a running process may still use it", path.display());
+                    removed.push(text.clone());
+                    remaining.push(Finding { text, fix: Fix::None });
                 } else {
                     removed.push(format!("removed leftover temp file {}", path.display()));
                 }
