@@ -36,7 +36,8 @@ pub enum Fix {
 /// What `--check` found.
 #[derive(Debug, Clone, Default)]
 pub struct Checked {
-    /// Every problem, in the order found: refs first, then blobs, then temp files.
+    /// Every problem: those of refs, of blobs, a ref that keeps blobs from
+    /// counting as unused, then temp files.
     pub findings: Vec<Finding>,
     /// How many refs were checked.
     pub refs: usize,
