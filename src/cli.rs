@@ -191,7 +191,11 @@ pub struct RebuildArgs {
 
 /// `stash`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check"])))]
+#[command(
+    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check"])),
+    override_usage = "kiwi-stackbuild stash [OPTIONS] --root DIR\n       kiwi-stackbuild stash --list [--json]\n       \
+                      kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --check [--repair]"
+)]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
     #[arg(long, value_name = "DIR")]
