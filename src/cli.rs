@@ -59,9 +59,15 @@ pub struct GlobalArgs {
     /// Registry auth file (default: where skopeo and podman keep logins)
     #[arg(long, global = true, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
-    /// Registry login; the password may come from KIWI_STACKBUILD_PASSWORD
+    /// Registry login. A password written here is visible to other users in
+    /// ps while we run: give --creds USER with --password-stdin, or set
+    /// KIWI_STACKBUILD_PASSWORD
     #[arg(long, global = true, value_name = "USER[:PASSWORD]")]
     pub creds: Option<String>,
+    /// Read the password of --creds USER from stdin (a trailing newline is
+    /// dropped)
+    #[arg(long, global = true, requires = "creds")]
+    pub password_stdin: bool,
     /// Verify registry TLS certificates (=false for a test registry)
     #[arg(long, global = true, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true")]
@@ -281,7 +287,15 @@ impl GlobalArgs {
         if let Some(d) = &self.cert_dir {
             registry::check_cert_dir(d)?;
         }
-        let creds = self.creds.as_deref().map(Credentials::parse).transpose()?;
+        let stdin = match self.password_stdin {
+            true => Some(registry::read_password(std::io::stdin().lock())?),
+            false => None,
+        };
+        let creds = self
+            .creds
+            .as_deref()
+            .map(|c| Credentials::parse(c, stdin))
+            .transpose()?;
         RegistryAuth::new(self.authfile.clone(), creds, self.tls_verify, self.cert_dir.clone())
     }
 }

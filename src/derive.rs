@@ -244,8 +244,8 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
     copy_tree(base_dir, tmp.path(), Some(&base_file))?;
     copy_tree(&derived.dir, tmp.path(), Some(&derived.file))?;
     merged.write_to(&tmp.path().join("config.xml"))?;
-    let kept = tmp.keep();
-    fs::rename(&kept, out).wrap_err_with(|| format!("writing {}", out.display()))?;
+    tmp.persist(out)
+        .wrap_err_with(|| format!("writing {}", out.display()))?;
     Ok(merged)
 }
 

@@ -24,11 +24,12 @@ pub fn kept_mode(mode: u32, owner_kept: bool) -> u32 {
 }
 
 /// A temporary directory in `parent` (the system's temporary directory when
-/// `None`) that only its owner can enter: copies of descriptions and
-/// scratch roots live there.
-pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir> {
+/// `None`) that only its owner can enter, created so (mode 0700) rather than
+/// made so afterwards: copies of descriptions, scratch roots and the
+/// credentials file live there. An interrupt removes it too.
+pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<crate::interrupt::TempDir> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(prefix);
+    builder.prefix(prefix).permissions(fs::Permissions::from_mode(0o700));
     let dir = match parent {
         Some(p) => builder.tempdir_in(p),
         None => builder.tempdir(),
@@ -39,9 +40,10 @@ pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<tempfile::
             parent.map_or("the temporary directory".into(), |p| p.display().to_string())
         )
     })?;
+    // The umask may have taken more; never less than the owner's rwx.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
         .wrap_err_with(|| format!("making {} private", dir.path().display()))?;
-    Ok(dir)
+    Ok(crate::interrupt::TempDir::new(dir))
 }
 
 /// `path` made absolute with its existing part's symlinks resolved, so two
@@ -94,6 +96,13 @@ mod tests {
         assert!(is_inside(&tmp.path().join("other/../store/t"), &store), "through ..");
         assert!(!is_inside(&tmp.path().join("store2"), &store));
         assert!(!is_inside(&tmp.path().join("t"), &store));
+    }
+
+    #[test]
+    fn private_tempdirs_are_private_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = private_tempdir(Some(tmp.path()), ".p-").unwrap();
+        assert_eq!(fs::metadata(dir.path()).unwrap().permissions().mode() & 0o7777, 0o700);
     }
 
     #[test]

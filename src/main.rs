@@ -1,3 +1,5 @@
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use color_eyre::config::Theme;
 use color_eyre::eyre::Result;
@@ -18,9 +20,12 @@ fn main() -> Result<ExitCode> {
         .theme(theme)
         .install()?;
     let cli = Cli::parse();
-    kiwi_stackbuild::argv::hide_creds_password();
     init_logging(cli.global.debug);
-    match dispatch(cli) {
+    kiwi_stackbuild::interrupt::install()?;
+    let result = dispatch(cli);
+    // An interrupt ends the process itself, once it has cleaned up.
+    kiwi_stackbuild::interrupt::finish();
+    match result {
         // Damage was found and printed: a one-line summary, and its own status.
         Err(e) if e.downcast_ref::<Damaged>().is_some() => {
             eprintln!("kiwi-stackbuild: {e}");

@@ -1,8 +1,9 @@
 //! Registry access as skopeo is told it: an auth file, credentials, TLS.
 //!
 //! A password given to us never reaches a child's argv or a log: it is
-//! written into a 0600 auth file in a private temp dir, and skopeo gets that
-//! file's path.
+//! written into a 0600 auth file in a private (0700) temp dir, and skopeo
+//! gets that file's path. The dir is removed on every way out: when the
+//! auth is dropped, and by an interrupt (see `interrupt`).
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -52,7 +53,7 @@ pub struct RegistryAuth {
 #[derive(Debug)]
 struct CredsFile {
     creds: Credentials,
-    dir: tempfile::TempDir,
+    dir: crate::interrupt::TempDir,
     hosts: RefCell<Vec<String>>,
 }
 
@@ -85,16 +86,25 @@ impl CredsFile {
 pub const PASSWORD_ENV: &str = "KIWI_STACKBUILD_PASSWORD";
 
 impl Credentials {
-    /// Parses `USER[:PASSWORD]`; without a password it comes from
-    /// `KIWI_STACKBUILD_PASSWORD`.
-    pub fn parse(text: &str) -> Result<Credentials> {
-        let (user, password) = match text.split_once(':') {
-            Some((u, p)) => (u.to_string(), p.to_string()),
-            None => match std::env::var(PASSWORD_ENV) {
-                Ok(p) => (text.to_string(), p),
+    /// Parses `USER[:PASSWORD]`; without a password it is `stdin_password`
+    /// (what `--password-stdin` read), else `KIWI_STACKBUILD_PASSWORD`.
+    pub fn parse(text: &str, stdin_password: Option<Secret>) -> Result<Credentials> {
+        let (user, password) = match (text.split_once(':'), stdin_password) {
+            (Some(_), Some(_)) => {
+                return Err(eyre!(
+                    "--creds {} has a password, and --password-stdin gives one",
+                    user_of(text)
+                ))
+                .suggestion("write --creds USER with --password-stdin")
+            }
+            (Some((u, p)), None) => (u.to_string(), Secret(p.to_string())),
+            (None, Some(p)) => (text.to_string(), p),
+            (None, None) => match std::env::var(PASSWORD_ENV) {
+                Ok(p) => (text.to_string(), Secret(p)),
                 Err(_) => {
-                    return Err(eyre!("--creds {text} has no password"))
-                        .suggestion(format!("set {PASSWORD_ENV}, or write --creds USER:PASSWORD"))
+                    return Err(eyre!("--creds {text} has no password")).suggestion(format!(
+                        "pass --password-stdin and write the password to stdin, or set {PASSWORD_ENV}"
+                    ))
                 }
             },
         };
@@ -102,11 +112,30 @@ impl Credentials {
             return Err(eyre!("--creds needs a user name before the colon"))
                 .suggestion("write --creds USER:PASSWORD, or --creds USER with the password from the environment");
         }
-        Ok(Credentials {
-            user,
-            password: Secret(password),
-        })
+        Ok(Credentials { user, password })
     }
+}
+
+/// The user part of a `--creds` value, for messages that must not show the
+/// password.
+fn user_of(text: &str) -> &str {
+    text.split_once(':').map_or(text, |(u, _)| u)
+}
+
+/// Reads a password as `podman login --password-stdin` does: all of
+/// `input`, one trailing newline dropped. An empty password is an error.
+pub fn read_password(mut input: impl std::io::Read) -> Result<Secret> {
+    let mut text = String::new();
+    input
+        .read_to_string(&mut text)
+        .wrap_err("reading the password from stdin")?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(eyre!("--password-stdin read an empty password"))
+            .suggestion("write the password to stdin, e.g. printf %s \"$PASSWORD\" | kiwi-stackbuild ...");
+    }
+    Ok(Secret(password.to_string()))
 }
 
 /// The registry host of a `docker://` reference (`docker.io` when none is named).
@@ -161,9 +190,7 @@ impl RegistryAuth {
     ) -> Result<RegistryAuth> {
         let creds = match creds {
             Some(creds) => {
-                let dir = tempfile::Builder::new()
-                    .prefix("kiwi-stackbuild-auth-")
-                    .tempdir()
+                let dir = crate::fsutil::private_tempdir(None, "kiwi-stackbuild-auth-")
                     .wrap_err("creating a private directory for credentials")?;
                 Some(CredsFile {
                     creds,
@@ -324,6 +351,29 @@ mod tests {
     }
 
     #[test]
+    fn passwords_come_from_creds_stdin_or_the_environment() {
+        let secret = |p: &str| Secret(p.to_string());
+        let c = Credentials::parse("u:p:q", None).unwrap();
+        assert_eq!((c.user.as_str(), c.password), ("u", secret("p:q")));
+        let c = Credentials::parse("u", Some(secret("s"))).unwrap();
+        assert_eq!((c.user.as_str(), c.password), ("u", secret("s")));
+        let both = Credentials::parse("u:hunter2", Some(secret("s"))).unwrap_err();
+        assert!(!format!("{both:?}").contains("hunter2"), "{both:?}");
+        assert!(Credentials::parse(":p", None).is_err());
+        for (input, want) in [
+            ("pw\n", Some("pw")),
+            ("pw", Some("pw")),
+            ("pw\r\n", Some("pw")),
+            ("p w\n\n", Some("p w\n")),
+            ("\n", None),
+            ("", None),
+        ] {
+            let got = read_password(input.as_bytes()).ok();
+            assert_eq!(got, want.map(secret), "{input:?}");
+        }
+    }
+
+    #[test]
     fn registry_hosts() {
         let cases = [
             ("docker://localhost:5000/a/b:1", Some("localhost:5000")),
@@ -362,7 +412,9 @@ mod tests {
             "{text}"
         );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(file.parent().unwrap()), 0o700, "the credentials dir is private");
         assert!(auth.args("src-", &"oci:/x".parse().unwrap()).unwrap().is_empty());
         let other: ImageReference = "docker://example.org/b".parse().unwrap();
         auth.args("dest-", &other).unwrap();

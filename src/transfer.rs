@@ -192,10 +192,8 @@ fn move_in(
 /// layers are recompressed into a scratch layout first and pushed from there
 /// with their digests preserved.
 fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth: &RegistryAuth) -> Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("kiwi-stackbuild-push-")
-        .tempdir()
-        .wrap_err("creating a scratch layout")?;
+    let scratch =
+        crate::fsutil::private_tempdir(None, "kiwi-stackbuild-push-").wrap_err("creating a scratch layout")?;
     let zstd = ImageReference::Oci {
         dir: scratch.path().to_string_lossy().into_owned(),
         image: Some(key.to_string()),

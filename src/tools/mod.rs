@@ -2,8 +2,9 @@
 //!
 //! Every child is found on PATH or through its environment variable
 //! (`SKOPEO`, `UMOCI`, `KIWI_NG`), logged as a shell-quoted line at debug
-//! level, runs with stdin closed, and when it fails its error names the command
-//! and carries the tail of its stderr as a report section.
+//! level, runs with stdin closed, dies with us (PR_SET_PDEATHSIG), is
+//! registered with `interrupt` while it runs, and when it fails its error
+//! names the command and carries the tail of its stderr as a report section.
 
 pub mod kiwi;
 pub mod skopeo;
@@ -184,25 +185,26 @@ fn run_inner(
     let mut expr = duct::cmd(&program, args)
         .stdin_null()
         .unchecked()
-        .env_remove(crate::registry::PASSWORD_ENV);
+        .env_remove(crate::registry::PASSWORD_ENV)
+        .before_spawn(bind_lifetime);
     for (name, value) in env {
         expr = expr.env(name, value);
     }
+    let starting = || format!("starting {line}");
     let (status, stdout, tail) = match output {
         Output::Capture => {
-            let out = expr
-                .stdout_capture()
-                .stderr_capture()
-                .run()
-                .wrap_err_with(|| format!("starting {line}"))?;
+            let expr = expr.stdout_capture().stderr_capture();
+            let (handle, running) =
+                crate::interrupt::spawn(|| expr.start(), duct::Handle::pids).wrap_err_with(starting)?;
+            let out = handle.into_output().wrap_err_with(|| format!("waiting for {line}"))?;
+            drop(running);
             let tail = tail_of(&out.stderr);
             (out.status, out.stdout, tail)
         }
         Output::Stream => {
-            let reader = expr
-                .stderr_to_stdout()
-                .reader()
-                .wrap_err_with(|| format!("starting {line}"))?;
+            let expr = expr.stderr_to_stdout();
+            let (reader, running) =
+                crate::interrupt::spawn(|| expr.reader(), duct::ReaderHandle::pids).wrap_err_with(starting)?;
             let mut tail = VecDeque::new();
             let mut lines = BufReader::new(&reader);
             let mut buf = Vec::new();
@@ -220,6 +222,7 @@ fn run_inner(
                 buf.clear();
             }
             let out = reader.try_wait().wrap_err_with(|| format!("waiting for {line}"))?;
+            drop(running);
             let status = out.map(|o| o.status).ok_or_else(|| eyre!("{line} did not finish"))?;
             (status, Vec::new(), Vec::from(tail).join("\n"))
         }
@@ -237,6 +240,37 @@ fn run_inner(
     Err(err)
         .section(line.header("Command:"))
         .section(tail.header("Its last output:"))
+}
+
+/// Makes the child get SIGTERM when we die, even by `kill -9`, as bootc and
+/// containers-image-proxy bind theirs.
+///
+/// The kernel sends it when the *thread* that forked the child ends, not the
+/// process. Every child is spawned by the thread that runs the command (the
+/// main thread: [`run_explained`] is never called from a helper thread, and
+/// duct forks in the calling thread), and that thread waits for the child
+/// before it goes on, so the signal comes only when we are gone.
+#[allow(unsafe_code)]
+fn bind_lifetime(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where a
+    // multi-threaded parent's child may only make async-signal-safe calls. It
+    // makes two system calls (prctl, getppid) through rustix, which neither
+    // allocates nor takes locks, and builds its error from an errno
+    // (`io::Error::from_raw_os_error`, no allocation). It captures a `Pid`,
+    // which is `Copy`. If we died before the prctl took effect, the child has
+    // been re-parented already: then it must not run at all.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn tail_of(stderr: &[u8]) -> String {
