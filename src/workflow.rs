@@ -73,6 +73,31 @@ fn image_root(target_dir: &Path) -> PathBuf {
     target_dir.join("build/image-root")
 }
 
+/// The file that says `T/build/image-root` is being unpacked: written before
+/// the unpack starts, removed when it is complete. Found by a later run, it
+/// means the unpack was killed (`kill -9`, a crash) half-way; an interrupt
+/// by SIGINT, SIGTERM or SIGHUP removes the root and the marker itself.
+/// Once unpacked, the root is kiwi-ng's: what a killed kiwi-ng leaves is its
+/// business, and a later run only says the root exists.
+fn unpack_marker(target_dir: &Path) -> PathBuf {
+    target_dir.join("build/.kiwi-stackbuild-incomplete")
+}
+
+/// Refuses a target whose root a killed run left half-unpacked, touching
+/// nothing. A marker without its root (the user removed the root, as told)
+/// is only removed.
+fn refuse_interrupted_unpack(target_dir: &Path) -> Result<()> {
+    let (marker, root) = (unpack_marker(target_dir), image_root(target_dir));
+    if marker.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    if root.symlink_metadata().is_ok() {
+        return Err(eyre!("{} was left by an interrupted run", root.display()))
+            .suggestion("remove it or pass a new --target-dir");
+    }
+    std::fs::remove_file(&marker).wrap_err_with(|| format!("removing {}", marker.display()))
+}
+
 /// What a rebuild does, decided from its arguments.
 enum Mode {
     /// W1: build a description from scratch.
@@ -103,6 +128,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         .suggestion("build outside the store: its garbage collection removes what it does not know");
     }
     let root_dir = image_root(&pass.target_dir);
+    refuse_interrupted_unpack(&pass.target_dir)?;
     if root_dir.symlink_metadata().is_ok() {
         return Err(eyre!("{} already exists", root_dir.display()))
             .suggestion("choose a new --target-dir, or remove the old build first");
@@ -159,7 +185,7 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
             let stack = images.len() > 1;
             check_fit(&images, doc, job.globals.target_arch.as_deref(), stack, job.force)?;
         }
-        unpack_roots(&images, scratch.path(), &root_dir, unpacker)?;
+        unpack_roots(&images, scratch.path(), &pass.target_dir, unpacker)?;
     }
     let kiwi = run_kiwi_for(
         job,
@@ -482,17 +508,38 @@ fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &Reg
         .collect()
 }
 
-fn unpack_roots(images: &[Fetched], scratch: &Path, root_dir: &Path, unpacker: restore::Unpacker) -> Result<()> {
+/// Unpacks `images` into `T/build/image-root`, marked incomplete until it
+/// is done (see [`unpack_marker`]); a failed or interrupted unpack leaves
+/// neither root nor marker.
+fn unpack_roots(images: &[Fetched], scratch: &Path, target_dir: &Path, unpacker: restore::Unpacker) -> Result<()> {
     let started = Instant::now();
     let layers = restore::stack(images)?;
+    let (root_dir, marker) = (image_root(target_dir), unpack_marker(target_dir));
     if let Some(parent) = root_dir.parent() {
         std::fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
     }
+    // Registered first, removed last: without a root, a marker says nothing.
+    let marker_guard = crate::interrupt::remove_on_interrupt(&marker);
+    std::fs::write(
+        &marker,
+        format!(
+            "{} is being unpacked by process {}\n",
+            root_dir.display(),
+            std::process::id()
+        ),
+    )
+    .wrap_err_with(|| format!("writing {}", marker.display()))?;
+    let root_guard = crate::interrupt::remove_on_interrupt(&root_dir);
     let size: u64 = layers.iter().map(|l| l.layer.size).sum();
-    if let Err(e) = restore::unpack(&layers, scratch, root_dir, unpacker) {
-        let _ = std::fs::remove_dir_all(root_dir);
-        return Err(e);
+    let unpacked = restore::unpack(&layers, scratch, &root_dir, unpacker);
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(&root_dir);
     }
+    drop(root_guard);
+    let unmarked = std::fs::remove_file(&marker).wrap_err_with(|| format!("removing {}", marker.display()));
+    drop(marker_guard);
+    unpacked?;
+    unmarked?;
     log::info!(
         "unpacked {} ({} layers, {}) into {} in {:.2?}",
         describe(&images.iter().map(|i| i.reference.clone()).collect::<Vec<_>>()),
