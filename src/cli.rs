@@ -287,14 +287,12 @@ impl GlobalArgs {
         if let Some(d) = &self.cert_dir {
             registry::check_cert_dir(d)?;
         }
-        let stdin = match self.password_stdin {
-            true => Some(registry::read_password(std::io::stdin().lock())?),
-            false => None,
-        };
+        let mut stdin = std::io::stdin().lock();
+        let password_stdin = self.password_stdin.then_some(&mut stdin as &mut dyn std::io::Read);
         let creds = self
             .creds
             .as_deref()
-            .map(|c| Credentials::parse(c, stdin))
+            .map(|c| Credentials::parse(c, password_stdin))
             .transpose()?;
         RegistryAuth::new(self.authfile.clone(), creds, self.tls_verify, self.cert_dir.clone())
     }

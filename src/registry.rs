@@ -86,19 +86,20 @@ impl CredsFile {
 pub const PASSWORD_ENV: &str = "KIWI_STACKBUILD_PASSWORD";
 
 impl Credentials {
-    /// Parses `USER[:PASSWORD]`; without a password it is `stdin_password`
-    /// (what `--password-stdin` read), else `KIWI_STACKBUILD_PASSWORD`.
-    pub fn parse(text: &str, stdin_password: Option<Secret>) -> Result<Credentials> {
-        let (user, password) = match (text.split_once(':'), stdin_password) {
+    /// Parses `USER[:PASSWORD]`; without a password it is read from
+    /// `password_stdin` (`--password-stdin`, see [`read_password`]), else
+    /// taken from `KIWI_STACKBUILD_PASSWORD`.
+    pub fn parse(text: &str, password_stdin: Option<&mut dyn std::io::Read>) -> Result<Credentials> {
+        let (user, password) = match (text.split_once(':'), password_stdin) {
             (Some(_), Some(_)) => {
                 return Err(eyre!(
-                    "--creds {} has a password, and --password-stdin gives one",
+                    "--creds {} has a password, and --password-stdin reads one",
                     user_of(text)
                 ))
                 .suggestion("write --creds USER with --password-stdin")
             }
             (Some((u, p)), None) => (u.to_string(), Secret(p.to_string())),
-            (None, Some(p)) => (text.to_string(), p),
+            (None, Some(input)) => (text.to_string(), read_password(input)?),
             (None, None) => match std::env::var(PASSWORD_ENV) {
                 Ok(p) => (text.to_string(), Secret(p)),
                 Err(_) => {
@@ -355,9 +356,9 @@ mod tests {
         let secret = |p: &str| Secret(p.to_string());
         let c = Credentials::parse("u:p:q", None).unwrap();
         assert_eq!((c.user.as_str(), c.password), ("u", secret("p:q")));
-        let c = Credentials::parse("u", Some(secret("s"))).unwrap();
+        let c = Credentials::parse("u", Some(&mut "s\n".as_bytes())).unwrap();
         assert_eq!((c.user.as_str(), c.password), ("u", secret("s")));
-        let both = Credentials::parse("u:hunter2", Some(secret("s"))).unwrap_err();
+        let both = Credentials::parse("u:hunter2", Some(&mut "s".as_bytes())).unwrap_err();
         assert!(!format!("{both:?}").contains("hunter2"), "{both:?}");
         assert!(Credentials::parse(":p", None).is_err());
         for (input, want) in [
