@@ -8,8 +8,9 @@
 //!
 //! [`install`] starts a thread that waits for the three signals (through
 //! `signal_hook`, so no code of ours runs in a signal handler). On the first
-//! one it stops new children from starting, sends SIGTERM to the running
-//! ones and gives them [`GRACE`] to end, then SIGKILL; removes the
+//! one it stops new children from starting, asks the running ones to stop
+//! (SIGTERM; kiwi-ng SIGINT, see [`Stop`]) and gives them their grace
+//! period to end, then SIGKILL; removes the
 //! registered paths, newest first; and raises the signal again with its
 //! default action, so the parent sees "killed by SIGINT". The main thread
 //! meanwhile sees its child fail and unwinds; [`finish`] keeps it from
@@ -31,8 +32,34 @@ use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// How long children have to end after SIGTERM before they get SIGKILL.
-pub const GRACE: Duration = Duration::from_secs(3);
+/// How a child is asked to stop, and how long it has before SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, 3 s: skopeo and umoci end at once and need no cleanup.
+    Term,
+    /// SIGINT, 15 s: kiwi-ng. Its only graceful stop is KeyboardInterrupt,
+    /// on which it unmounts what it bound into the root (proc, sys, dev);
+    /// on SIGTERM Python dies at once and leaves those mounts, and a later
+    /// `rm -rf` of the target would descend into the host's /dev.
+    Int,
+}
+
+impl Stop {
+    /// The signal that asks.
+    pub fn signal(self) -> Signal {
+        match self {
+            Stop::Term => Signal::TERM,
+            Stop::Int => Signal::INT,
+        }
+    }
+
+    fn grace(self) -> Duration {
+        match self {
+            Stop::Term => Duration::from_secs(3),
+            Stop::Int => Duration::from_secs(15),
+        }
+    }
+}
 
 /// What an interrupt cleans up, and whether one is under way.
 struct Registry {
@@ -50,6 +77,7 @@ struct Registry {
 struct Child {
     pid: Pid,
     fd: Option<OwnedFd>,
+    stop: Stop,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -121,7 +149,7 @@ fn clean_up_and_die(signal: i32) -> ! {
         signal_name(signal)
     );
     let children: Vec<Child> = std::mem::take(&mut reg.children).into_values().collect();
-    end_children(&children);
+    end_children(&children, signal == SIGINT && terminal_sent_it_to_all());
     for path in reg.paths.values().rev() {
         remove(path);
     }
@@ -137,17 +165,39 @@ fn send(child: &Child, signal: Signal) {
     };
 }
 
-/// SIGTERM to every child, up to [`GRACE`] for them to end, then SIGKILL.
-fn end_children(children: &[Child]) {
+/// Whether a SIGINT we got most likely came from the terminal's Ctrl-C,
+/// which reaches every process of the foreground process group: ours is
+/// that group, and our children are in it.
+fn terminal_sent_it_to_all() -> bool {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    rustix::termios::tcgetpgrp(&tty).is_ok_and(|g| g == rustix::process::getpgrp())
+}
+
+/// Asks every child to stop, gives each its grace period, then SIGKILL. A
+/// child that is stopped by SIGINT is not sent a second one when the
+/// terminal sent the first (`sigint_delivered`): Python would break off the
+/// cleanup it is doing.
+fn end_children(children: &[Child], sigint_delivered: bool) {
+    let started = Instant::now();
     for c in children {
-        send(c, Signal::TERM);
+        if !(sigint_delivered && c.stop == Stop::Int) {
+            send(c, c.stop.signal());
+        }
     }
-    let deadline = Instant::now() + GRACE;
-    while Instant::now() < deadline && children.iter().any(is_running) {
+    loop {
+        let (waiting, late): (Vec<&Child>, Vec<&Child>) = children
+            .iter()
+            .filter(|c| is_running(c))
+            .partition(|c| started.elapsed() < c.stop.grace());
+        for c in late {
+            send(c, Signal::KILL);
+        }
+        if waiting.is_empty() {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    for c in children.iter().filter(|c| is_running(c)) {
-        send(c, Signal::KILL);
     }
 }
 
@@ -253,8 +303,13 @@ impl Drop for Running {
 
 /// Starts children with `start` and registers the processes `pids` names,
 /// in one step, so an interrupt either sees them or stops them from
-/// starting. Their guard must live until they have been waited for.
-pub fn spawn<T>(start: impl FnOnce() -> io::Result<T>, pids: impl Fn(&T) -> Vec<u32>) -> io::Result<(T, Running)> {
+/// starting; an interrupt stops them as `stop` says. Their guard must live
+/// until they have been waited for.
+pub fn spawn<T>(
+    stop: Stop,
+    start: impl FnOnce() -> io::Result<T>,
+    pids: impl Fn(&T) -> Vec<u32>,
+) -> io::Result<(T, Running)> {
     let mut reg = registry();
     if reg.interrupted {
         return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
@@ -268,7 +323,7 @@ pub fn spawn<T>(start: impl FnOnce() -> io::Result<T>, pids: impl Fn(&T) -> Vec<
         // Nobody has waited for the child yet, so the pid is still its own.
         let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
         let id = reg.id();
-        reg.children.insert(id, Child { pid, fd });
+        reg.children.insert(id, Child { pid, fd, stop });
         ids.push(id);
     }
     Ok((started, Running(ids)))
@@ -306,13 +361,48 @@ mod tests {
 
     #[test]
     fn children_are_registered_while_they_run() {
-        let (mut child, running) = spawn(|| std::process::Command::new("true").spawn(), |c| vec![c.id()]).unwrap();
+        let (mut child, running) = spawn(
+            Stop::Term,
+            || std::process::Command::new("true").spawn(),
+            |c| vec![c.id()],
+        )
+        .unwrap();
         let id = running.0[0];
         assert_eq!(registry().children[&id].pid.as_raw_nonzero().get() as u32, child.id());
         child.wait().unwrap();
         assert!(!is_running(&registry().children[&id]), "an ended child is not running");
         drop(running);
         assert!(!registry().children.contains_key(&id));
+    }
+
+    #[test]
+    fn children_get_their_stop_signal_and_then_sigkill() {
+        // `sleep` ends on SIGTERM; this shell ignores it and must be killed.
+        let start = |script: &str| {
+            let child = std::process::Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let pid = Pid::from_child(&child);
+            (
+                child,
+                Child {
+                    pid,
+                    fd: rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok(),
+                    stop: Stop::Term,
+                },
+            )
+        };
+        let (mut polite, polite_c) = start("exec sleep 100");
+        let (mut stubborn, stubborn_c) = start("trap '' TERM; while :; do sleep 0.1; done");
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        end_children(&[polite_c, stubborn_c], false);
+        let took = started.elapsed();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(polite.wait().unwrap().signal(), Some(Signal::TERM.as_raw()));
+        assert_eq!(stubborn.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
+        assert!(
+            took >= Stop::Term.grace() && took < Stop::Term.grace() + Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[test]

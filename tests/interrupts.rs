@@ -84,14 +84,20 @@ cp -a "$FAKE_UMOCI_SEED/." "$rootfs/"
 "#;
 
 /// kiwi-ng: `--version` blocks (`version`) or prints one; a build or create
-/// blocks (`kiwi`) or succeeds.
+/// blocks (`kiwi`: noting in `kiwi-got` the signal that stops it, as kiwi-ng
+/// cleans up on SIGINT only) or succeeds.
 const FAKE_KIWI: &str = r#"
 if [ "$1" = --version ]; then
     block version
     echo "KIWI (next generation) version 9.9.9"
     exit 0
 fi
-block kiwi
+if [ "$FAKE_BLOCK" = kiwi ]; then
+    trap 'echo INT > "$FAKE_DIR/kiwi-got"; exit 130' INT
+    trap 'echo TERM > "$FAKE_DIR/kiwi-got"; exit 143' TERM
+    echo $$ > "$FAKE_DIR/kiwi.pid.tmp" && mv "$FAKE_DIR/kiwi.pid.tmp" "$FAKE_DIR/kiwi.pid"
+    while :; do sleep 0.05; done
+fi
 "#;
 
 /// One test's directory: fakes in `bin/`, the store, the TMPDIR of runs.
@@ -427,20 +433,30 @@ fn rebuild_interrupted_during_the_unpack_removes_the_half_root_and_runs_again() 
 }
 
 #[test]
-fn rebuild_interrupted_in_kiwi_ng_ends_it_and_leaves_its_root_to_it() {
+fn rebuild_interrupted_in_kiwi_ng_stops_it_with_sigint_and_leaves_its_root_to_it() {
     let s = Sandbox::new();
     s.with_stash();
-    let target = s.arg("t");
-    let args = ["rebuild", "--root", "x:1", "--", "--target-dir", &target];
-    let (status, stderr, pid) = interrupt(&s, s.cmd(&args, "kiwi"), "kiwi", Signal::TERM);
-    assert_killed_by(status, Signal::TERM, &stderr);
-    assert!(!alive(pid), "kiwi-ng was not waited for");
-    // The unpack was complete: the root is kiwi-ng's now, and not marked.
-    assert_eq!(names_in(&s.path("t")), ["build"]);
-    assert_eq!(names_in(&s.path("t/build")), ["image-root"]);
-    let again = s.cmd(&args, "").output().unwrap();
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert!(!again.status.success() && err.contains("already exists"), "{err}");
+    for (n, sig) in [Signal::TERM, Signal::KILL].into_iter().enumerate() {
+        let target = s.arg(&format!("t{n}"));
+        let args = ["rebuild", "--root", "x:1", "--", "--target-dir", &target];
+        let (status, stderr, pid) = interrupt(&s, s.cmd(&args, "kiwi"), "kiwi", sig);
+        assert_killed_by(status, sig, &stderr);
+        assert_gone(pid, "kiwi-ng");
+        // SIGINT is what kiwi-ng cleans up its mounts on, also when we die
+        // by kill -9 (PR_SET_PDEATHSIG).
+        let got = s.path("fake/kiwi-got");
+        assert_eq!(fs::read_to_string(&got).unwrap(), "INT\n", "signal {}", sig.as_raw());
+        fs::remove_file(got).unwrap();
+        if sig == Signal::KILL {
+            continue;
+        }
+        // The unpack was complete: the root is kiwi-ng's now, and not marked.
+        assert_eq!(names_in(&s.path(&format!("t{n}"))), ["build"]);
+        assert_eq!(names_in(&s.path(&format!("t{n}/build"))), ["image-root"]);
+        let again = s.cmd(&args, "").output().unwrap();
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(!again.status.success() && err.contains("already exists"), "{err}");
+    }
 }
 
 #[test]

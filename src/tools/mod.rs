@@ -52,6 +52,14 @@ impl Tool {
         }
     }
 
+    /// How an interrupt asks it to stop.
+    fn stop(self) -> crate::interrupt::Stop {
+        match self {
+            Tool::KiwiNg => crate::interrupt::Stop::Int,
+            Tool::Skopeo | Tool::Umoci => crate::interrupt::Stop::Term,
+        }
+    }
+
     fn install_hint(self) -> &'static str {
         match self {
             Tool::Skopeo => "install skopeo (zypper/dnf/apt install skopeo), or set SKOPEO to its path",
@@ -186,7 +194,7 @@ fn run_inner(
         .stdin_null()
         .unchecked()
         .env_remove(crate::registry::PASSWORD_ENV)
-        .before_spawn(bind_lifetime);
+        .before_spawn(move |cmd| bind_lifetime(cmd, tool.stop().signal()));
     for (name, value) in env {
         expr = expr.env(name, value);
     }
@@ -195,7 +203,7 @@ fn run_inner(
         Output::Capture => {
             let expr = expr.stdout_capture().stderr_capture();
             let (handle, running) =
-                crate::interrupt::spawn(|| expr.start(), duct::Handle::pids).wrap_err_with(starting)?;
+                crate::interrupt::spawn(tool.stop(), || expr.start(), duct::Handle::pids).wrap_err_with(starting)?;
             let out = handle.into_output().wrap_err_with(|| format!("waiting for {line}"))?;
             drop(running);
             let tail = tail_of(&out.stderr);
@@ -203,8 +211,8 @@ fn run_inner(
         }
         Output::Stream => {
             let expr = expr.stderr_to_stdout();
-            let (reader, running) =
-                crate::interrupt::spawn(|| expr.reader(), duct::ReaderHandle::pids).wrap_err_with(starting)?;
+            let (reader, running) = crate::interrupt::spawn(tool.stop(), || expr.reader(), duct::ReaderHandle::pids)
+                .wrap_err_with(starting)?;
             let mut tail = VecDeque::new();
             let mut lines = BufReader::new(&reader);
             let mut buf = Vec::new();
@@ -242,8 +250,9 @@ fn run_inner(
         .section(tail.header("Its last output:"))
 }
 
-/// Makes the child get SIGTERM when we die, even by `kill -9`, as bootc and
-/// containers-image-proxy bind theirs.
+/// Makes the child get `signal` when we die, even by `kill -9`, as bootc and
+/// containers-image-proxy bind theirs: SIGTERM, or SIGINT for kiwi-ng, the
+/// signal on which it cleans up (see `interrupt::Stop`).
 ///
 /// The kernel sends it when the *thread* that forked the child ends, not the
 /// process. Every child is spawned by the thread that runs the command (the
@@ -251,19 +260,19 @@ fn run_inner(
 /// duct forks in the calling thread), and that thread waits for the child
 /// before it goes on, so the signal comes only when we are gone.
 #[allow(unsafe_code)]
-fn bind_lifetime(cmd: &mut std::process::Command) -> std::io::Result<()> {
+fn bind_lifetime(cmd: &mut std::process::Command, signal: rustix::process::Signal) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let parent = rustix::process::getpid();
     // SAFETY: the closure runs in the child between fork and exec, where a
     // multi-threaded parent's child may only make async-signal-safe calls. It
     // makes two system calls (prctl, getppid) through rustix, which neither
     // allocates nor takes locks, and builds its error from an errno
-    // (`io::Error::from_raw_os_error`, no allocation). It captures a `Pid`,
-    // which is `Copy`. If we died before the prctl took effect, the child has
-    // been re-parented already: then it must not run at all.
+    // (`io::Error::from_raw_os_error`, no allocation). It captures a `Pid`
+    // and a `Signal`, both `Copy`. If we died before the prctl took effect,
+    // the child has been re-parented already: then it must not run at all.
     unsafe {
         cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            rustix::process::set_parent_process_death_signal(Some(signal))?;
             if rustix::process::getppid() != Some(parent) {
                 return Err(rustix::io::Errno::SRCH.into());
             }
