@@ -30,10 +30,10 @@ pub fn kept_mode(mode: u32, owner_kept: bool) -> u32 {
 pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<crate::interrupt::TempDir> {
     let mut builder = tempfile::Builder::new();
     builder.prefix(prefix).permissions(fs::Permissions::from_mode(0o700));
-    let dir = match parent {
+    let dir = crate::interrupt::TempDir::create(|| match parent {
         Some(p) => builder.tempdir_in(p),
         None => builder.tempdir(),
-    }
+    })
     .wrap_err_with(|| {
         format!(
             "creating a work directory in {}",
@@ -43,7 +43,7 @@ pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<crate::int
     // The umask may have taken more; never less than the owner's rwx.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
         .wrap_err_with(|| format!("making {} private", dir.path().display()))?;
-    Ok(crate::interrupt::TempDir::new(dir))
+    Ok(dir)
 }
 
 /// `path` made absolute with its existing part's symlinks resolved, so two

@@ -241,12 +241,41 @@ fn remove(path: &Path) {
 #[must_use = "the path is unregistered when the guard is dropped"]
 pub struct Registered(u64);
 
-/// Registers `path` for removal by an interrupt.
+/// Registers `path`, which exists already or will not be made by anyone
+/// once an interrupt is under way, for removal by an interrupt. What this
+/// process creates goes through [`create`] instead.
 pub fn remove_on_interrupt(path: &Path) -> Registered {
     let mut reg = registry();
     let id = reg.id();
     reg.paths.insert(id, path.to_path_buf());
     Registered(id)
+}
+
+/// Creates something at a path with `create` and registers that path, in
+/// one step: an interrupt either finds it registered or keeps it from being
+/// created (the main thread goes on working while an interrupt cleans up,
+/// and must not make anew what was just removed).
+pub fn create<T>(
+    create: impl FnOnce() -> io::Result<T>,
+    path_of: impl Fn(&T) -> PathBuf,
+) -> io::Result<(T, Registered)> {
+    let mut reg = registry();
+    if reg.interrupted {
+        return Err(interrupted());
+    }
+    let made = create()?;
+    let id = reg.id();
+    reg.paths.insert(id, path_of(&made));
+    Ok((made, Registered(id)))
+}
+
+/// Creates the directory `path`, registered (see [`create`]).
+pub fn create_dir(path: &Path) -> io::Result<Registered> {
+    create(|| std::fs::create_dir(path), |_| path.to_path_buf()).map(|((), r)| r)
+}
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "interrupted")
 }
 
 impl Drop for Registered {
@@ -265,10 +294,11 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// Registers `dir`.
-    pub fn new(dir: tempfile::TempDir) -> TempDir {
-        let registered = remove_on_interrupt(dir.path());
-        TempDir { dir, registered }
+    /// Makes the directory with `make` (a `tempfile::Builder`'s `tempdir`),
+    /// registered (see [`create`]).
+    pub fn create(make: impl FnOnce() -> io::Result<tempfile::TempDir>) -> io::Result<TempDir> {
+        let (dir, registered) = create(make, |d| d.path().to_path_buf())?;
+        Ok(TempDir { dir, registered })
     }
 
     /// Where it is.
@@ -312,7 +342,7 @@ pub fn spawn<T>(
 ) -> io::Result<(T, Running)> {
     let mut reg = registry();
     if reg.interrupted {
-        return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        return Err(interrupted());
     }
     let started = start()?;
     let mut ids = Vec::new();
@@ -343,7 +373,7 @@ mod tests {
         let file = tmp.path().join("f");
         std::fs::write(&file, "x").unwrap();
         let guard = remove_on_interrupt(&file);
-        let dir = TempDir::new(tempfile::tempdir_in(tmp.path()).unwrap());
+        let dir = TempDir::create(|| tempfile::tempdir_in(tmp.path())).unwrap();
         let dir_path = dir.path().to_path_buf();
         assert!(is_registered(&file) && is_registered(&dir_path));
         drop(dir);
@@ -352,11 +382,16 @@ mod tests {
         drop(guard);
         assert!(file.exists(), "a dropped guard only unregisters");
         assert!(!is_registered(&file));
-        let kept = TempDir::new(tempfile::tempdir_in(tmp.path()).unwrap());
+        let kept = TempDir::create(|| tempfile::tempdir_in(tmp.path())).unwrap();
         let kept_path = kept.path().to_path_buf();
         let to = tmp.path().join("kept");
         kept.persist(&to).unwrap();
         assert!(to.is_dir() && !is_registered(&kept_path));
+        let made = tmp.path().join("made");
+        let guard = create_dir(&made).unwrap();
+        assert!(made.is_dir() && is_registered(&made));
+        drop(guard);
+        assert!(made.is_dir() && !is_registered(&made));
     }
 
     #[test]

@@ -162,10 +162,18 @@ impl Unpacker {
 
 /// Unpacks `layers`, lowest first, into `rootfs` (which must not exist).
 pub fn unpack(layers: &[StackedLayer], scratch: &Path, rootfs: &Path, unpacker: Unpacker) -> Result<()> {
+    std::fs::create_dir(rootfs).wrap_err_with(|| format!("creating {}", rootfs.display()))?;
+    unpack_into(layers, scratch, rootfs, unpacker)
+}
+
+/// Unpacks `layers`, lowest first, into `rootfs`, an empty directory that
+/// exists already and is never made again by its path here (see
+/// `layer::extract::unpack_into`).
+pub fn unpack_into(layers: &[StackedLayer], scratch: &Path, rootfs: &Path, unpacker: Unpacker) -> Result<()> {
     match unpacker {
         Unpacker::Builtin => {
             let progress = crate::progress::spinner(&format!("unpacking {} layers", layers.len()));
-            let unpacked = crate::layer::extract::unpack(layers, rootfs);
+            let unpacked = crate::layer::extract::unpack_into(layers, rootfs);
             progress.finish_and_clear();
             unpacked
         }

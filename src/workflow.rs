@@ -518,20 +518,20 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, target_dir: &Path, unpacker:
     if let Some(parent) = root_dir.parent() {
         std::fs::create_dir_all(parent).wrap_err_with(|| format!("creating {}", parent.display()))?;
     }
-    // Registered first, removed last: without a root, a marker says nothing.
-    let marker_guard = crate::interrupt::remove_on_interrupt(&marker);
-    std::fs::write(
-        &marker,
-        format!(
-            "{} is being unpacked by process {}\n",
-            root_dir.display(),
-            std::process::id()
-        ),
-    )
-    .wrap_err_with(|| format!("writing {}", marker.display()))?;
-    let root_guard = crate::interrupt::remove_on_interrupt(&root_dir);
+    // Both are made and registered in one step, so that an interrupt cannot
+    // miss them, nor have them made again once it removed them; the marker
+    // first, so that it is removed last: without a root it says nothing.
+    let note = format!(
+        "{} is being unpacked by process {}\n",
+        root_dir.display(),
+        std::process::id()
+    );
+    let ((), marker_guard) = crate::interrupt::create(|| std::fs::write(&marker, &note), |_| marker.clone())
+        .wrap_err_with(|| format!("writing {}", marker.display()))?;
+    let root_guard =
+        crate::interrupt::create_dir(&root_dir).wrap_err_with(|| format!("creating {}", root_dir.display()))?;
     let size: u64 = layers.iter().map(|l| l.layer.size).sum();
-    let unpacked = restore::unpack(&layers, scratch, &root_dir, unpacker);
+    let unpacked = restore::unpack_into(&layers, scratch, &root_dir, unpacker);
     if unpacked.is_err() {
         let _ = std::fs::remove_dir_all(&root_dir);
     }

@@ -432,6 +432,40 @@ fn rebuild_interrupted_during_the_unpack_removes_the_half_root_and_runs_again() 
     }
 }
 
+/// The built-in unpacker runs no child: the run is signalled once the
+/// marker it writes before unpacking is there, while our own code writes
+/// the root, which the interrupt removes under it.
+#[test]
+fn rebuild_interrupted_in_the_builtin_unpacker_removes_the_half_root() {
+    let s = Sandbox::new();
+    big_stash(&s);
+    for (n, sig) in SIGNALS.into_iter().enumerate() {
+        let t = s.path(&format!("t{n}"));
+        let target = s.arg(&format!("t{n}"));
+        let args = ["rebuild", "--root", "big:1", "--", "--target-dir", &target];
+        let mut cmd = s.cmd(&args, "");
+        cmd.env("KIWI_STACKBUILD_UNPACKER", "builtin");
+        let marker = t.join("build/.kiwi-stackbuild-incomplete");
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while !marker.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before the unpack");
+            assert!(Instant::now() < deadline, "no unpack started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_killed_by(out.status, sig, &stderr);
+        assert_eq!(names_in(&t), ["build"], "no scratch dir is left");
+        assert_eq!(
+            names_in(&t.join("build")),
+            Vec::<String>::new(),
+            "no root, no marker:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn rebuild_interrupted_in_kiwi_ng_stops_it_with_sigint_and_leaves_its_root_to_it() {
     let s = Sandbox::new();

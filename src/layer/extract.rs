@@ -42,6 +42,22 @@ pub fn unpack_filtered(
     keep: &mut dyn FnMut(&Change) -> Result<bool>,
 ) -> Result<()> {
     std::fs::create_dir(rootfs).wrap_err_with(|| format!("creating {}", rootfs.display()))?;
+    unpack_into_filtered(layers, rootfs, keep)
+}
+
+/// Like [`unpack`], into `rootfs`, an empty directory that exists already.
+/// It is opened once by its path, and never created: its creator may have
+/// registered it for removal by an interrupt, which must not see it made
+/// again (see `interrupt::create`).
+pub fn unpack_into(layers: &[StackedLayer], rootfs: &Path) -> Result<()> {
+    unpack_into_filtered(layers, rootfs, &mut |_| Ok(true))
+}
+
+fn unpack_into_filtered(
+    layers: &[StackedLayer],
+    rootfs: &Path,
+    keep: &mut dyn FnMut(&Change) -> Result<bool>,
+) -> Result<()> {
     let unpacked = Disk::open(rootfs).and_then(|mut disk| {
         apply::apply_layers(layers, &mut disk, keep)?;
         disk.finish()
