@@ -150,8 +150,12 @@ fn clean_up_and_die(signal: i32) -> ! {
     );
     let children: Vec<Child> = std::mem::take(&mut reg.children).into_values().collect();
     end_children(&children, signal == SIGINT && terminal_sent_it_to_all());
-    for path in reg.paths.values().rev() {
-        remove(path);
+    // Twice: the main thread goes on working meanwhile, and the second pass
+    // takes what it may have made below a path between the two.
+    for _ in 0..2 {
+        for path in reg.paths.values().rev() {
+            remove(path);
+        }
     }
     // The lock stays held: nothing registers or starts any more.
     let _ = signal_hook::low_level::emulate_default_handler(signal);

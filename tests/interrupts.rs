@@ -410,6 +410,47 @@ fn stash_interrupted_by_each_signal_adds_nothing_and_the_next_stash_works() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "y:latest");
 }
 
+/// While the layer is written (the run's own code, no child): signalled
+/// once the layer's temp file is in the store.
+#[test]
+fn stash_interrupted_while_writing_its_layer_leaves_no_temp_file() {
+    let s = Sandbox::new();
+    big_stash(&s);
+    let blobs = s.path("store/blobs/sha256");
+    let temp_files = || -> Vec<String> { names_in(&blobs).into_iter().filter(|n| n.starts_with(".tmp")).collect() };
+    for sig in SIGNALS {
+        let index = fs::read(s.path("store/index.json")).unwrap();
+        // A new name: the whole tree is written again.
+        let args = ["stash", "--root", &s.arg("big"), "--container-name", "other"];
+        let mut child = s
+            .cmd(&args, "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while temp_files().is_empty() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the stash ended before its layer was written"
+            );
+            assert!(Instant::now() < deadline, "no layer was written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_killed_by(out.status, sig, &String::from_utf8_lossy(&out.stderr));
+        assert_eq!(temp_files(), Vec::<String>::new());
+        assert_nothing_left(&s, &[], "stash");
+        assert_eq!(
+            fs::read(s.path("store/index.json")).unwrap(),
+            index,
+            "the store changed"
+        );
+    }
+    s.ok(&["stash", "--root", &s.arg("big"), "--container-name", "other"]);
+}
+
 #[test]
 fn rebuild_interrupted_during_the_unpack_removes_the_half_root_and_runs_again() {
     let s = Sandbox::new();
