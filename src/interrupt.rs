@@ -113,11 +113,6 @@ pub fn install() -> Result<()> {
     Ok(())
 }
 
-/// Whether an interrupt is being handled.
-pub fn is_interrupted() -> bool {
-    registry().interrupted
-}
-
 /// Called by `main` before it ends: while an interrupt is handled, waits for
 /// the signal thread to end the process, so that neither an exit status nor
 /// the error of a killed child gets in the way.
@@ -144,10 +139,6 @@ fn signal_name(signal: i32) -> &'static str {
 fn clean_up_and_die(signal: i32) -> ! {
     let mut reg = registry();
     reg.interrupted = true;
-    log::warn!(
-        "{}: stopping children and removing what this run left half-made",
-        signal_name(signal)
-    );
     let children: Vec<Child> = std::mem::take(&mut reg.children).into_values().collect();
     end_children(&children, signal == SIGINT && terminal_sent_it_to_all());
     // Twice: the main thread goes on working meanwhile, and the second pass
@@ -157,6 +148,11 @@ fn clean_up_and_die(signal: i32) -> ! {
             remove(path);
         }
     }
+    // Only now: a stderr nobody reads could block us.
+    log::warn!(
+        "{}: stopped the children and removed what this run left half-made",
+        signal_name(signal)
+    );
     // The lock stays held: nothing registers or starts any more.
     let _ = signal_hook::low_level::emulate_default_handler(signal);
     std::process::exit(128 + signal);
