@@ -528,8 +528,13 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, target_dir: &Path, unpacker:
     );
     let ((), marker_guard) = crate::interrupt::create(|| std::fs::write(&marker, &note), |_| marker.clone())
         .wrap_err_with(|| format!("writing {}", marker.display()))?;
-    let root_guard =
-        crate::interrupt::create_dir(&root_dir).wrap_err_with(|| format!("creating {}", root_dir.display()))?;
+    let root_guard = match crate::interrupt::create_dir(&root_dir) {
+        Ok(guard) => guard,
+        Err(e) => {
+            let _ = std::fs::remove_file(&marker);
+            return Err(e).wrap_err_with(|| format!("creating {}", root_dir.display()));
+        }
+    };
     let size: u64 = layers.iter().map(|l| l.layer.size).sum();
     let unpacked = restore::unpack_into(&layers, scratch, &root_dir, unpacker);
     if unpacked.is_err() {
