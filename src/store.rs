@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 use serde::Serialize;
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::NamedTempFile;
 
 use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, REF_NAME};
 
@@ -298,10 +298,12 @@ impl Store {
     /// A new temp directory in the store, owned by this run until dropped.
     /// Take a store lock first.
     pub fn temp_dir(&self, kind: &str) -> Result<OwnedDir> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{kind}-"))
-            .tempdir_in(&self.root)
-            .wrap_err_with(|| format!("creating a {kind} area in the store"))?;
+        let dir = crate::interrupt::TempDir::create(|| {
+            tempfile::Builder::new()
+                .prefix(&format!(".tmp-{kind}-"))
+                .tempdir_in(&self.root)
+        })
+        .wrap_err_with(|| format!("creating a {kind} area in the store"))?;
         let handle = File::open(dir.path()).wrap_err_with(|| format!("opening {}", dir.path().display()))?;
         handle
             .lock()
@@ -584,15 +586,20 @@ impl Store {
 /// removed when dropped, unless stored.
 #[derive(Debug)]
 pub struct TempBlob {
+    // Removed before it is unregistered: fields drop in order.
     file: NamedTempFile,
+    _registered: crate::interrupt::Registered,
 }
 
 impl TempBlob {
     fn owned(file: NamedTempFile) -> Result<TempBlob> {
+        // An interrupt removes it too. (Killed before this, the file is
+        // unlocked, and the next writer's cleanup takes it.)
+        let _registered = crate::interrupt::remove_on_interrupt(file.path());
         file.as_file()
             .lock()
             .wrap_err_with(|| format!("locking {}", file.path().display()))?;
-        Ok(TempBlob { file })
+        Ok(TempBlob { file, _registered })
     }
 
     /// The open file, to write the blob into.
@@ -615,11 +622,11 @@ impl TempBlob {
 }
 
 /// A temp directory in the store, flocked by this run for as long as it
-/// lives (see [`TempBlob`]); removed when dropped.
+/// lives (see [`TempBlob`]); removed when dropped, or by an interrupt.
 #[derive(Debug)]
 pub struct OwnedDir {
     // Removed before the lock goes: fields drop in order.
-    dir: TempDir,
+    dir: crate::interrupt::TempDir,
     _lock: File,
 }
 

@@ -87,6 +87,8 @@ cp -a "$FAKE_UMOCI_SEED/." "$rootfs/"
 /// blocks (`kiwi`: noting in `kiwi-got` the signal that stops it, as kiwi-ng
 /// cleans up on SIGINT only) or succeeds.
 const FAKE_KIWI: &str = r#"
+# Asked for its options: it has none to list (the built-in list applies).
+case " $* " in *" --help "*) exit 0 ;; esac
 if [ "$1" = --version ]; then
     block version
     echo "KIWI (next generation) version 9.9.9"
