@@ -23,11 +23,33 @@ pub fn kept_mode(mode: u32, owner_kept: bool) -> u32 {
     }
 }
 
-/// A temporary directory in `parent` (the system's temporary directory when
-/// `None`) that only its owner can enter, created so (mode 0700) rather than
-/// made so afterwards: copies of descriptions, scratch roots and the
-/// credentials file live there. An interrupt removes it too.
-pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<crate::interrupt::TempDir> {
+/// A temporary directory that its run holds flocked for as long as it
+/// lives, so that a later run can tell one that a killed run left
+/// ([`remove_stale`]); removed when dropped, or by an interrupt.
+#[derive(Debug)]
+pub struct Scratch {
+    // Removed before the lock goes: fields drop in order.
+    dir: crate::interrupt::TempDir,
+    _lock: fs::File,
+}
+
+impl Scratch {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Renames the directory to `to` and lets go of it.
+    pub fn persist(self, to: &Path) -> std::io::Result<()> {
+        self.dir.persist(to)
+    }
+}
+
+/// A [`Scratch`] directory named `PREFIX*` in `parent` (the system's
+/// temporary directory when `None`) that only its owner can enter, created
+/// so (mode 0700) rather than made so afterwards: copies of descriptions,
+/// scratch roots and the credentials file live there.
+pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<Scratch> {
     let mut builder = tempfile::Builder::new();
     builder.prefix(prefix).permissions(fs::Permissions::from_mode(0o700));
     let dir = crate::interrupt::TempDir::create(|| match parent {
@@ -43,7 +65,52 @@ pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<crate::int
     // The umask may have taken more; never less than the owner's rwx.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
         .wrap_err_with(|| format!("making {} private", dir.path().display()))?;
-    Ok(dir)
+    let lock = fs::File::open(dir.path()).wrap_err_with(|| format!("opening {}", dir.path().display()))?;
+    lock.lock()
+        .wrap_err_with(|| format!("locking {}", dir.path().display()))?;
+    Ok(Scratch { dir, _lock: lock })
+}
+
+/// How long a scratch directory is left alone after its last change, even
+/// unlocked: its run may be between creating and locking it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the [`Scratch`] directories named `PREFIX*` in `parent` (the
+/// system's temporary directory when `None`) that runs killed with SIGKILL
+/// left: ours (same owner), not locked by a live run, and unchanged for a
+/// minute. Returns how many went; what cannot be read or removed is only
+/// logged, since it is a cleanup.
+pub fn remove_stale(parent: Option<&Path>, prefix: &str) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let Ok(entries) = fs::read_dir(&parent) else { return 0 };
+    let me = rustix::process::geteuid().as_raw();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().as_encoded_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let idle = meta.modified().ok().and_then(|m| m.elapsed().ok());
+        if !meta.is_dir() || meta.uid() != me || idle.is_none_or(|d| d < STALE_AFTER) {
+            continue;
+        }
+        let Ok(handle) = fs::File::open(&path) else { continue };
+        if handle.try_lock().is_err() {
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {
+                log::debug!("removed {}, left by an interrupted run", path.display());
+                removed += 1;
+            }
+            Err(e) => log::debug!("not removing {}: {e}", path.display()),
+        }
+    }
+    removed
 }
 
 /// `path` made absolute with its existing part's symlinks resolved, so two

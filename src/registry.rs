@@ -53,7 +53,7 @@ pub struct RegistryAuth {
 #[derive(Debug)]
 struct CredsFile {
     creds: Credentials,
-    dir: crate::interrupt::TempDir,
+    dir: crate::fsutil::Scratch,
     hosts: RefCell<Vec<String>>,
 }
 
@@ -81,6 +81,9 @@ impl CredsFile {
         Ok(self.path())
     }
 }
+
+/// The name of a credentials directory starts so.
+const AUTH_PREFIX: &str = "kiwi-stackbuild-auth-";
 
 /// The environment variable a password may come from instead of `--creds`.
 pub const PASSWORD_ENV: &str = "KIWI_STACKBUILD_PASSWORD";
@@ -191,7 +194,9 @@ impl RegistryAuth {
     ) -> Result<RegistryAuth> {
         let creds = match creds {
             Some(creds) => {
-                let dir = crate::fsutil::private_tempdir(None, "kiwi-stackbuild-auth-")
+                // A run killed with SIGKILL could not remove its password.
+                crate::fsutil::remove_stale(None, AUTH_PREFIX);
+                let dir = crate::fsutil::private_tempdir(None, AUTH_PREFIX)
                     .wrap_err("creating a private directory for credentials")?;
                 Some(CredsFile {
                     creds,

@@ -24,6 +24,8 @@ use color_eyre::Section;
 use serde::Serialize;
 use tempfile::NamedTempFile;
 
+use crate::fsutil::Scratch;
+
 use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, REF_NAME};
 
 mod check;
@@ -295,20 +297,12 @@ impl Store {
         Ok(temp)
     }
 
-    /// A new temp directory in the store, owned by this run until dropped.
+    /// A new temp directory in the store, owned by this run until dropped:
+    /// [`remove_leftovers`](Store::remove_leftovers) spares it while it lives.
     /// Take a store lock first.
-    pub fn temp_dir(&self, kind: &str) -> Result<OwnedDir> {
-        let dir = crate::interrupt::TempDir::create(|| {
-            tempfile::Builder::new()
-                .prefix(&format!(".tmp-{kind}-"))
-                .tempdir_in(&self.root)
-        })
-        .wrap_err_with(|| format!("creating a {kind} area in the store"))?;
-        let handle = File::open(dir.path()).wrap_err_with(|| format!("opening {}", dir.path().display()))?;
-        handle
-            .lock()
-            .wrap_err_with(|| format!("locking {}", dir.path().display()))?;
-        Ok(OwnedDir { dir, _lock: handle })
+    pub fn temp_dir(&self, kind: &str) -> Result<Scratch> {
+        crate::fsutil::private_tempdir(Some(&self.root), &format!(".tmp-{kind}-"))
+            .wrap_err_with(|| format!("creating a {kind} area in the store"))
     }
 
     /// The store's index (empty when there is no store).
@@ -618,22 +612,6 @@ impl TempBlob {
                 .wrap_err_with(|| format!("storing blob {digest}"))?;
         }
         Ok(())
-    }
-}
-
-/// A temp directory in the store, flocked by this run for as long as it
-/// lives (see [`TempBlob`]); removed when dropped, or by an interrupt.
-#[derive(Debug)]
-pub struct OwnedDir {
-    // Removed before the lock goes: fields drop in order.
-    dir: crate::interrupt::TempDir,
-    _lock: File,
-}
-
-impl OwnedDir {
-    /// Where it is.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }
 

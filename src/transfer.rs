@@ -187,13 +187,16 @@ fn move_in(
     Ok((new.len(), bytes))
 }
 
+/// The name of a push's scratch layout starts so.
+const PUSH_PREFIX: &str = "kiwi-stackbuild-push-";
+
 /// Pushes `src` to a registry with zstd layers. skopeo 1.9 would reuse gzip
 /// layers the registry already holds instead of recompressing them, so the
 /// layers are recompressed into a scratch layout first and pushed from there
 /// with their digests preserved.
 fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth: &RegistryAuth) -> Result<()> {
-    let scratch =
-        crate::fsutil::private_tempdir(None, "kiwi-stackbuild-push-").wrap_err("creating a scratch layout")?;
+    crate::fsutil::remove_stale(None, PUSH_PREFIX);
+    let scratch = crate::fsutil::private_tempdir(None, PUSH_PREFIX).wrap_err("creating a scratch layout")?;
     let zstd = ImageReference::Oci {
         dir: scratch.path().to_string_lossy().into_owned(),
         image: Some(key.to_string()),

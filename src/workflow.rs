@@ -21,6 +21,10 @@ use crate::tools::kiwi::{self, Globals, PassThrough};
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 
+/// The name of a rebuild's scratch directory (in the target, or the
+/// system's temporary directory) starts so.
+const SCRATCH_PREFIX: &str = ".kiwi-stackbuild-";
+
 /// What `rebuild` (and `stackbuild`) was asked to do.
 #[derive(Debug, Clone)]
 pub struct Rebuild {
@@ -158,7 +162,8 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
         restore::resolve_stash(store, r)?;
     }
     std::fs::create_dir_all(&pass.target_dir).wrap_err_with(|| format!("creating {}", pass.target_dir.display()))?;
-    let scratch = crate::fsutil::private_tempdir(Some(&pass.target_dir), ".kiwi-stackbuild-")?;
+    crate::fsutil::remove_stale(Some(&pass.target_dir), SCRATCH_PREFIX);
+    let scratch = crate::fsutil::private_tempdir(Some(&pass.target_dir), SCRATCH_PREFIX)?;
     let mut images = Vec::new();
     let mut derived_description = None;
     if !roots.is_empty() {
@@ -593,7 +598,8 @@ pub fn merge_preview(
         if !matches!(reference, ImageReference::Stash(_)) {
             tools::require(&[Tool::Skopeo])?;
         }
-        let scratch = crate::fsutil::private_tempdir(None, ".kiwi-stackbuild-")?;
+        crate::fsutil::remove_stale(None, SCRATCH_PREFIX);
+        let scratch = crate::fsutil::private_tempdir(None, SCRATCH_PREFIX)?;
         let _lock = store.lock_shared()?;
         let image = restore::fetch(store, &reference, scratch.path(), 0, auth)
             .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;

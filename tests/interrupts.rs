@@ -561,11 +561,76 @@ fn kill_9_during_the_unpack_takes_umoci_along_and_the_next_run_touches_nothing()
     assert_eq!(tree_listing(&s.path("t")), before, "the second run touched the target");
     assert!(!s.path("fake/unpack.pid").exists());
 
-    // Once the root is removed, as suggested, the target works again.
+    // Once the root is removed, as suggested, the target works again, and
+    // the killed run's scratch dir goes once it is a minute old.
+    let scratch: Vec<String> = names_in(&s.path("t"))
+        .into_iter()
+        .filter(|n| n.starts_with(".kiwi-stackbuild-"))
+        .collect();
+    assert_eq!(scratch.len(), 1, "the killed run's scratch dir: {scratch:?}");
     fs::remove_dir_all(&root).unwrap();
     s.ok(&args);
+    assert!(
+        s.path("t").join(&scratch[0]).is_dir(),
+        "a scratch dir that may be new was removed"
+    );
+    age(&s.path("t").join(&scratch[0]));
+    fs::remove_dir_all(&root).unwrap();
+    s.ok(&args);
+    assert!(
+        !s.path("t").join(&scratch[0]).exists(),
+        "the stale scratch dir is still there"
+    );
     assert!(root.join("image/config.xml").is_file());
     assert!(!s.path("t/build/.kiwi-stackbuild-incomplete").exists());
+}
+
+/// Makes `dir` look untouched for two minutes.
+fn age(dir: &Path) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(120);
+    fs::File::open(dir).unwrap().set_modified(then).unwrap();
+}
+
+#[test]
+fn kill_9_during_a_push_leaves_a_password_that_the_next_run_removes() {
+    let s = Sandbox::new();
+    s.with_stash();
+    let secrets = secret_forms("u", PASSWORD);
+    let args = [
+        "--creds",
+        "u",
+        "--password-stdin",
+        "push",
+        "x:1",
+        "docker://127.0.0.1:1/ns/x:1",
+    ];
+    let cmd = with_password(s.cmd(&args, "copy"), &s);
+    let (status, stderr, pid) = interrupt(&s, cmd, "copy", Signal::KILL);
+    assert_killed_by(status, Signal::KILL, &stderr);
+    assert_gone(pid, "skopeo, whose parent was killed");
+    // SIGKILL leaves no chance to clean up: the credentials dir is there.
+    let left = names_in(&s.path("tmp"));
+    assert!(
+        left.len() == 1 && left[0].starts_with("kiwi-stackbuild-auth-"),
+        "TMPDIR: {left:?}"
+    );
+    assert!(!files_holding(&s.path("tmp"), &secrets).is_empty());
+    // A credentials dir a live run holds is never taken: this one is locked,
+    // aged, and stays through the next run.
+    let live = s.path("tmp/kiwi-stackbuild-auth-live");
+    fs::create_dir(&live).unwrap();
+    let held = fs::File::open(&live).unwrap();
+    held.lock().unwrap();
+    age(&live);
+    age(&s.path("tmp").join(&left[0]));
+    let out = with_password(s.cmd(&args, ""), &s).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(names_in(&s.path("tmp")), ["kiwi-stackbuild-auth-live"]);
+    assert!(
+        files_holding(&s.path("tmp"), &secrets).is_empty(),
+        "the password is still on disk"
+    );
+    drop(held);
 }
 
 /// Every path below `dir` with its type, size and mtime, sorted.
