@@ -379,7 +379,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 pulled.new_blobs,
                 human_size(pulled.new_bytes)
             );
-            println!("{}", name.key());
+            crate::listing::line(&name.key())?;
             Ok(())
         }
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
@@ -401,7 +401,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
         let mut bytes = Vec::new();
         clap_mangen::Man::new(page).render(&mut bytes)?;
         store::write_atomic(&path, &bytes).wrap_err_with(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
+        crate::listing::line(&path.display().to_string())?;
     }
     Ok(())
 }
@@ -435,7 +435,7 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         human_size(done.layer.size),
         done.base.as_ref().map(|b| format!(", on {b}")).unwrap_or_default()
     );
-    println!("{}", done.key);
+    crate::listing::line(&done.key)?;
     Ok(())
 }
 

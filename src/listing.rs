@@ -1,6 +1,8 @@
 //! `stash --list` and `stash --check`: the stashes of the store as a table
 //! or as JSON, and what is wrong with the store.
 
+use std::io::Write;
+
 use color_eyre::eyre::{eyre, Result};
 
 use crate::stash::human_size;
@@ -17,11 +19,11 @@ pub fn print(store: &Store, json: bool) -> Result<()> {
         None => Vec::new(),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        line(&serde_json::to_string_pretty(&entries)?)?;
     } else if entries.is_empty() {
         eprintln!("no stashes in {}", store.root().display());
     } else {
-        print_table(&entries);
+        print_table(&entries)?;
     }
     let broken = entries.iter().filter(|e| e.broken.is_some()).count();
     if broken > 0 {
@@ -35,11 +37,13 @@ pub fn print(store: &Store, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_table(entries: &[Entry]) {
-    println!(
+fn print_table(entries: &[Entry]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{:<32} {:<12} {:>6} {:>9}  {:<20}  BASE",
         "STASH", "DIGEST", "LAYERS", "SIZE", "CREATED"
-    );
+    )?;
     for e in entries {
         let base = e
             .base
@@ -60,7 +64,8 @@ fn print_table(entries: &[Entry]) {
         } else {
             (e.layers.to_string(), human_size(e.size))
         };
-        println!(
+        writeln!(
+            out,
             "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}{note}",
             e.reference,
             e.digest.short(),
@@ -68,8 +73,26 @@ fn print_table(entries: &[Entry]) {
             size,
             e.created.as_deref().unwrap_or("-"),
             base
-        );
+        )?;
     }
+    Ok(())
+}
+
+/// Prints `text` and a newline on stdout. Unlike `println!`, a reader that
+/// went away (`stash --list | head -1`) is an error, [`is_closed_pipe`],
+/// not a panic.
+pub fn line(text: &str) -> Result<()> {
+    writeln!(std::io::stdout().lock(), "{text}")?;
+    Ok(())
+}
+
+/// Whether `err` is stdout's reader having gone away, which ends a command
+/// quietly, as it ends the shell's own tools.
+pub fn is_closed_pipe(err: &color_eyre::Report) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// `stash --check [--repair]`: prints one line per problem on stdout; with
@@ -92,12 +115,12 @@ pub fn check(store: &Store, repair: bool) -> Result<()> {
     };
     let checked = store.check(&lock)?;
     for f in &checked.findings {
-        println!("{}", f.text);
+        line(&f.text)?;
     }
     let remaining = if repair {
         let (removed, remaining) = store.repair(&checked, &lock)?;
-        for line in &removed {
-            println!("{line}");
+        for removed in &removed {
+            line(removed)?;
         }
         remaining.len()
     } else {

@@ -31,6 +31,8 @@ fn main() -> Result<ExitCode> {
             eprintln!("kiwi-stackbuild: {e}");
             Ok(ExitCode::from(Damaged::EXIT_CODE))
         }
+        // stdout's reader went away (`stash --list | head -1`): nothing to say.
+        Err(e) if kiwi_stackbuild::listing::is_closed_pipe(&e) => Ok(ExitCode::SUCCESS),
         done => done.map(|()| ExitCode::SUCCESS),
     }
 }

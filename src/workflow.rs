@@ -398,7 +398,7 @@ fn keep_root(
             done.layers,
             human_size(done.layer.size)
         );
-        println!("{}", done.key);
+        crate::listing::line(&done.key)?;
         return Ok(());
     };
     tools::require(&[Tool::Skopeo])?;
@@ -410,7 +410,7 @@ fn keep_root(
     };
     crate::tools::skopeo::copy(&src, dest, auth, job.compression)?;
     log::info!("kept the root as {dest} ({} layers)", done.layers);
-    println!("{dest}");
+    crate::listing::line(&dest.to_string())?;
     Ok(())
 }
 
@@ -608,7 +608,7 @@ pub fn merge_preview(
         derive::write_merged(&stored, &d, output)?;
     }
     log::info!("merged {} into its base: {}", file.display(), output.display());
-    println!("{}", output.display());
+    crate::listing::line(&output.display().to_string())?;
     Ok(())
 }
 

@@ -1017,6 +1017,28 @@ fn w3_builds_on_the_root_without_bootstrap_packages() {
 
 // ---------------------------------------------------------------- stash --list and --rm
 
+/// `stash --list | head -0`: the reader is gone before the first line.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "piped");
+    sandbox.stash(&root, &["--tag", "1"]);
+    for args in [
+        &["stash", "--list"][..],
+        &["stash", "--list", "--json"],
+        &["stash", "--check"],
+    ] {
+        let run = sandbox.run_with(args, |c| {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            c.stdout(writer);
+        });
+        run.assert_ok();
+        assert!(!run.stderr.contains("panicked"), "{args:?}:\n{}", run.stderr);
+    }
+}
+
 #[test]
 fn list_of_a_missing_store_is_empty_and_creates_nothing() {
     let sandbox = Sandbox::new();
