@@ -178,23 +178,41 @@ fn terminal_sent_it_to_all() -> bool {
 /// Asks every child to stop, gives each its grace period, then SIGKILL. A
 /// child that is stopped by SIGINT is not sent a second one when the
 /// terminal sent the first (`sigint_delivered`): Python would break off the
-/// cleanup it is doing.
+/// cleanup it is doing. If it still runs when its grace is over (the SIGINT
+/// may have been sent to us alone, by `kill -INT`), it gets SIGINT then,
+/// which is no worse for it than SIGKILL, and another grace period.
 fn end_children(children: &[Child], sigint_delivered: bool) {
     let started = Instant::now();
-    for c in children {
-        if !(sigint_delivered && c.stop == Stop::Int) {
-            send(c, c.stop.signal());
-        }
+    let mut asked: Vec<bool> = children
+        .iter()
+        .map(|c| !(sigint_delivered && c.stop == Stop::Int))
+        .collect();
+    for (c, _) in children.iter().zip(&asked).filter(|(_, asked)| **asked) {
+        send(c, c.stop.signal());
     }
     loop {
-        let (waiting, late): (Vec<&Child>, Vec<&Child>) = children
-            .iter()
-            .filter(|c| is_running(c))
-            .partition(|c| started.elapsed() < c.stop.grace());
-        for c in late {
-            send(c, Signal::KILL);
+        let mut waiting = false;
+        for (c, asked) in children.iter().zip(asked.iter_mut()) {
+            if !is_running(c) {
+                continue;
+            }
+            let elapsed = started.elapsed();
+            if !*asked && elapsed >= c.stop.grace() {
+                send(c, c.stop.signal());
+                *asked = true;
+            }
+            let deadline = if sigint_delivered && c.stop == Stop::Int {
+                2 * c.stop.grace()
+            } else {
+                c.stop.grace()
+            };
+            if elapsed >= deadline {
+                send(c, Signal::KILL);
+            } else {
+                waiting = true;
+            }
         }
-        if waiting.is_empty() {
+        if !waiting {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -797,3 +797,65 @@ fn password_stdin_logs_in_and_a_wrong_or_empty_one_is_refused() {
     assert!(String::from_utf8_lossy(&both.stderr).contains("--creds u has a password, and --password-stdin reads one"));
     assert_nothing_left(&s, &secret_forms("builder", PASSWORD), "--password-stdin");
 }
+
+/// `kill -INT` sent to us alone while we run in a terminal's foreground,
+/// where a Ctrl-C would have reached kiwi-ng too and is not sent again: once
+/// kiwi-ng's grace is over it gets its SIGINT then, not a SIGKILL that
+/// would leave its mounts behind.
+#[test]
+fn sigint_to_us_alone_in_a_terminal_still_reaches_kiwi_ng() {
+    if Command::new("script").arg("--version").output().is_err() {
+        panic!("script (util-linux) is needed to run under a terminal");
+    }
+    let s = Sandbox::new();
+    s.with_stash();
+    let target = s.arg("t");
+    let args = ["rebuild", "--root", "x:1", "--", "--target-dir", &target];
+    let inner = s.cmd(&args, "kiwi");
+    // script(1) runs the command as the foreground group of a new terminal.
+    let line: Vec<String> = std::iter::once(BIN.to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]).env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let _ = fs::remove_file(s.path("fake/kiwi.pid"));
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiwi = wait_for_pid(&s.path("fake/kiwi.pid"), &mut child);
+    let stat = fs::read_to_string(format!("/proc/{kiwi}/stat")).unwrap();
+    let ours: i32 = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let started = Instant::now();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(ours).unwrap(), Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_gone(kiwi, "kiwi-ng");
+    let got = fs::read_to_string(s.path("fake/kiwi-got")).unwrap_or_default();
+    assert_eq!(
+        got,
+        "INT\n",
+        "kiwi-ng was not asked with SIGINT:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "it was asked at once: {:?}",
+        started.elapsed()
+    );
+}
