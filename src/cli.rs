@@ -8,9 +8,9 @@ use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
 use crate::listing;
+use crate::listing::human_size;
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::registry::{self, Credentials, RegistryAuth};
-use crate::stash::human_size;
 use crate::store::{self, Store};
 use crate::tools::kiwi::Globals;
 use crate::tools::skopeo::Compression;

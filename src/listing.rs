@@ -1,11 +1,11 @@
-//! `stash --list` and `stash --check`: the stashes of the store as a table
-//! or as JSON, and what is wrong with the store.
+//! What commands print on stdout: `stash --list` and `stash --check` (the
+//! stashes of the store as a table or as JSON, and what is wrong with the
+//! store), single result lines, and sizes as people read them.
 
 use std::io::Write;
 
 use color_eyre::eyre::{eyre, Result};
 
-use crate::stash::human_size;
 use crate::store::walk::Kind;
 use crate::store::{Damaged, Entry, Store};
 
@@ -146,4 +146,20 @@ pub fn check(store: &Store, repair: bool) -> Result<()> {
         eprintln!("{root}: repaired");
     }
     Ok(())
+}
+
+/// Bytes as a short human size (`171.3 MB`).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
 }

@@ -236,10 +236,7 @@ impl ImageReference {
     /// reference's last path component and tag.
     pub fn default_stash_name(&self) -> Result<StashRef> {
         let image = match self {
-            ImageReference::Docker(rest) => rest
-                .rsplit('/')
-                .next()
-                .map(|s| s.split('@').next().unwrap_or(s).to_string()),
+            ImageReference::Docker(rest) => Some(DockerRef::split(rest).image()),
             ImageReference::Oci { image, .. }
             | ImageReference::OciArchive { image, .. }
             | ImageReference::DockerArchive { image, .. } => image.clone(),
@@ -263,38 +260,85 @@ fn split_image(rest: &str) -> (String, Option<String>) {
     }
 }
 
+/// The parts of a registry reference, `[HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST]`
+/// (what follows `docker://`), split as the containers tools split them: the
+/// first component is a host when it has a `.` or `:` or is `localhost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DockerRef<'a> {
+    /// The registry host and port, when one is named.
+    pub host: Option<&'a str>,
+    /// The repository path below the host.
+    pub repository: &'a str,
+    /// The tag, when one is named.
+    pub tag: Option<&'a str>,
+    /// The digest, when one is named.
+    pub digest: Option<&'a str>,
+}
+
+impl<'a> DockerRef<'a> {
+    /// Splits `rest` (what follows `docker://`); nothing is checked.
+    pub fn split(rest: &'a str) -> DockerRef<'a> {
+        let (name, digest) = match rest.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (rest, None),
+        };
+        let (path, tag) = match name.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t)),
+            _ => (name, None),
+        };
+        let (host, repository) = match path.split_once('/') {
+            Some((first, repo)) if looks_like_host(first) => (Some(first), repo),
+            _ => (None, path),
+        };
+        DockerRef {
+            host,
+            repository,
+            tag,
+            digest,
+        }
+    }
+
+    /// The registry host: the one named, else `docker.io`.
+    pub fn registry(&self) -> &'a str {
+        self.host.unwrap_or("docker.io")
+    }
+
+    /// The last component of the repository and the tag, `NAME[:TAG]`: what
+    /// a stash made from it is called.
+    pub fn image(&self) -> String {
+        let name = self.repository.rsplit('/').next().unwrap_or(self.repository);
+        match self.tag {
+            Some(t) => format!("{name}:{t}"),
+            None => name.to_string(),
+        }
+    }
+}
+
+fn looks_like_host(component: &str) -> bool {
+    component.contains(['.', ':']) || component == "localhost"
+}
+
 fn check_docker(rest: &str) -> Result<()> {
     let Some(name) = rest.strip_prefix("//") else {
         bail!("invalid reference docker:{rest}: a registry reference starts with docker://");
     };
-    let (name, _digest) = match name.split_once('@') {
-        Some((n, d)) if d.starts_with("sha256:") && d.len() == 71 => (n, Some(d)),
-        Some((_, d)) => bail!("invalid digest {d:?} in docker://{name}"),
-        None => (name, None),
-    };
-    let (host_and_path, tag) = match name.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n, Some(t)),
-        _ => (name, None),
-    };
-    if let Some(t) = tag {
+    let parts = DockerRef::split(name);
+    if let Some(d) = parts.digest {
+        if !(d.starts_with("sha256:") && d.len() == 71) {
+            bail!("invalid digest {d:?} in docker://{name}");
+        }
+    }
+    if let Some(t) = parts.tag {
         t.parse::<Tag>()?;
     }
-    let mut parts = host_and_path.split('/');
-    let first = parts.next().unwrap_or_default();
-    let is_host = first.contains(['.', ':']) || first == "localhost";
-    if is_host && first.is_empty() {
+    if parts.host == Some("") {
         bail!("invalid reference docker://{name}: no registry host");
     }
-    let repo: Vec<&str> = if is_host {
-        parts.collect()
-    } else {
-        host_and_path.split('/').collect()
-    };
-    let repo = repo.join("/");
-    if repo.is_empty() {
+    // `docker://HOST` alone names no repository.
+    if parts.repository.is_empty() || (parts.host.is_none() && looks_like_host(parts.repository)) {
         bail!("invalid reference docker://{name}: no repository after the registry host");
     }
-    repo.parse::<StashName>()?;
+    parts.repository.parse::<StashName>()?;
     Ok(())
 }
 
@@ -440,6 +484,9 @@ mod tests {
             "docker://example.org/",
             "docker://example.org/Upper",
             "docker://example.org/x@sha256:12",
+            "docker://example.org",
+            "docker://localhost:5000",
+            "docker://localhost",
             "oci:",
             "oci-archive:",
             "dir:",
@@ -464,10 +511,49 @@ mod tests {
     }
 
     #[test]
+    fn registry_references_split_as_the_containers_tools_split_them() {
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let with_digest = format!("example.org/ns/x:1@{digest}");
+        let cases = [
+            (
+                "localhost:5000/ns/base:1",
+                Some("localhost:5000"),
+                "ns/base",
+                Some("1"),
+                None,
+            ),
+            ("debian:bookworm", None, "debian", Some("bookworm"), None),
+            ("library/debian", None, "library/debian", None, None),
+            (
+                with_digest.as_str(),
+                Some("example.org"),
+                "ns/x",
+                Some("1"),
+                Some(digest),
+            ),
+        ];
+        for (rest, host, repository, tag, digest) in cases {
+            let want = DockerRef {
+                host,
+                repository,
+                tag,
+                digest,
+            };
+            assert_eq!(DockerRef::split(rest), want, "{rest}");
+        }
+        assert_eq!(DockerRef::split("debian:12").registry(), "docker.io");
+        assert_eq!(DockerRef::split("h.example:1/a/b:2").image(), "b:2");
+    }
+
+    #[test]
     fn pulled_images_are_named_after_their_last_component() {
         let cases = [
             ("docker://localhost:5000/ns/base:1", "base:1"),
             ("docker://example.org/x", "x"),
+            (
+                "docker://example.org/ns/x:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "x:1",
+            ),
             ("oci-archive:/tmp/a.tar:obs-base:15.6", "obs-base:15.6"),
             ("containers-storage:localhost/x:1", "x:1"),
         ];

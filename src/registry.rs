@@ -147,13 +147,7 @@ pub fn registry_host(reference: &ImageReference) -> Option<String> {
     let ImageReference::Docker(rest) = reference else {
         return None;
     };
-    let first = rest.split('/').next().unwrap_or_default();
-    let is_host = rest.contains('/') && (first.contains(['.', ':']) || first == "localhost");
-    Some(if is_host {
-        first.to_string()
-    } else {
-        "docker.io".to_string()
-    })
+    Some(crate::reference::DockerRef::split(rest).registry().to_string())
 }
 
 fn base64(bytes: &[u8]) -> String {

@@ -11,6 +11,7 @@ use crate::description::Document;
 use crate::labels::Facts;
 use crate::layer::tree::{self, Tree};
 use crate::layer::{cache, write, StackedLayer};
+use crate::listing::human_size;
 use crate::oci::{
     self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP,
     MEDIA_MANIFEST,
@@ -415,20 +416,4 @@ fn ref_name(d: &Descriptor) -> String {
         .get(oci::REF_NAME)
         .cloned()
         .unwrap_or_else(|| d.digest.to_string())
-}
-
-/// Bytes as a short human size (`171.3 MB`).
-pub fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
 }

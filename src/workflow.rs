@@ -12,10 +12,11 @@ use color_eyre::Section;
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
 use crate::labels;
+use crate::listing::human_size;
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::registry::RegistryAuth;
 use crate::restore::{self, Fetched};
-use crate::stash::{self, human_size, Base};
+use crate::stash::{self, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals, PassThrough};
 use crate::tools::skopeo::Compression;
@@ -351,7 +352,7 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
     }
     let image = match r {
         ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } => image.clone(),
-        ImageReference::Docker(rest) => rest.rsplit('/').next().map(str::to_string),
+        ImageReference::Docker(rest) => Some(crate::reference::DockerRef::split(rest).image()),
         _ => None,
     };
     let parsed = match image {
