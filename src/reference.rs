@@ -347,6 +347,12 @@ impl FromStr for ImageReference {
 
     fn from_str(s: &str) -> Result<Self> {
         let Some((transport, rest)) = s.split_once(':').filter(|(t, _)| is_transport(t)) else {
+            if let Some((scheme, _)) = s.split_once("://") {
+                return Err(eyre!("invalid reference {s:?}: {scheme}:// is no transport we know")).suggestion(
+                    "write docker://, oci:, oci-archive:, docker-archive:, containers-storage:, dir:, \
+                     obs:// or obsrepositories:, or a stash NAME[:TAG]",
+                );
+            }
             return Ok(ImageReference::Stash(s.parse()?));
         };
         let need = |what: &str| -> Result<()> {
@@ -485,6 +491,7 @@ mod tests {
             "docker://example.org/Upper",
             "docker://example.org/x@sha256:12",
             "docker://example.org",
+            "ftp://host/x",
             "docker://localhost:5000",
             "docker://localhost",
             "oci:",

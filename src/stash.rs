@@ -62,6 +62,15 @@ fn now(epoch: Option<i64>) -> i64 {
 /// The facts of a KIWI root: its `/image/config.xml`, the host's
 /// architecture (or `target_arch`), OBS's `BUILD_DISTURL`.
 pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
+    if !root.is_dir() {
+        let what = if root.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(eyre!("the root tree {} {what}", root.display()))
+            .suggestion("stash the image-root of a KIWI build (TARGET/build/image-root)");
+    }
     let config = root.join("image/config.xml");
     if !config.is_file() {
         return Err(eyre!(

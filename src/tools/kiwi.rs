@@ -336,13 +336,24 @@ impl PassThrough {
     }
 }
 
-/// The directory given to `name`: not empty, and given once.
+/// The directory given to `name`: not empty, not like an option, and given
+/// once.
 fn path_once(name: &str, before: Option<&PathBuf>, value: OsString) -> Result<PathBuf> {
     if before.is_some() {
         return Err(eyre!("{name} is given twice after --")).suggestion(format!("give {name} once"));
     }
     if value.is_empty() {
         return Err(eyre!("{name} is empty")).suggestion(format!("name a directory: {name} DIR"));
+    }
+    if value.as_bytes().starts_with(b"-") {
+        return Err(eyre!(
+            "{name} {} looks like an option, not a directory",
+            value.to_string_lossy()
+        ))
+        .suggestion(format!(
+            "name a directory: {name} DIR (write ./{} for a directory of that name)",
+            value.to_string_lossy()
+        ));
     }
     Ok(PathBuf::from(value))
 }
@@ -599,7 +610,7 @@ options:
 
     #[test]
     fn pass_through_errors_name_the_option() {
-        let cases: [(&[&str], bool, &str); 11] = [
+        let cases: [(&[&str], bool, &str); 14] = [
             (&["--target-dir", "/t", "--bogus"], false, "\"--bogus\""),
             (
                 &["--target-dir", "/t", "--add-package", "x"],
@@ -618,6 +629,17 @@ options:
                 "not the option --signing-key",
             ),
             (&["--target-dir", "/a", "--target-dir", "/b"], false, "given twice"),
+            (
+                &["--target-dir", "--bogus"],
+                false,
+                "--target-dir --bogus looks like an option",
+            ),
+            (&["--target-dir=-x"], false, "--target-dir -x looks like an option"),
+            (
+                &["--target-dir", "/t", "--description", "-d"],
+                true,
+                "--description -d looks like an option",
+            ),
             (
                 &["--target-dir", "/t", "--description", "/d", "--description=/e"],
                 true,
