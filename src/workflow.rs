@@ -420,6 +420,8 @@ fn keep_root(
 struct Side {
     name: String,
     facts: [(&'static str, Option<String>); 3],
+    /// An image: what it lacks is told by its label.
+    image: bool,
 }
 
 /// The facts of a stored image that say whether a build fits on it.
@@ -433,17 +435,19 @@ fn image_side(image: &Fetched) -> Side {
             ("architecture", get(labels::ARCHITECTURE)),
             ("distribution", get(labels::DISTRIBUTION)),
         ],
+        image: true,
     }
 }
 
 /// Refuses to stack images, or build a description on them, when their
 /// package manager, architecture or distribution differ (unless `force`).
-/// Every image is checked against every other and against the description,
-/// where both record the fact. In a stack (`strict`) an image that records
-/// none of them (it was not stashed by kiwi-stackbuild) is refused too:
-/// nothing says it fits. A single image under a new description may be any
-/// container, and a derived build's base is checked through the merged
-/// description, which carries what the base's own description says.
+/// Every image is checked against every other and against the description.
+/// A fact one side records and an image lacks is unknown, and refused too:
+/// nothing says it fits. In a stack (`strict`) an image that records none
+/// of them (it was not stashed by kiwi-stackbuild) is refused; a single
+/// image under a new description may be any container, so one that records
+/// none is not compared. A derived build's base is checked through the
+/// merged description, which carries what the base's own description says.
 fn check_fit(
     images: &[Fetched],
     description: Option<&Document>,
@@ -460,8 +464,9 @@ fn check_fit(
         }
     };
     let mut sides: Vec<Side> = images.iter().map(image_side).collect();
+    let records_none = |s: &Side| s.facts.iter().all(|(_, v)| v.is_none());
     if strict {
-        for unknown in sides.iter().filter(|s| s.facts[0].1.is_none()) {
+        for unknown in sides.iter().filter(|s| records_none(s)) {
             refuse(
                 eyre!(
                     "{} records no package manager, architecture or distribution (labels {}*): nothing says it fits",
@@ -483,24 +488,42 @@ fn check_fit(
                 ),
                 ("distribution", doc.distribution()),
             ],
+            image: false,
         });
     }
+    // A foreign container under a new description is not compared at all.
+    sides.retain(|s| strict || !(s.image && records_none(s)));
     for (i, a) in sides.iter().enumerate() {
         for b in &sides[i + 1..] {
-            for ((what, x), (_, y)) in a.facts.iter().zip(&b.facts) {
-                if let (Some(x), Some(y)) = (x, y) {
-                    if x != y {
-                        refuse(
-                            eyre!("{what} differs: {} has {x}, {} has {y}", a.name, b.name),
-                            "build on a matching image, or pass --force if you know it works",
-                        )?;
+            for (((what, x), (_, y)), label) in a.facts.iter().zip(&b.facts).zip(FIT_LABELS) {
+                match (x, y) {
+                    (Some(x), Some(y)) if x != y => refuse(
+                        eyre!("{what} differs: {} has {x}, {} has {y}", a.name, b.name),
+                        "build on a matching image, or pass --force if you know it works",
+                    )?,
+                    (Some(known), None) | (None, Some(known)) => {
+                        let (lacking, other) = if x.is_none() { (a, b) } else { (b, a) };
+                        if lacking.image {
+                            refuse(
+                                eyre!(
+                                    "{what} of {} is unknown (it has no label {label}), {} has {known}",
+                                    lacking.name,
+                                    other.name
+                                ),
+                                "build on an image that records it, or pass --force if you know it fits",
+                            )?;
+                        }
                     }
+                    _ => {}
                 }
             }
         }
     }
     Ok(())
 }
+
+/// The labels of the facts a fit is checked on, in [`Side::facts`] order.
+const FIT_LABELS: [&str; 3] = [labels::PACKAGE_MANAGER, labels::ARCHITECTURE, labels::DISTRIBUTION];
 
 fn describe(roots: &[ImageReference]) -> String {
     roots.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ")
@@ -639,7 +662,8 @@ mod tests {
     use crate::oci::{Descriptor, Digest, ImageConfig, Manifest};
 
     /// An image whose config records `facts` (package manager,
-    /// architecture, distribution; `None` records no label at all).
+    /// architecture, distribution; `None` records no label at all, an
+    /// empty one lacks that label).
     fn image(name: &str, facts: Option<(&str, &str, &str)>) -> Fetched {
         let mut config = ImageConfig::default();
         if let Some((pm, arch, dist)) = facts {
@@ -649,6 +673,7 @@ mod tests {
                 (labels::DISTRIBUTION, dist),
             ]
             .into_iter()
+            .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
             config.config.labels = Some(labels);
@@ -676,11 +701,30 @@ mod tests {
     }
 
     #[test]
+    fn an_image_lacking_what_the_description_records_is_unknown() {
+        let xml = r#"<image schemaversion="8.5" name="d"><preferences><packagemanager>apt</packagemanager></preferences>
+            <repository type="apt-deb" distribution="trixie"><source path="http://x/debian"/></repository></image>"#;
+        let doc = Document::parse_str(xml, "d.kiwi").unwrap();
+        let arch = Some("x86_64");
+        let partly = image("u", Some(("apt", "x86_64", "")));
+        let err = format!(
+            "{:#}",
+            check_fit(&[partly], Some(&doc), arch, false, false).unwrap_err()
+        );
+        assert!(err.contains("distribution of u is unknown"), "{err}");
+        // A container from elsewhere records nothing, and is not compared.
+        assert!(check_fit(&[image("f", None)], Some(&doc), arch, false, false).is_ok());
+        let whole = image("w", Some(("apt", "x86_64", "trixie")));
+        assert!(check_fit(&[whole], Some(&doc), arch, false, false).is_ok());
+    }
+
+    #[test]
     fn every_image_of_a_stack_is_checked_against_every_other() {
         let bookworm = || image("a", Some(("apt", "x86_64", "bookworm")));
         let trixie = || image("c", Some(("apt", "x86_64", "trixie")));
         let unlabelled = || image("b", None);
-        let cases: Vec<(Vec<Fetched>, bool, Option<&str>)> = vec![
+        let cases: Vec<(Vec<Fetched>, bool, Option<&str>)> =
+            vec![
             (vec![bookworm(), bookworm()], true, None),
             // Neighbours alone would never compare a with c.
             (
@@ -700,6 +744,23 @@ mod tests {
             ),
             // One container under a new description: any image will do.
             (vec![unlabelled()], false, None),
+            // A fact one image records and another lacks is unknown.
+            (
+                vec![bookworm(), image("u", Some(("apt", "x86_64", "")))],
+                true,
+                Some("distribution of u is unknown (it has no label io.kiwi-stackbuild.distribution), a has bookworm"),
+            ),
+            (
+                vec![image("u", Some(("apt", "x86_64", ""))), trixie()],
+                true,
+                Some("distribution of u is unknown"),
+            ),
+            // Where no image records it, there is nothing to compare.
+            (
+                vec![image("u", Some(("zypper", "x86_64", ""))), image("v", Some(("zypper", "x86_64", "")))],
+                true,
+                None,
+            ),
         ];
         for (images, strict, want) in cases {
             let names: Vec<String> = images.iter().map(|i| i.reference.to_string()).collect();
