@@ -466,7 +466,33 @@ impl Store {
             return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion("the store is empty");
         }
         let lock = self.lock_exclusive()?;
-        let mut index = self.index()?;
+        let index = self.index()?;
+        self.remove_keys(&lock, index, keys)
+    }
+
+    /// Removes every tag of `name`, as [`Store::remove`] does; which tags
+    /// those are is read under the lock, so none added meanwhile stays.
+    /// Returns the tags and how many blobs went.
+    pub fn remove_all_of(&self, name: &str) -> Result<(Vec<String>, usize)> {
+        let missing = || {
+            Err(eyre!("no stash named {name} in {}", self.root.display()))
+                .suggestion("see kiwi-stackbuild stash --list")
+        };
+        if !self.exists() {
+            self.require_index()?;
+            return missing();
+        }
+        let lock = self.lock_exclusive()?;
+        let index = self.index()?;
+        let keys = self.tags_of(&index, name);
+        if keys.is_empty() {
+            return missing();
+        }
+        let freed = self.remove_keys(&lock, index, &keys)?;
+        Ok((keys, freed))
+    }
+
+    fn remove_keys(&self, lock: &Lock, mut index: Index, keys: &[String]) -> Result<usize> {
         for key in keys {
             if self.find(&index, key).is_none() {
                 let known: Vec<&str> = index
@@ -487,7 +513,7 @@ impl Store {
             .garbage(&index)
             .wrap_err_with(|| format!("removing {}: nothing was changed", keys.join(", ")))?;
         crate::fault::point("rm-before-index");
-        self.write_index(&index, &lock)?;
+        self.write_index(&index, lock)?;
         crate::fault::point("rm-after-index");
         self.delete(&garbage)
             .wrap_err_with(|| format!("{} removed, but not every unused blob was freed", keys.join(", ")))

@@ -639,16 +639,11 @@ pub fn merge_preview(
 /// `stash --rm`: removes `NAME:TAG`, or every tag of `NAME`, and the blobs
 /// no remaining stash uses.
 pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
-    let keys = match &r.tag {
-        Some(_) => vec![r.key()],
-        None => store.tags_of(&store.index()?, r.name.as_str()),
-    };
-    if keys.is_empty() {
-        return Err(eyre!("no stash named {} in {}", r.name, store.root().display()))
-            .suggestion("see kiwi-stackbuild stash --list");
-    }
     // All tags go, or none: one change of the index.
-    let freed = store.remove(&keys)?;
+    let (keys, freed) = match &r.tag {
+        Some(_) => (vec![r.key()], store.remove(&[r.key()])?),
+        None => store.remove_all_of(r.name.as_str())?,
+    };
     eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
     Ok(())
 }

@@ -732,6 +732,51 @@ fn a_base_removed_between_the_locks_fails_the_stash_and_leaves_nothing() {
     assert_no_torn_blob(&home, "after the failed stash");
 }
 
+/// Waits until `child` waits for an flock (`/proc/locks` lists it with `->`).
+fn wait_blocked_on_a_lock(child: &Child) {
+    let waiting = format!(" {} ", child.id());
+    let started = Instant::now();
+    while !fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&waiting))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn removing_every_tag_reads_the_tags_under_the_lock() {
+    let f = Fixture::new();
+    let home = f.copy("rm-all");
+    // One removal holds the lock, stopped before it replaces the index...
+    let first = cmd(&home, &os(&["stash", "--rm", "base:1"]))
+        .env(FAULT, "rm-before-index:stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&first);
+    // ...while the removal of every tag of base waits for it.
+    let all = cmd(&home, &os(&["stash", "--rm", "base"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_blocked_on_a_lock(&all);
+    resume(&first);
+    check(&first.wait_with_output().unwrap(), "the removal of base:1");
+    let out = all.wait_with_output().unwrap();
+    check(&out, "the removal of every tag of base");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed base:2 "));
+    assert_eq!(verify_store(&home).keys().collect::<Vec<_>>(), ["other:1"]);
+    assert_eq!(unreferenced(&home), Vec::<String>::new());
+}
+
 #[test]
 fn every_fault_point_of_the_source_is_hit_by_a_test_here() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
