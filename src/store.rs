@@ -436,14 +436,16 @@ impl Store {
                 Ok(manifest) => {
                     entry.layers = manifest.layers.len();
                     entry.size = manifest.layers.iter().map(|l| l.size).sum();
-                    match self.config(&manifest.config.digest) {
-                        Ok(config) => {
-                            entry.created = config.created.clone();
-                            entry.labels = config.labels();
-                            entry.base = entry.labels.get(crate::labels::BASES).cloned();
+                    // A config the walk found wrong is not read again.
+                    if !fault_of(Role::Config) {
+                        match self.config(&manifest.config.digest) {
+                            Ok(config) => {
+                                entry.created = config.created.clone();
+                                entry.labels = config.labels();
+                                entry.base = entry.labels.get(crate::labels::BASES).cloned();
+                            }
+                            Err(e) => problems.push(format!("{e:#}")),
                         }
-                        Err(e) if !fault_of(Role::Config) => problems.push(format!("{e:#}")),
-                        Err(_) => {}
                     }
                 }
                 Err(e) => problems.push(format!("{e:#}")),

@@ -585,3 +585,143 @@ fn a_read_only_store_is_checked() {
     );
     assert!(stderr(&out).contains("no problems (3 refs"), "{}", stderr(&out));
 }
+
+#[test]
+fn entries_of_unknown_shape_stop_gc_and_schema_1_layers_are_kept() {
+    let d = Damage::new();
+    let layer = d.put(b"a schema 1 layer", "application/octet-stream");
+    let schema1 = json!({"schemaVersion": 1, "name": "x", "tag": "1",
+        "fsLayers": [{"blobSum": layer["digest"]}]});
+    let schema1 = d.put(
+        &serde_json::to_vec(&schema1).unwrap(),
+        "application/vnd.docker.distribution.manifest.v1+json",
+    );
+    d.tag("old:1", schema1);
+    // a:1's config and layers are a:2's and b:1's too, but its manifest is
+    // its own: --rm a:1 frees exactly that, and the schema 1 layer stays.
+    let (a1, _, _) = d.parts("a:1");
+    let (_, a1_config, _) = d.parts("a:1");
+    d.rm_frees("a:1", &[&a1, &a1_config]);
+    assert!(
+        d.blob(layer["digest"].as_str().unwrap()).exists(),
+        "the schema 1 layer went"
+    );
+
+    let part = d.put(b"part of a thing", "application/octet-stream");
+    let thing = json!({"mediaType": "application/vnd.example.thing+json", "parts": [part]});
+    let thing = d.put(
+        &serde_json::to_vec(&thing).unwrap(),
+        "application/vnd.example.thing+json",
+    );
+    d.tag("thing:1", thing);
+    let broken = d.broken();
+    let thing_says = broken.iter().find(|(r, _)| r == "thing:1").and_then(|(_, b)| b.clone());
+    assert!(
+        thing_says
+            .as_deref()
+            .is_some_and(|b| b.contains("which blobs it needs cannot be told")),
+        "{broken:?}"
+    );
+    let before = (d.index(), d.blobs());
+    let out = d.fails(&["stash", "--rm", "b:1"], 1);
+    assert!(
+        stderr(&out).contains("cannot tell which blobs thing:1 needs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!((d.index(), d.blobs()), before, "--rm changed the store");
+    let out = d.fails(&["stash", "--check", "--repair"], DAMAGED);
+    assert!(
+        d.blob(part["digest"].as_str().unwrap()).exists(),
+        "repair took a blob of thing:1"
+    );
+    assert!(!stdout(&out).contains("removed blob"), "{}", stdout(&out));
+}
+
+#[test]
+fn blobs_that_are_no_regular_files_are_named_not_read() {
+    let d = Damage::new();
+    let (_, b1_config, _) = d.parts("b:1");
+    let (_, _, a1_layers) = d.parts("a:1");
+    // A config that is a FIFO: reading it would never end.
+    fs::remove_file(d.blob(&b1_config)).unwrap();
+    let made = Command::new("mkfifo").arg(d.blob(&b1_config)).status().unwrap();
+    assert!(made.success());
+    // A layer that is a link to a device that never ends.
+    fs::remove_file(d.blob(&a1_layers[0])).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.blob(&a1_layers[0])).unwrap();
+    let started = std::time::Instant::now();
+    let broken = d.broken();
+    let says = |key: &str| {
+        broken
+            .iter()
+            .find(|(r, _)| r == key)
+            .and_then(|(_, b)| b.clone())
+            .unwrap_or_default()
+    };
+    assert!(says("b:1").contains("not a regular file"), "{broken:?}");
+    assert!(says("a:1").contains("not a regular file"), "{broken:?}");
+    let out = d.fails(&["stash", "--check"], DAMAGED);
+    assert!(
+        stdout(&out).contains(&format!("blob {b1_config} cannot be read: it is not a regular file")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "it hung on the FIFO"
+    );
+}
+
+#[test]
+fn check_spares_a_live_runs_temp_file_and_names_a_missing_blob_directory() {
+    let d = Damage::new();
+    let live = d.home.join("blobs/sha256/.tmp-layer-live");
+    let held = fs::File::create(&live).unwrap();
+    held.lock().unwrap();
+    let out = d.ok(&["stash", "--check"]);
+    assert!(!stdout(&out).contains("leftover"), "{}", stdout(&out));
+    drop(held);
+    let out = d.fails(&["stash", "--check"], DAMAGED);
+    assert!(
+        stdout(&out).contains(&format!("leftover temp file {}", live.display())),
+        "{}",
+        stdout(&out)
+    );
+    fs::remove_file(&live).unwrap();
+
+    fs::remove_dir_all(d.home.join("blobs")).unwrap();
+    let out = d.fails(&["stash", "--check"], DAMAGED);
+    let text = stdout(&out);
+    assert!(
+        text.contains("the blob directory") && text.contains("is missing"),
+        "{text}"
+    );
+    assert!(text.contains("a:1: manifest sha256:"), "{text}");
+}
+
+#[test]
+fn repair_of_a_read_only_store_says_where_it_can_run() {
+    let d = Damage::new();
+    d.put(b"unused", "application/octet-stream");
+    let ro = d.tmp.path().join("ro-store");
+    fs::create_dir(&ro).unwrap();
+    let mount = |args: &[&str]| {
+        let status = Command::new("mount").args(args).status().expect("running mount");
+        assert!(status.success(), "mount {args:?} failed");
+    };
+    mount(&["--bind", d.home.to_str().unwrap(), ro.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+        .args(["stash", "--check", "--repair", "--stash-home"])
+        .arg(&ro)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&ro).status();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run stash --check --repair where the store is writable"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -7,6 +7,7 @@ use std::io::{self, BufReader};
 use std::path::PathBuf;
 
 use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::Section;
 
 use super::walk::{self, Fault};
 use super::{is_blob_name, ref_name, Lock, Store};
@@ -116,8 +117,21 @@ impl Store {
     /// what refs record, and whether any ref needs it.
     fn check_blobs(&self, needed: &BTreeMap<String, Needed>, checked: &mut Checked) -> Result<()> {
         let dir = self.blob_dir();
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .wrap_err_with(|| format!("reading {}", dir.display()))?
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                checked.findings.push(Finding {
+                    text: format!(
+                        "the blob directory {} is missing: every stash lacks its blobs; \
+                         restore it from a backup, or remove the store directory to start anew",
+                        dir.display()
+                    ),
+                    fix: Fix::None,
+                });
+                return Ok(());
+            }
+            read => read.wrap_err_with(|| format!("reading {}", dir.display()))?,
+        };
+        let mut names: Vec<String> = entries
             .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
             .collect::<io::Result<_>>()?;
         names.sort();
@@ -176,13 +190,24 @@ impl Store {
         Ok(())
     }
 
-    /// The `.tmp-*` files and directories in the store and its blob directory.
+    /// The `.tmp-*` files and directories in the store and its blob
+    /// directory that no running process holds (a live run keeps its own
+    /// locked), so that a store in use is not reported as damaged.
     fn temp_files(&self) -> Result<Vec<PathBuf>> {
         let mut found = Vec::new();
         for dir in [self.root.clone(), self.blob_dir()] {
-            for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                read => read.wrap_err_with(|| format!("reading {}", dir.display()))?,
+            };
+            for entry in entries {
                 let entry = entry?;
-                if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let in_use = File::open(entry.path())
+                    .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)));
+                if !in_use {
                     found.push(entry.path());
                 }
             }
@@ -207,7 +232,11 @@ impl Store {
                     match fs::remove_file(&path) {
                         Ok(()) => removed.push(format!("removed blob sha256:{name}, which no stash used")),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e).wrap_err_with(|| format!("removing {}", path.display())),
+                        Err(e) => {
+                            return Err(e)
+                                .wrap_err_with(|| format!("removing {}", path.display()))
+                                .suggestion("run stash --check --repair where the store is writable, as its owner")
+                        }
                     }
                 }
                 Fix::Temp(_) => temps = true,
@@ -245,9 +274,24 @@ fn advice(refs: &[String]) -> String {
     }
 }
 
-/// The digest and size of the file at `path`, read over its whole length.
+/// The digest and size of the file at `path`, read over its whole length:
+/// only a regular file, never through a symlink (a FIFO or a link to
+/// /dev/zero would never end).
 fn hash(path: &std::path::Path) -> io::Result<(Digest, u64)> {
-    let mut reader = HashingReader::new(BufReader::new(File::open(path)?));
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || io::Error::other("it is not a regular file");
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut reader = HashingReader::new(BufReader::new(file));
     io::copy(&mut reader, &mut io::sink())?;
     Ok(reader.finish())
 }

@@ -242,8 +242,13 @@ impl Walk<'_> {
     /// is missing, unreadable, of the wrong size or corrupt.
     fn read(&mut self, digest: &Digest, size: Option<u64>, role: Role) -> Option<Vec<u8>> {
         let path = oci::blob_path(self.layout, digest);
-        // The size first: a wrong or huge file is not read at all.
-        let read = fs::metadata(&path).and_then(|m| {
+        // The size first: a wrong or huge file is not read at all, nor
+        // anything but a regular file (a FIFO or a link to /dev/zero would
+        // never end).
+        let read = fs::symlink_metadata(&path).and_then(|m| {
+            if !m.is_file() {
+                return Ok(Err(Fault::Unreadable("it is not a regular file".into())));
+            }
             let found = m.len();
             if let Some(recorded) = size.filter(|s| *s != found) {
                 return Ok(Err(Fault::WrongSize { found, recorded }));
@@ -305,6 +310,37 @@ impl Walk<'_> {
                 self.descriptor(item, member_role, member == "subject");
             }
         }
+        // A Docker schema 1 manifest names its layers `fsLayers[].blobSum`.
+        let schema1 = value.get("fsLayers").and_then(Value::as_array);
+        for layer in schema1.into_iter().flatten() {
+            if let Some(sum) = layer.get("blobSum").and_then(Value::as_str) {
+                match Digest::try_from(sum.to_string()) {
+                    Ok(digest) => self.leaf(&digest, None, Role::Layer),
+                    Err(_) => self.problem_spelled(Role::Layer, sum, Fault::UnsupportedDigest),
+                }
+            }
+        }
+        // JSON of no shape we know may name blobs anywhere: what it needs
+        // cannot be told, so nothing may count as unused.
+        let known = MEMBERS.iter().any(|(m, _)| value.get(m).is_some()) || schema1.is_some();
+        if !known {
+            let media_type = value.get("mediaType").and_then(Value::as_str).unwrap_or("none given");
+            self.problem(
+                role,
+                digest,
+                Fault::Unparseable(format!(
+                    "no manifest or index we know (media type {media_type}), so which blobs it needs cannot be told"
+                )),
+            );
+        }
+    }
+
+    fn problem_spelled(&mut self, role: Role, spelled: &str, fault: Fault) {
+        self.reach.problems.push(Problem {
+            role,
+            digest: spelled.to_string(),
+            fault,
+        });
     }
 
     /// One descriptor of a manifest or index; an `optional` one (a
@@ -366,7 +402,8 @@ impl Walk<'_> {
             size,
             role,
         });
-        match fs::metadata(oci::blob_path(self.layout, digest)) {
+        match fs::symlink_metadata(oci::blob_path(self.layout, digest)) {
+            Ok(m) if !m.is_file() => self.problem(role, digest, Fault::Unreadable("it is not a regular file".into())),
             Ok(m) => {
                 if let Some(recorded) = size.filter(|s| *s != m.len()) {
                     self.problem(
