@@ -116,6 +116,10 @@ impl Credentials {
             return Err(eyre!("--creds needs a user name before the colon"))
                 .suggestion("write --creds USER:PASSWORD, or --creds USER with the password from the environment");
         }
+        if password.0.is_empty() {
+            return Err(eyre!("--creds {user} has an empty password"))
+                .suggestion("write the password after the colon, or use --creds USER with --password-stdin");
+        }
         Ok(Credentials { user, password })
     }
 }

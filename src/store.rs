@@ -683,9 +683,14 @@ pub fn readable() -> std::fs::Permissions {
 
 /// Fails when `path` is not a store root we may use.
 pub fn check_home(path: &Path) -> Result<()> {
-    if path.exists() && !path.is_dir() {
-        return Err(eyre!("the stash store {} is not a directory", path.display()))
-            .suggestion("name a directory (or a new path) with --stash-home or KIWI_STACKBUILD_HOME");
-    }
-    Ok(())
+    let suggestion = "name a directory (or a new path) with --stash-home or KIWI_STACKBUILD_HOME";
+    let what = match (fs::symlink_metadata(path), fs::metadata(path)) {
+        (_, Ok(m)) if m.is_dir() => return Ok(()),
+        (_, Ok(_)) => "is not a directory",
+        (Ok(_), Err(_)) => "is a symlink to nothing",
+        (Err(e), _) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        (Err(e), _) if e.kind() == io::ErrorKind::NotADirectory => "lies below a file",
+        (Err(e), _) => return Err(e).wrap_err_with(|| format!("reading the stash store {}", path.display())),
+    };
+    Err(eyre!("the stash store {} {what}", path.display())).suggestion(suggestion)
 }

@@ -1327,6 +1327,8 @@ const BAD: &[(&[&str], &str)] = &[
     (&["stash", "--root", "@FILE@"], "/file is not a directory"),
     (&["stash", "--root", "@EMPTY@"], "is not a KIWI root tree"),
     (&["--stash-home", "@FILE@", "stash", "--list"], "is not a directory"),
+    (&["--stash-home", "@FILE@/sub", "stash", "--list"], "/file/sub lies below a file"),
+    (&["--stash-home", "@EMPTY@/../dangling", "stash", "--list"], "/dangling is a symlink to nothing"),
     (&["rebuild", "--description", "@EMPTY@/missing", "--", "--target-dir", "@TARGET@"], "missing does not exist"),
     (&["rebuild", "--description", "@EMPTY@", "--", "--target-dir", "@TARGET@"], "no KIWI description"),
     (&["merge", "--description", "@EMPTY@/missing", "--output", "@EMPTY@/out"], "missing does not exist"),
@@ -1354,6 +1356,7 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--compress-format", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compress-format"),
     (&["--creds", ":secret", "pull", "docker://registry.example/x:1"], "--creds needs a user name before the colon"),
     (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
+    (&["--creds", "user:", "pull", "docker://registry.example/x:1"], "--creds user has an empty password"),
     (&["stash", "--list", "--rm", "base:1"], "'--list' cannot be used with '--rm"),
     (&["stash", "--tag", "t"], "required arguments were not provided:   <--root <DIR>|--list"),
     (&["completions", "nosh"], "invalid value 'nosh' for '<SHELL>'"),
@@ -1367,6 +1370,7 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
     sandbox.stash(&root, &["--tag", "1"]);
     fs::create_dir(sandbox.path("empty")).unwrap();
     fs::write(sandbox.path("file"), "a file\n").unwrap();
+    std::os::unix::fs::symlink("nowhere", sandbox.path("dangling")).unwrap();
     let desc = sandbox.path("desc");
     fs::create_dir(&desc).unwrap();
     fs::write(desc.join("config.xml"), CONFIG_XML.replace("@NAME@", "desc")).unwrap();
