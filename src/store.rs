@@ -305,6 +305,51 @@ impl Store {
             .wrap_err_with(|| format!("creating a {kind} area in the store"))
     }
 
+    /// Pins the image `d` names as `key`: a temp layout in the store (see
+    /// [`Store::temp_dir`]) with a hard link to every blob it needs and an
+    /// index of that one ref, so that it can be read without a lock while
+    /// stashes and removals go on: a removal unlinks only the store's names
+    /// of the blobs, not the pinned ones. Take the shared lock to pin; the
+    /// pin lives until dropped. `None` when the store cannot be written (a
+    /// read-only one): then keep the lock while reading.
+    pub fn pin(&self, key: &str, d: &Descriptor, _lock: &Lock) -> Result<Option<Scratch>> {
+        let pin = match self.temp_dir("pin") {
+            Ok(pin) => pin,
+            Err(e)
+                if e.chain()
+                    .any(|c| c.downcast_ref::<io::Error>().is_some_and(cannot_write)) =>
+            {
+                log::debug!("reading {key} under the store lock: {e:#}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let blobs = pin.path().join("blobs/sha256");
+        fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
+        let reach = walk::reach(&self.root, d);
+        for need in &reach.needs {
+            let name = need.digest.hex();
+            let link = blobs.join(name);
+            if link.symlink_metadata().is_ok() {
+                continue;
+            }
+            fs::hard_link(self.blob_dir().join(name), &link)
+                .wrap_err_with(|| format!("pinning blob {} of {key}", need.digest))
+                .suggestion("see kiwi-stackbuild stash --check")?;
+        }
+        let mut pinned = d.clone();
+        pinned.annotations.insert(REF_NAME.into(), key.into());
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_INDEX.into()),
+            manifests: vec![pinned],
+            ..Index::default()
+        };
+        write_atomic(&pin.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        write_atomic(&pin.path().join("index.json"), &serde_json::to_vec(&index)?)?;
+        Ok(Some(pin))
+    }
+
     /// The store's index (empty when there is no store).
     pub fn index(&self) -> Result<Index> {
         if !self.exists() {
@@ -679,6 +724,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn readable() -> std::fs::Permissions {
     use std::os::unix::fs::PermissionsExt;
     std::fs::Permissions::from_mode(0o644)
+}
+
+/// Whether `e` says this process may not write there.
+fn cannot_write(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::ROFS.raw_os_error()
+        || code == rustix::io::Errno::ACCESS.raw_os_error()
+        || code == rustix::io::Errno::PERM.raw_os_error())
 }
 
 /// Fails when `path` is not a store root we may use.

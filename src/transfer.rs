@@ -93,9 +93,9 @@ fn complete(store: &Store, d: &Descriptor) -> bool {
 
 /// Copies `src` into the store as `key`. Blobs the store has are not fetched
 /// again; a registry image whose manifest the store has is only tagged. A
-/// failed pull changes nothing in the store. The copy runs under the shared
-/// lock (stashes, pulls and rebuilds go on); only moving the new blobs in
-/// and replacing the index takes the exclusive one.
+/// failed pull changes nothing in the store. The copy holds no lock
+/// (stashes, pulls, removals and rebuilds go on); only moving the new blobs
+/// in and replacing the index takes the exclusive one.
 pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth) -> Result<Pulled> {
     if matches!(src, ImageReference::Docker(_)) {
         let raw = skopeo::inspect_raw(src, auth)?;
@@ -113,9 +113,13 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
             });
         }
     }
+    // The staging layout is made under the shared lock; the copy holds none,
+    // since what it links from the store is its own (hard links) or checked
+    // when moved in (symlinks).
     let shared = store.lock_for_staging()?;
     let staging = store.temp_dir("pull")?;
     staging_layout(store, staging.path())?;
+    drop(shared);
     let dst = ImageReference::Oci {
         dir: staging.path().to_string_lossy().into_owned(),
         image: Some(key.to_string()),
@@ -133,7 +137,6 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     reachable(staging.path(), &desc, &mut blobs)?;
     // Config and layers first, the manifest last.
     blobs.reverse();
-    drop(shared);
     let lock = store.lock_exclusive()?;
     let mut index = store.index()?;
     let (new_blobs, new_bytes) = move_in(store, staging.path(), blobs, src, &lock)?;
@@ -207,6 +210,9 @@ fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth
 }
 
 /// Copies the stash `key` to `dst`; a registry gets only the blobs it lacks.
+/// The stash is pinned first ([`Store::pin`]), so the copy holds no lock
+/// and stashes and removals go on meanwhile; from a read-only store it is
+/// copied under the shared lock.
 pub fn push(
     store: &Store,
     key: &str,
@@ -214,12 +220,21 @@ pub fn push(
     auth: &RegistryAuth,
     compression: Compression,
 ) -> Result<()> {
-    let _lock = store
+    let lock = store
         .lock_shared()?
         .ok_or_else(|| eyre!("no stash store at {}", store.root().display()))?;
-    store.resolve(key)?;
+    let d = store.resolve(key)?;
+    let pin = store.pin(key, &d, &lock)?;
+    // Pinned, the lock goes; else it is held for the whole copy.
+    let (layout, _lock) = match &pin {
+        Some(pin) => {
+            drop(lock);
+            (pin.path(), None)
+        }
+        None => (store.root(), Some(lock)),
+    };
     let src = ImageReference::Oci {
-        dir: store.root().to_string_lossy().into_owned(),
+        dir: layout.to_string_lossy().into_owned(),
         image: Some(key.to_string()),
     };
     crate::fault::point("push-before-copy");

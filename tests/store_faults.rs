@@ -656,13 +656,10 @@ fn a_paused_stash_lets_listing_and_restoring_go_on() {
     assert!(verify_store(&home).contains_key("base:3"));
 }
 
-#[test]
-fn a_slow_pull_lets_listing_and_restoring_go_on() {
-    let f = Fixture::new();
-    let source = source_layout(&f);
-    let home = f.copy("slow-pull");
+/// A skopeo that waits, in its copy, for the test to let it go on: its
+/// path, and the files it makes when it waits and waits for.
+fn slow_skopeo(f: &Fixture) -> (PathBuf, PathBuf, PathBuf) {
     let (started, go) = (f.tmp.path().join("copy-started"), f.tmp.path().join("copy-go"));
-    // skopeo that waits, in its copy, for the test to let it go on.
     let skopeo = f.tmp.path().join("slow-skopeo");
     fs::write(
         &skopeo,
@@ -674,7 +671,13 @@ fn a_slow_pull_lets_listing_and_restoring_go_on() {
     )
     .unwrap();
     fs::set_permissions(&skopeo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let child = cmd(&home, &os(&["pull", &source, "pulled:1"]))
+    (skopeo, started, go)
+}
+
+/// Starts `args` with the slow skopeo and returns once its copy waits.
+fn start_slow_copy(f: &Fixture, home: &Path, args: &[&str]) -> (Child, PathBuf) {
+    let (skopeo, started, go) = slow_skopeo(f);
+    let child = cmd(home, &os(args))
         .env("SKOPEO", &skopeo)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -684,14 +687,55 @@ fn a_slow_pull_lets_listing_and_restoring_go_on() {
     while !started.exists() {
         assert!(
             waited.elapsed() < Duration::from_secs(60),
-            "the pull never started its copy"
+            "{args:?} never started its copy"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, go)
+}
+
+#[test]
+fn a_slow_pull_lets_listing_restoring_and_stashing_go_on() {
+    let f = Fixture::new();
+    let source = source_layout(&f);
+    let home = f.copy("slow-pull");
+    let (child, go) = start_slow_copy(&f, &home, &["pull", &source, "pulled:1"]);
     assert_readers_go_on(&f, &home);
+    // A writer's exclusive step does not wait for the copy either.
+    run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
     fs::write(&go, "").unwrap();
     check(&child.wait_with_output().unwrap(), "the slow pull");
-    assert!(verify_store(&home).contains_key("pulled:1"));
+    let refs = verify_store(&home);
+    assert!(
+        refs.contains_key("pulled:1") && refs.contains_key("during:1"),
+        "{refs:?}"
+    );
+}
+
+#[test]
+fn a_slow_push_lets_stashes_and_removals_go_on_and_pushes_what_it_pinned() {
+    let f = Fixture::new();
+    let home = f.copy("slow-push");
+    let out = f.tmp.path().join("pushed");
+    let dest = format!("oci:{}:base", out.display());
+    let (child, go) = start_slow_copy(&f, &home, &["push", "base:2", &dest]);
+    run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
+    // Even the stash being pushed may go meanwhile: the push has it pinned.
+    run_within_a_minute(&home, &os(&["stash", "--rm", "base"]));
+    fs::write(&go, "").unwrap();
+    check(&child.wait_with_output().unwrap(), "the slow push");
+    let refs = verify_store(&home);
+    assert_eq!(refs.keys().collect::<Vec<_>>(), ["during:1", "other:1"]);
+    assert_eq!(leftovers(&home), Vec::<String>::new(), "the pin is left");
+    // What was pushed is base:2, whole.
+    let restored = f.tmp.path().join("from-pushed");
+    let mut args = os(&["rebuild", "--root"]);
+    let root = format!("oci:{}:base", out.display());
+    args.push(OsStr::new(&root));
+    args.extend(os(&["--", "--target-dir"]));
+    args.push(restored.as_os_str());
+    run(&home, &args);
+    assert_same_tree(&f.base2, &snapshot(&restored.join("build/image-root")));
 }
 
 #[test]
