@@ -42,15 +42,43 @@ pub fn resolve_stash(store: &Store, reference: &ImageReference) -> Result<Option
     }
 }
 
+/// The image layout in a scratch directory that [`fetch`] copies images
+/// other than stashes into, so that they are read as stashes are. A caller
+/// makes one for all the images it fetches; the layout itself is made when
+/// the first of them comes, holding every blob of the store, so that skopeo
+/// fetches only what the store lacks.
+#[derive(Debug)]
+pub struct FetchLayout {
+    dir: PathBuf,
+    copied: usize,
+}
+
+impl FetchLayout {
+    /// The layout `scratch/fetched`, not made yet.
+    pub fn in_scratch(scratch: &Path) -> FetchLayout {
+        FetchLayout {
+            dir: scratch.join("fetched"),
+            copied: 0,
+        }
+    }
+
+    /// Makes the layout when this is its first image, and names the image.
+    fn next_image(&mut self, store: &Store) -> Result<(PathBuf, String)> {
+        if self.copied == 0 {
+            transfer::staging_layout(store, &self.dir)?;
+        }
+        let name = format!("image-{}", self.copied);
+        self.copied += 1;
+        Ok((self.dir.clone(), name))
+    }
+}
+
 /// Brings `reference` where umoci can read it: a stash is read in place, any
-/// other reference is copied by skopeo into a layout under `scratch`.
-/// Blobs the store has are linked into that layout first, so they are not
-/// fetched again.
+/// other reference is copied by skopeo into the layout `into`.
 pub fn fetch(
     store: &Store,
     reference: &ImageReference,
-    scratch: &Path,
-    n: usize,
+    into: &mut FetchLayout,
     auth: &RegistryAuth,
 ) -> Result<Fetched> {
     let (layout, desc) = match reference {
@@ -58,11 +86,7 @@ pub fn fetch(
         other => {
             let resolved = crate::obs::resolve(other)?;
             let other = &resolved;
-            let layout = scratch.join("fetched");
-            if n == 0 || !layout.exists() {
-                transfer::staging_layout(store, &layout)?;
-            }
-            let name = format!("image-{n}");
+            let (layout, name) = into.next_image(store)?;
             let dst = ImageReference::Oci {
                 dir: layout.to_string_lossy().into_owned(),
                 image: Some(name.clone()),

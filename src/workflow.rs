@@ -530,10 +530,10 @@ fn describe(roots: &[ImageReference]) -> String {
 }
 
 fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &RegistryAuth) -> Result<Vec<Fetched>> {
+    let mut layout = restore::FetchLayout::in_scratch(scratch);
     roots
         .iter()
-        .enumerate()
-        .map(|(n, r)| restore::fetch(store, r, scratch, n, auth))
+        .map(|r| restore::fetch(store, r, &mut layout, auth))
         .collect()
 }
 
@@ -625,8 +625,13 @@ pub fn merge_preview(
         crate::fsutil::remove_stale(None, SCRATCH_PREFIX);
         let scratch = crate::fsutil::private_tempdir(None, SCRATCH_PREFIX)?;
         let _lock = store.lock_shared()?;
-        let image = restore::fetch(store, &reference, scratch.path(), 0, auth)
-            .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
+        let image = restore::fetch(
+            store,
+            &reference,
+            &mut restore::FetchLayout::in_scratch(scratch.path()),
+            auth,
+        )
+        .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
         let stored = stored_description(&image, scratch.path())?;
         drop(_lock);
         derive::write_merged(&stored, &d, output)?;

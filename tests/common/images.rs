@@ -33,7 +33,12 @@ pub fn try_restore_with(
     let store = Store::new(home);
     let scratch = tempfile::tempdir()?;
     let r: ImageReference = reference.parse()?;
-    let image = restore::fetch(&store, &r, scratch.path(), 0, &RegistryAuth::anonymous())?;
+    let image = restore::fetch(
+        &store,
+        &r,
+        &mut restore::FetchLayout::in_scratch(scratch.path()),
+        &RegistryAuth::anonymous(),
+    )?;
     let layers = restore::stack(&[image])?;
     restore::unpack(&layers, scratch.path(), into, unpacker)
 }
