@@ -1,6 +1,23 @@
 //! The user-facing jobs as sequences of steps: stash and its removal,
-//! rebuild (W1-W4) and stackbuild, and the merge preview. Everything that
-//! can be checked is checked before the first slow step.
+//! rebuild and stackbuild, and the merge preview.
+//!
+//! A rebuild is first made a [`Plan`] (see [`plan`]): its arguments are
+//! parsed into one of the workflows README describes, and everything that
+//! can be checked is checked before the first slow step. Then the
+//! workflow's own function runs its steps in order:
+//! - W1 [`Workflow::FreshBuild`]: build a description from scratch, keep
+//!   its root;
+//! - W2 [`Workflow::CreateFromRoots`]: fetch stored roots, check that they
+//!   fit, unpack them, `kiwi-ng system create` with their description;
+//! - W3 [`Workflow::BuildOnRoots`]: fetch stored roots (any container),
+//!   check that they fit, unpack them, build a new description on them;
+//! - W4 [`Workflow::DerivedBuild`]: fetch the base a derived description
+//!   names, merge the description into the base's, check, unpack, build.
+//!
+//! A stack (`--root` repeated, `stackbuild`) is W2 or W3 with several
+//! roots; `--keep-root` ends any of them by storing the root. The steps
+//! they share (fetch, check fit, unpack, run kiwi-ng, keep the root) are
+//! functions of their own.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,13 +35,17 @@ use crate::registry::RegistryAuth;
 use crate::restore::{self, Fetched};
 use crate::stash::{self, Base};
 use crate::store::Store;
-use crate::tools::kiwi::{self, Globals, PassThrough};
+use crate::tools::kiwi::{self, Globals};
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 
 /// The name of a rebuild's scratch directory (in the target, or the
 /// system's temporary directory) starts so.
 const SCRATCH_PREFIX: &str = ".kiwi-stackbuild-";
+
+pub mod plan;
+
+pub use plan::{Plan, Workflow};
 
 /// What `rebuild` (and `stackbuild`) was asked to do.
 #[derive(Debug, Clone)]
@@ -88,164 +109,179 @@ fn unpack_marker(target_dir: &Path) -> PathBuf {
     target_dir.join("build/.kiwi-stackbuild-incomplete")
 }
 
-/// Refuses a target whose root a killed run left half-unpacked, touching
-/// nothing. A marker without its root (the user removed the root, as told)
-/// is only removed.
-fn refuse_interrupted_unpack(target_dir: &Path) -> Result<()> {
-    let (marker, root) = (unpack_marker(target_dir), image_root(target_dir));
-    if marker.symlink_metadata().is_err() {
-        return Ok(());
-    }
-    if root.symlink_metadata().is_ok() {
-        return Err(eyre!("{} was left by an interrupted run", root.display()))
-            .suggestion("remove it or pass a new --target-dir");
-    }
-    std::fs::remove_file(&marker).wrap_err_with(|| format!("removing {}", marker.display()))
-}
-
-/// What a rebuild does, decided from its arguments.
-enum Mode {
-    /// W1: build a description from scratch.
-    Fresh(Document, PathBuf),
-    /// W2: `system create` with the description stored in the root.
-    Create,
-    /// W3: build a description on the unpacked roots.
-    OnRoot(Document, PathBuf),
-    /// W4: merge a derived description into the stored one and build that.
-    Derived(Derived),
-}
-
-/// Runs a rebuild: W1 (description, keep the root), W2 (root only), W3 (root
-/// and description), W4 (derived description), stacks.
+/// Runs a rebuild: makes its [`Plan`], then the steps of its workflow.
 pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> {
-    let builds = job.description.is_some() || kiwi::names_description(&job.kiwi_args);
-    let pass = PassThrough::parse(&job.kiwi_args, builds)?;
-    if job.description.is_some() && pass.description.is_some() {
-        return Err(eyre!("two descriptions: --description before and after --"))
-            .suggestion("give the description once");
-    }
-    if crate::fsutil::is_inside(&pass.target_dir, store.root()) {
-        return Err(eyre!(
-            "--target-dir {} is inside the stash store {}",
-            pass.target_dir.display(),
-            store.root().display()
-        ))
-        .suggestion("build outside the store: its garbage collection removes what it does not know");
-    }
-    let root_dir = image_root(&pass.target_dir);
-    refuse_interrupted_unpack(&pass.target_dir)?;
-    if root_dir.symlink_metadata().is_ok() {
-        return Err(eyre!("{} already exists", root_dir.display()))
-            .suggestion("choose a new --target-dir, or remove the old build first");
-    }
-    let mode = mode_of(job, &pass)?;
-    let mut roots = job.roots.clone();
-    if let Mode::Derived(d) = &mode {
-        roots.insert(0, d.base.clone());
-    }
-    let mut needed = vec![Tool::KiwiNg];
-    let unpacker = restore::Unpacker::from_env()?;
-    if !roots.is_empty() && unpacker == restore::Unpacker::Umoci {
-        needed.push(Tool::Umoci);
-    }
-    if roots.iter().any(|r| !matches!(r, ImageReference::Stash(_))) {
-        needed.push(Tool::Skopeo);
-    }
-    tools::require(&needed)?;
-    tools::require_root("rebuild")?;
-    let doc = match &mode {
-        Mode::Fresh(d, _) | Mode::OnRoot(d, _) => Some(d),
-        Mode::Derived(d) => Some(&d.doc),
-        Mode::Create => None,
-    };
-    let keep = job.keep_root.as_ref().map(|r| keep_target(r, doc)).transpose()?;
-    for r in &roots {
-        restore::resolve_stash(store, r)?;
-    }
-    std::fs::create_dir_all(&pass.target_dir).wrap_err_with(|| format!("creating {}", pass.target_dir.display()))?;
-    crate::fsutil::remove_stale(Some(&pass.target_dir), SCRATCH_PREFIX);
-    let scratch = crate::fsutil::private_tempdir(Some(&pass.target_dir), SCRATCH_PREFIX)?;
-    let mut images = Vec::new();
-    let mut derived_description = None;
-    if !roots.is_empty() {
-        let _lock = store.lock_shared()?;
-        images = fetch_all(store, &roots, scratch.path(), auth)?;
-        if let Mode::Derived(d) = &mode {
-            // The stored description is read from the layers, and merged,
-            // before anything is unpacked.
-            let (merged, dir) = merge_into_target(d, &images[0], &pass.target_dir, scratch.path())?;
-            let fit = check_fit(
-                &images,
-                Some(&merged),
-                job.globals.target_arch.as_deref(),
-                false,
-                job.force,
-            );
-            if fit.is_err() {
-                // Nothing will be built from it.
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            fit?;
-            derived_description = Some(dir);
-        } else {
-            let stack = images.len() > 1;
-            check_fit(&images, doc, job.globals.target_arch.as_deref(), stack, job.force)?;
-        }
-        unpack_roots(&images, scratch.path(), &pass.target_dir, unpacker)?;
-    }
-    let kiwi = run_kiwi_for(
+    let plan = Plan::new(store, job)?;
+    let target = &plan.pass.target_dir;
+    std::fs::create_dir_all(target).wrap_err_with(|| format!("creating {}", target.display()))?;
+    crate::fsutil::remove_stale(Some(target), SCRATCH_PREFIX);
+    let scratch = crate::fsutil::private_tempdir(Some(target), SCRATCH_PREFIX)?;
+    let s = Steps {
+        store,
         job,
-        &pass,
-        &mode,
-        derived_description.as_deref(),
-        &root_dir,
-        scratch.path(),
-    );
-    if let Err(e) = kiwi {
-        if !roots.is_empty() && !derive::is_kiwi_root(&root_dir) {
-            // Nothing was built on what we unpacked: leave no half-made root behind.
-            let _ = std::fs::remove_dir_all(&root_dir);
-        }
-        return Err(e);
-    }
-    if let Some(keep) = keep {
-        let base = (!images.is_empty()).then(|| Base::from_images(&images)).transpose()?;
-        keep_root(store, &root_dir, &keep, base, job, scratch.path(), auth)?;
-    }
-    log::info!("the image is in {}", pass.target_dir.display());
+        plan: &plan,
+        auth,
+        scratch: scratch.path(),
+    };
+    match &plan.workflow {
+        Workflow::FreshBuild { dir, .. } => fresh_build(&s, dir),
+        Workflow::CreateFromRoots { roots } => create_from_roots(&s, roots),
+        Workflow::BuildOnRoots { roots, dir, doc } => build_on_roots(&s, roots, dir, doc),
+        Workflow::DerivedBuild(d) => derived_build(&s, d),
+    }?;
+    log::info!("the image is in {}", target.display());
     Ok(())
 }
 
-fn mode_of(job: &Rebuild, pass: &PassThrough) -> Result<Mode> {
-    let Some(given) = job.description.as_ref().or(pass.description.as_ref()) else {
-        if job.roots.is_empty() {
-            return Err(eyre!("nothing to build: no --root and no --description"))
-                .suggestion("give --root REF, --description DIR, or both");
-        }
-        return Ok(Mode::Create);
-    };
-    let file = description::find(given)?;
-    let doc = Document::parse_file(&file)?;
-    let dir = file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    derive::check_copyable(&dir)?;
-    if doc.derived_from().is_some() {
-        if !job.roots.is_empty() {
-            return Err(eyre!(
-                "{} is derived (derived_from), and --root names a base too",
-                file.display()
-            ))
-            .suggestion("drop --root: derived_from names the base");
-        }
-        return Ok(Mode::Derived(Derived::new(doc, &file)?));
+/// W1: run the KIWI build of the description, then keep its root.
+fn fresh_build(s: &Steps, dir: &Path) -> Result<()> {
+    s.kiwi_build(dir, false)?;
+    s.keep_root(&[])
+}
+
+/// W2: fetch the roots, check that they fit each other, unpack them, check
+/// that they hold a description in `/image`, run `kiwi-ng system create`
+/// with it, then keep the root.
+fn create_from_roots(s: &Steps, roots: &[ImageReference]) -> Result<()> {
+    let lock = s.store.lock_shared()?;
+    let images = s.fetch(roots)?;
+    s.check_fit(&images, None, images.len() > 1)?;
+    s.unpack(&images)?;
+    drop(lock);
+    s.on_unpacked_root(|root| {
+        derive::kiwi_root_check(root, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
+        s.kiwi_create(root)
+    })?;
+    s.keep_root(&images)
+}
+
+/// W3: fetch the roots, check that they fit each other and the
+/// description, unpack them, build the description on them (a copy
+/// without `<packages type="bootstrap">`), then keep the root.
+fn build_on_roots(s: &Steps, roots: &[ImageReference], dir: &Path, doc: &Document) -> Result<()> {
+    let lock = s.store.lock_shared()?;
+    let images = s.fetch(roots)?;
+    s.check_fit(&images, Some(doc), images.len() > 1)?;
+    s.unpack(&images)?;
+    drop(lock);
+    s.on_unpacked_root(|_| s.kiwi_build(&without_bootstrap(doc, dir, s.scratch)?, true))?;
+    s.keep_root(&images)
+}
+
+/// W4: fetch the base that `derived_from` names, merge the derived
+/// description into the one stored in the base (read from its layers) as
+/// `T/build/merged-description`, check that the base fits the merge, unpack
+/// the base, build the merge on it, then keep the root.
+fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
+    let lock = s.store.lock_shared()?;
+    let images = s.fetch(std::slice::from_ref(&d.base))?;
+    let (merged, dir) = merge_into_target(d, &images[0], &s.plan.pass.target_dir, s.scratch)?;
+    if let Err(e) = s.check_fit(&images, Some(&merged), false) {
+        // Nothing will be built from it.
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
     }
-    Ok(if job.roots.is_empty() {
-        Mode::Fresh(doc, dir)
-    } else {
-        Mode::OnRoot(doc, dir)
-    })
+    s.unpack(&images)?;
+    drop(lock);
+    s.on_unpacked_root(|_| s.kiwi_build(&dir, true))?;
+    s.keep_root(&images)
+}
+
+/// What W2 says when its roots hold no description.
+const CREATE_NEEDS_IMAGE_DIR: &str =
+    "pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR";
+
+/// What the steps of a rebuild work with.
+struct Steps<'a> {
+    store: &'a Store,
+    job: &'a Rebuild,
+    plan: &'a Plan,
+    auth: &'a RegistryAuth,
+    /// The rebuild's private scratch directory, in the target.
+    scratch: &'a Path,
+}
+
+impl Steps<'_> {
+    /// Brings `roots` where they can be read, lowest first.
+    fn fetch(&self, roots: &[ImageReference]) -> Result<Vec<Fetched>> {
+        let mut layout = restore::FetchLayout::in_scratch(self.scratch);
+        roots
+            .iter()
+            .map(|r| restore::fetch(self.store, r, &mut layout, self.auth))
+            .collect()
+    }
+
+    /// [`check_fit`] with the job's target architecture and `--force`.
+    fn check_fit(&self, images: &[Fetched], description: Option<&Document>, strict: bool) -> Result<()> {
+        let arch = self.job.globals.target_arch.as_deref();
+        check_fit(images, description, arch, strict, self.job.force)
+    }
+
+    /// Unpacks `images` into `T/build/image-root` (see [`unpack_roots`]).
+    fn unpack(&self, images: &[Fetched]) -> Result<()> {
+        unpack_roots(images, self.scratch, &self.plan.pass.target_dir, self.plan.unpacker)
+    }
+
+    /// Runs `build` on the unpacked root. When it fails and the root is no
+    /// KIWI root tree (nothing was built on what we unpacked), the root is
+    /// removed: no half-made root is left behind. A KIWI root is kiwi-ng's.
+    fn on_unpacked_root(&self, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let root = image_root(&self.plan.pass.target_dir);
+        let built = build(&root);
+        if built.is_err() && !derive::is_kiwi_root(&root) {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        built
+    }
+
+    /// Runs `kiwi-ng system build` of the description `dir`, on the
+    /// unpacked root when `existing_root`.
+    fn kiwi_build(&self, dir: &Path, existing_root: bool) -> Result<()> {
+        let pass = &self.plan.pass;
+        kiwi::run_kiwi(
+            &kiwi::build_args(&self.job.globals, dir, existing_root, pass),
+            &pass.target_dir,
+        )
+    }
+
+    /// Runs `kiwi-ng system create` on the unpacked `root`.
+    fn kiwi_create(&self, root: &Path) -> Result<()> {
+        let pass = &self.plan.pass;
+        kiwi::run_kiwi(&kiwi::create_args(&self.job.globals, root, pass), &pass.target_dir)
+    }
+
+    /// Stores the built root as `--keep-root` says (nothing without it): on
+    /// `images` when the root was unpacked from them.
+    fn keep_root(&self, images: &[Fetched]) -> Result<()> {
+        let Some(keep) = &self.plan.keep else {
+            return Ok(());
+        };
+        let base = (!images.is_empty()).then(|| Base::from_images(images)).transpose()?;
+        let root = image_root(&self.plan.pass.target_dir);
+        let arch = self.job.globals.target_arch.as_deref();
+        let Some(dest) = &keep.copy_to else {
+            let done = stash(self.store, &root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+            log::info!(
+                "kept the root as {} ({} layers, new layer {})",
+                done.key,
+                done.layers,
+                human_size(done.layer.size)
+            );
+            crate::listing::line(&done.key)?;
+            return Ok(());
+        };
+        tools::require(&[Tool::Skopeo])?;
+        let staging = Store::new(self.scratch.join("keep"));
+        let done = stash(&staging, &root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+        let src = ImageReference::Oci {
+            dir: staging.root().to_string_lossy().into_owned(),
+            image: Some(done.key.clone()),
+        };
+        crate::tools::skopeo::copy(&src, dest, self.auth, self.job.compression)?;
+        log::info!("kept the root as {dest} ({} layers)", done.layers);
+        crate::listing::line(&dest.to_string())?;
+        Ok(())
+    }
 }
 
 /// The description stored in `image` (its `/image`), read from its layers
@@ -276,32 +312,6 @@ fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path)
     Ok((merged, out))
 }
 
-/// Runs kiwi-ng for `mode` on the unpacked `root_dir`; a derived build uses
-/// the `merged` description.
-fn run_kiwi_for(
-    job: &Rebuild,
-    pass: &PassThrough,
-    mode: &Mode,
-    merged: Option<&Path>,
-    root_dir: &Path,
-    scratch: &Path,
-) -> Result<()> {
-    let (globals, target) = (&job.globals, &pass.target_dir);
-    let args = match mode {
-        Mode::Create => {
-            derive::kiwi_root_check(root_dir, &describe(&job.roots)).suggestion("pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR")?;
-            kiwi::create_args(globals, root_dir, pass)
-        }
-        Mode::Fresh(_, dir) => kiwi::build_args(globals, dir, false, pass),
-        Mode::OnRoot(doc, dir) => kiwi::build_args(globals, &without_bootstrap(doc, dir, scratch)?, true, pass),
-        Mode::Derived(_) => {
-            let merged = merged.ok_or_else(|| eyre!("a derived build has no merged description"))?;
-            kiwi::build_args(globals, merged, true, pass)
-        }
-    };
-    kiwi::run_kiwi(&args, target)
-}
-
 /// A copy of the description without `<packages type="bootstrap">`: KIWI
 /// bootstraps again whenever that element is there, which breaks a root that
 /// already exists (on Debian, its usr-merge symlinks).
@@ -316,103 +326,6 @@ fn without_bootstrap(doc: &Document, dir: &Path, scratch: &Path) -> Result<PathB
     }
     doc.write_to(&file)?;
     Ok(copy)
-}
-
-/// Where `--keep-root` stores the result: a stash `name:tag`, and for any
-/// other reference the place it is copied to from there.
-#[derive(Debug, Clone)]
-struct Keep {
-    name: StashName,
-    tag: Tag,
-    copy_to: Option<ImageReference>,
-}
-
-/// Works out the stash name and tag of `--keep-root` before anything runs:
-/// a missing tag is the description's `<version>`, a missing name (for
-/// `oci:DIR` and the like) its `<image name>`.
-fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Keep> {
-    let version_tag = || -> Result<Tag> {
-        match description.and_then(Document::version) {
-            Some(v) => v
-                .parse::<Tag>()
-                .wrap_err("the description's <version> is not a valid tag"),
-            None => Ok(Tag::latest()),
-        }
-    };
-    if let ImageReference::Stash(StashRef { name, tag }) = r {
-        let tag = match tag {
-            Some(t) => t.clone(),
-            None => version_tag()?,
-        };
-        return Ok(Keep {
-            name: name.clone(),
-            tag,
-            copy_to: None,
-        });
-    }
-    let image = match r {
-        ImageReference::Oci { image, .. } | ImageReference::OciArchive { image, .. } => image.clone(),
-        ImageReference::Docker(rest) => Some(crate::reference::DockerRef::split(rest).image()),
-        _ => None,
-    };
-    let parsed = match image {
-        Some(i) => Some(i.parse::<StashRef>().wrap_err_with(|| format!("--keep-root {r}"))?),
-        None => None,
-    };
-    let name = match (&parsed, description.and_then(Document::image_name)) {
-        (Some(p), _) => p.name.clone(),
-        (None, Some(n)) => n
-            .parse::<StashName>()
-            .wrap_err("the description's <image name> is not a valid image name")?,
-        (None, None) => {
-            return Err(eyre!("--keep-root {r} names no image")).suggestion(format!("add a name: {r}:NAME:TAG"))
-        }
-    };
-    let tag = match parsed.and_then(|p| p.tag) {
-        Some(t) => t,
-        None => version_tag()?,
-    };
-    Ok(Keep {
-        name,
-        tag,
-        copy_to: Some(r.clone()),
-    })
-}
-
-/// Stores the built root as `--keep-root` says: on `base` when the root came
-/// from stored images.
-fn keep_root(
-    store: &Store,
-    root: &Path,
-    keep: &Keep,
-    base: Option<Base>,
-    job: &Rebuild,
-    scratch: &Path,
-    auth: &RegistryAuth,
-) -> Result<()> {
-    let arch = job.globals.target_arch.as_deref();
-    let Some(dest) = &keep.copy_to else {
-        let done = stash(store, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
-        log::info!(
-            "kept the root as {} ({} layers, new layer {})",
-            done.key,
-            done.layers,
-            human_size(done.layer.size)
-        );
-        crate::listing::line(&done.key)?;
-        return Ok(());
-    };
-    tools::require(&[Tool::Skopeo])?;
-    let staging = Store::new(scratch.join("keep"));
-    let done = stash(&staging, root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
-    let src = ImageReference::Oci {
-        dir: staging.root().to_string_lossy().into_owned(),
-        image: Some(done.key.clone()),
-    };
-    crate::tools::skopeo::copy(&src, dest, auth, job.compression)?;
-    log::info!("kept the root as {dest} ({} layers)", done.layers);
-    crate::listing::line(&dest.to_string())?;
-    Ok(())
 }
 
 /// One side of a fit check: what it is, and what it records (`None`:
@@ -527,14 +440,6 @@ const FIT_LABELS: [&str; 3] = [labels::PACKAGE_MANAGER, labels::ARCHITECTURE, la
 
 fn describe(roots: &[ImageReference]) -> String {
     roots.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ")
-}
-
-fn fetch_all(store: &Store, roots: &[ImageReference], scratch: &Path, auth: &RegistryAuth) -> Result<Vec<Fetched>> {
-    let mut layout = restore::FetchLayout::in_scratch(scratch);
-    roots
-        .iter()
-        .map(|r| restore::fetch(store, r, &mut layout, auth))
-        .collect()
 }
 
 /// Unpacks `images` into `T/build/image-root`, marked incomplete until it
