@@ -254,6 +254,15 @@ pub fn write_merged(base_dir: &Path, derived: &Derived, out: &Path) -> Result<Do
 /// through the confined unpacker, every blob verified; no root needed. What
 /// a description cannot hold (devices, FIFOs, symlinks out of it) is refused.
 pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf> {
+    unpack_image_dir(layers, dest)?;
+    kiwi_root_check(dest, &"the image")?;
+    check_image_symlinks(dest)?;
+    Ok(dest.join("image"))
+}
+
+/// Unpacks what [`extract_image_dir`] does, without checking that it is a
+/// description: devices and FIFOs are refused already.
+pub fn unpack_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<()> {
     let mut keep = |change: &Change| -> Result<bool> {
         let path = change.path();
         if !(is_within(path, b"image") || path.is_empty()) {
@@ -269,11 +278,13 @@ pub fn extract_image_dir(layers: &[StackedLayer], dest: &Path) -> Result<PathBuf
         }
         Ok(true)
     };
-    extract::unpack_filtered(layers, dest, &mut keep)?;
-    let image = dest.join("image");
-    kiwi_root_check(dest, &"the image")?;
-    check_symlinks_as(&image, Path::new("/image"))?;
-    Ok(image)
+    extract::unpack_filtered(layers, dest, &mut keep)
+}
+
+/// Refuses symlinks in the `/image` of the root tree `root` that point out
+/// of it, naming them as `/image/...`.
+pub fn check_image_symlinks(root: &Path) -> Result<()> {
+    check_symlinks_as(&root.join("image"), Path::new("/image"))
 }
 
 /// Checks that the root tree `root` holds a KIWI description: `image` a

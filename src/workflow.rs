@@ -8,7 +8,7 @@
 //! - W1 [`Workflow::FreshBuild`]: build a description from scratch, keep
 //!   its root;
 //! - W2 [`Workflow::CreateFromRoots`]: fetch stored roots, check that they
-//!   fit, unpack them, `kiwi-ng system create` with their description;
+//!   fit and hold a description, unpack them, `kiwi-ng system create`;
 //! - W3 [`Workflow::BuildOnRoots`]: fetch stored roots (any container),
 //!   check that they fit, unpack them, build a new description on them;
 //! - W4 [`Workflow::DerivedBuild`]: fetch the base a derived description
@@ -139,16 +139,18 @@ fn fresh_build(s: &Steps, dir: &Path) -> Result<()> {
     s.keep_root(&[])
 }
 
-/// W2: fetch the roots, check that they fit each other, unpack them, check
-/// that they hold a description in `/image`, run `kiwi-ng system create`
-/// with it, then keep the root.
+/// W2: fetch the roots, check that they fit each other and hold a
+/// description in `/image` (read from their layers), unpack them, run
+/// `kiwi-ng system create` with that description, then keep the root.
 fn create_from_roots(s: &Steps, roots: &[ImageReference]) -> Result<()> {
     let lock = s.store.lock_shared()?;
     let images = s.fetch(roots)?;
     s.check_fit(&images, None, images.len() > 1)?;
+    check_stored_description(&images, roots, s.scratch)?;
     s.unpack(&images)?;
     drop(lock);
     s.on_unpacked_root(|root| {
+        // umoci unpacks on its own: what it made is checked as well.
         derive::kiwi_root_check(root, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
         s.kiwi_create(root)
     })?;
@@ -282,6 +284,16 @@ impl Steps<'_> {
         crate::listing::line(&dest.to_string())?;
         Ok(())
     }
+}
+
+/// W2's check before anything is unpacked: the stacked `images` hold a
+/// description in `/image` for `system create`, no symlink out of it, read
+/// from their layers into `scratch/base`.
+fn check_stored_description(images: &[Fetched], roots: &[ImageReference], scratch: &Path) -> Result<()> {
+    let dest = scratch.join("base");
+    derive::unpack_image_dir(&restore::stack(images)?, &dest)?;
+    derive::kiwi_root_check(&dest, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
+    derive::check_image_symlinks(&dest)
 }
 
 /// The description stored in `image` (its `/image`), read from its layers

@@ -880,6 +880,38 @@ fn unpacked_image_without_image_dir_is_refused_and_removed() {
     );
 }
 
+/// W2 reads the description stored in the image from its layers before
+/// anything is unpacked: a symlink out of `/image` stops it there.
+#[test]
+fn stored_description_linking_out_is_refused_before_the_unpack() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    std::os::unix::fs::symlink("/etc/passwd", root.join("image/config.sh")).unwrap();
+    sandbox.stash(&root, &[]);
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &["rebuild", "--root", "fake-base", "--", "--target-dir", &target],
+        |c| {
+            c.env("FAKE_UMOCI_SEED", &root);
+        },
+    );
+    run.assert_fails(1);
+    run.assert_one_line_error("/image/config.sh points outside the description (/etc/passwd)");
+    assert!(run.calls("umoci").is_empty(), "umoci ran: {:?}", run.calls("umoci"));
+    assert!(
+        run.calls("kiwi-ng").is_empty(),
+        "kiwi-ng ran: {:?}",
+        run.calls("kiwi-ng")
+    );
+    assert!(!sandbox.path("target/build").exists(), "the target has a build dir");
+    assert_eq!(
+        scratch_dirs(Path::new(&target)),
+        Vec::<String>::new(),
+        "scratch dir left in {target}"
+    );
+}
+
 #[test]
 fn failing_kiwi_ng_shows_its_command_and_output() {
     let sandbox = Sandbox::new();
