@@ -19,6 +19,8 @@
 //! they share (fetch, check fit, unpack, run kiwi-ng, keep the root) are
 //! functions of their own.
 
+pub mod plan;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,14 +40,11 @@ use crate::store::Store;
 use crate::tools::kiwi::{self, Globals};
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
+pub use plan::{Plan, Workflow};
 
 /// The name of a rebuild's scratch directory (in the target, or the
 /// system's temporary directory) starts so.
 const SCRATCH_PREFIX: &str = ".kiwi-stackbuild-";
-
-pub mod plan;
-
-pub use plan::{Plan, Workflow};
 
 /// What `rebuild` (and `stackbuild`) was asked to do.
 #[derive(Debug, Clone)]
