@@ -400,7 +400,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<()> {
         let path = dir.join(format!("{name}.1"));
         let mut bytes = Vec::new();
         clap_mangen::Man::new(page).render(&mut bytes)?;
-        store::write_atomic(&path, &bytes).wrap_err_with(|| format!("writing {}", path.display()))?;
+        crate::oci::layout::write_atomic(&path, &bytes).wrap_err_with(|| format!("writing {}", path.display()))?;
         crate::listing::line(&path.display().to_string())?;
     }
     Ok(())

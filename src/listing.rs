@@ -68,7 +68,7 @@ fn print_table(entries: &[Entry]) -> Result<()> {
             out,
             "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}{note}",
             e.reference,
-            e.digest.short(),
+            e.digest.digest().get(..12).unwrap_or(e.digest.digest()),
             layers,
             size,
             e.created.as_deref().unwrap_or("-"),

@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 
-use crate::oci::{
-    self, Descriptor, Digest, ImageConfig, Index, Manifest, RootFs, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME,
-};
+use crate::oci::layout::Layout;
+use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageConfig, ImageManifest, MediaType, RootFs, REF_NAME};
 use crate::reference::ImageReference;
 use crate::registry::RegistryAuth;
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 use crate::tools::skopeo::{self, Compression};
 use crate::tools::umoci;
 use crate::transfer;
@@ -28,7 +27,7 @@ pub struct Fetched {
     /// Digest of the manifest.
     pub digest: Digest,
     /// The manifest.
-    pub manifest: Manifest,
+    pub manifest: ImageManifest,
     /// The image config.
     pub config: ImageConfig,
 }
@@ -96,24 +95,25 @@ pub fn fetch(
                 skopeo::copy(other, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {other}"));
             progress.finish_and_clear();
             copied?;
-            let index: Index = oci::read_json(&layout.join("index.json"))?;
+            let index = Layout::new(&layout).read_index()?;
             let desc = index
-                .manifests
+                .manifests()
                 .iter()
-                .find(|d| d.annotations.get(REF_NAME) == Some(&name))
+                .find(|d| d.ref_name() == Some(name.as_str()))
                 .cloned()
                 .ok_or_else(|| eyre!("skopeo stored no image for {other}"))?;
             (layout, desc)
         }
     };
-    let manifest: Manifest = serde_json::from_slice(&oci::read_blob(&layout, &desc.digest)?)
+    let digest = desc.sha256()?;
+    let manifest: ImageManifest = serde_json::from_slice(&oci::read_blob(&layout, &digest)?)
         .wrap_err_with(|| format!("reading the manifest of {reference}"))?;
-    let config: ImageConfig = serde_json::from_slice(&oci::read_blob(&layout, &manifest.config.digest)?)
+    let config: ImageConfig = serde_json::from_slice(&oci::read_blob(&layout, &manifest.config().sha256()?)?)
         .wrap_err_with(|| format!("reading the config of {reference}"))?;
     Ok(Fetched {
         reference: reference.clone(),
         layout,
-        digest: desc.digest,
+        digest,
         manifest,
         config,
     })
@@ -129,17 +129,17 @@ pub fn stack(images: &[Fetched]) -> Result<Vec<StackedLayer>> {
     let mut out: Vec<StackedLayer> = Vec::new();
     for img in images {
         let ids = &img.config.rootfs.diff_ids;
-        if ids.len() != img.manifest.layers.len() {
+        if ids.len() != img.manifest.layers().len() {
             return Err(eyre!(
                 "{} is inconsistent: {} layers but {} diff_ids",
                 img.reference,
-                img.manifest.layers.len(),
+                img.manifest.layers().len(),
                 ids.len()
             ));
         }
         let layers: Vec<StackedLayer> = img
             .manifest
-            .layers
+            .layers()
             .iter()
             .zip(ids)
             .map(|(l, d)| StackedLayer {
@@ -208,21 +208,21 @@ pub fn unpack_into(layers: &[StackedLayer], scratch: &Path, rootfs: &Path, unpac
 /// Writes a layout under `scratch` whose one image is `layers` (blobs linked,
 /// not copied) and unpacks it into `rootfs` with umoci.
 fn unpack_with_umoci(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> Result<()> {
-    let layout = scratch.join("unpack");
-    let blobs = layout.join("blobs/sha256");
-    fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
-    write_atomic(&layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let layout = Layout::new(scratch.join("unpack"));
+    layout.init()?;
+    let blobs = layout.blob_dir();
     let mut layer_descs = Vec::new();
     for l in layers {
-        if oci::LayerCompression::of(&l.layer.media_type) == oci::LayerCompression::Zstd {
+        let digest = l.layer.sha256()?;
+        if oci::LayerCompression::of(l.layer.media_type())? == oci::LayerCompression::Zstd {
             // umoci 0.4 reads gzip and plain tar layers only.
-            layer_descs.push(decompressed_copy(l, &blobs)?);
+            layer_descs.push(decompressed_copy(l, &layout)?);
             continue;
         }
-        let link = blobs.join(l.layer.digest.hex());
+        let link = blobs.join(digest.hex());
         if !link.exists() {
-            let target = oci::blob_path(&l.layout, &l.layer.digest);
-            let target = fs::canonicalize(&target).wrap_err_with(|| format!("finding blob {}", l.layer.digest))?;
+            let target = oci::blob_path(&l.layout, &digest);
+            let target = fs::canonicalize(&target).wrap_err_with(|| format!("finding blob {digest}"))?;
             std::os::unix::fs::symlink(&target, &link).wrap_err_with(|| format!("linking {}", link.display()))?;
         }
         layer_descs.push(l.layer.clone());
@@ -235,58 +235,36 @@ fn unpack_with_umoci(layers: &[StackedLayer], scratch: &Path, rootfs: &Path) -> 
         },
         ..ImageConfig::default()
     };
-    // The scratch layout takes blobs the way the store does.
-    let blobs_of = Store::new(&layout);
-    let config_desc = blobs_of.put_json(&config, MEDIA_CONFIG)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_MANIFEST.into()),
-        config: config_desc,
-        layers: layer_descs,
-        annotations: BTreeMap::new(),
-    };
-    let mut manifest_desc = blobs_of.put_json(&manifest, MEDIA_MANIFEST)?;
-    manifest_desc.annotations.insert(REF_NAME.into(), "root".into());
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(MEDIA_INDEX.into()),
-        manifests: vec![manifest_desc],
-        ..Index::default()
-    };
-    write_atomic(&layout.join("index.json"), &serde_json::to_vec(&index)?)?;
+    let config_desc = layout.put_json(&config, MediaType::ImageConfig)?;
+    let manifest = oci::manifest(config_desc, layer_descs, BTreeMap::new())?;
+    let mut manifest_desc = layout.put_json(&manifest, MediaType::ImageManifest)?;
+    manifest_desc.annotate(REF_NAME, "root");
+    let mut index = oci::empty_index();
+    index.set_manifests(vec![manifest_desc]);
+    layout.write_index(&index)?;
     let progress = crate::progress::spinner(&format!("unpacking {} layers", layers.len()));
-    let unpacked = umoci::unpack(&layout, "root", rootfs);
+    let unpacked = umoci::unpack(layout.root(), "root", rootfs);
     progress.finish_and_clear();
     unpacked
 }
 
-/// Writes the uncompressed tar of layer `l` into `blobs` (named by its
+/// Writes the uncompressed tar of layer `l` into `layout` (named by its
 /// diff_id, which it is checked against) and returns its descriptor.
-fn decompressed_copy(l: &StackedLayer, blobs: &Path) -> Result<Descriptor> {
-    let src = fs::File::open(oci::blob_path(&l.layout, &l.layer.digest))
-        .wrap_err_with(|| format!("opening layer {}", l.layer.digest))?;
+fn decompressed_copy(l: &StackedLayer, layout: &Layout) -> Result<Descriptor> {
+    let digest = l.layer.sha256()?;
+    let src = fs::File::open(oci::blob_path(&l.layout, &digest)).wrap_err_with(|| format!("opening layer {digest}"))?;
     let mut plain = oci::decompress(std::io::BufReader::new(src), oci::LayerCompression::Zstd)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(blobs)?;
-    let (digest, size) = {
-        let mut hashing = oci::HashingWriter::new(std::io::BufWriter::new(tmp.as_file_mut()));
-        std::io::copy(&mut plain, &mut hashing).wrap_err_with(|| format!("decompressing layer {}", l.layer.digest))?;
-        let (_, digest, size) = hashing.finish()?;
-        (digest, size)
-    };
-    if digest != l.diff_id {
+    let mut writer = std::io::BufWriter::new(layout.blob_writer()?);
+    std::io::copy(&mut plain, &mut writer).wrap_err_with(|| format!("decompressing layer {digest}"))?;
+    let writer = writer.into_inner().map_err(|e| e.into_error())?;
+    let (diff_id, size) = writer.written();
+    if diff_id != l.diff_id {
         return Err(eyre!(
-            "layer {} is corrupt: it does not decompress to its diff_id",
-            l.layer.digest
+            "layer {digest} is corrupt: it does not decompress to its diff_id"
         ));
     }
-    tmp.persist(blobs.join(digest.hex())).map_err(|e| e.error)?;
-    Ok(Descriptor {
-        media_type: oci::MEDIA_LAYER_TAR.into(),
-        digest,
-        size,
-        annotations: BTreeMap::new(),
-        platform: None,
-    })
+    writer.commit(Some((&diff_id, size)))?;
+    Ok(Descriptor::new(MediaType::ImageLayer, size, diff_id))
 }
 
 #[cfg(test)]
@@ -297,31 +275,18 @@ mod tests {
         let digest = |s: &str| Digest::of(s.as_bytes());
         let layers = ids
             .iter()
-            .map(|i| Descriptor {
-                media_type: "l".into(),
-                digest: digest(i),
-                size: 1,
-                annotations: BTreeMap::new(),
-                platform: None,
-            })
+            .map(|i| Descriptor::new(MediaType::from("l"), 1, digest(i)))
             .collect();
         Fetched {
             reference: name.parse().unwrap(),
             layout: PathBuf::from(format!("/{name}")),
             digest: digest(name),
-            manifest: Manifest {
-                schema_version: 2,
-                media_type: None,
-                config: Descriptor {
-                    media_type: "c".into(),
-                    digest: digest("c"),
-                    size: 1,
-                    annotations: BTreeMap::new(),
-                    platform: None,
-                },
+            manifest: oci::manifest(
+                Descriptor::new(MediaType::from("c"), 1, digest("c")),
                 layers,
-                annotations: BTreeMap::new(),
-            },
+                BTreeMap::new(),
+            )
+            .unwrap(),
             config: ImageConfig {
                 rootfs: RootFs {
                     kind: "layers".into(),

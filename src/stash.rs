@@ -13,8 +13,7 @@ use crate::layer::tree::{self, Tree};
 use crate::layer::{cache, write, StackedLayer};
 use crate::listing::human_size;
 use crate::oci::{
-    self, Descriptor, Digest, History, ImageConfig, Manifest, RootFs, RuntimeConfig, MEDIA_CONFIG, MEDIA_LAYER_GZIP,
-    MEDIA_MANIFEST,
+    self, Descriptor, DescriptorExt, Digest, History, ImageConfig, ImageManifest, MediaType, RootFs, RuntimeConfig,
 };
 use crate::reference::{StashName, Tag};
 use crate::restore::{self, Fetched};
@@ -111,9 +110,9 @@ impl Base {
     /// The stash `d` of `store` as a base.
     pub fn from_store(store: &Store, d: &Descriptor) -> Result<Base> {
         let name = ref_name(d);
-        let read = || -> Result<(Manifest, ImageConfig)> {
-            let m = store.manifest(&d.digest)?;
-            let config = store.config(&m.config.digest)?;
+        let read = || -> Result<(ImageManifest, ImageConfig)> {
+            let m = store.manifest(&d.sha256()?)?;
+            let config = store.config(&m.config().sha256()?)?;
             Ok((m, config))
         };
         let (m, config) = read()
@@ -123,7 +122,7 @@ impl Base {
                  kiwi-stackbuild stash --rm {name}, or stash under another --container-name"
             ))?;
         let layers = m
-            .layers
+            .layers()
             .iter()
             .zip(&config.rootfs.diff_ids)
             .map(|(l, id)| StackedLayer {
@@ -135,7 +134,7 @@ impl Base {
         Ok(Base {
             layers,
             config,
-            names: vec![format!("{}@{}", ref_name(d), d.digest)],
+            names: vec![format!("{}@{}", ref_name(d), d.digest())],
         })
     }
 
@@ -145,12 +144,12 @@ impl Base {
         let names = images.iter().map(|i| format!("{}@{}", i.reference, i.digest)).collect();
         let top = images.last().ok_or_else(|| eyre!("no image to stack"))?;
         let mut config = top.config.clone();
-        if layers.len() != top.manifest.layers.len() {
+        if layers.len() != top.manifest.layers().len() {
             // Several images stacked: the top's history no longer matches.
             config.history = layers
                 .iter()
                 .map(|l| History {
-                    created_by: Some(format!("stacked layer {}", l.layer.digest)),
+                    created_by: Some(format!("stacked layer {}", l.layer.digest())),
                     ..History::default()
                 })
                 .collect();
@@ -167,7 +166,7 @@ struct Staged {
     layer_file: TempBlob,
     imports: Vec<(Digest, TempBlob)>,
     config: ImageConfig,
-    manifest: Manifest,
+    manifest: ImageManifest,
     base_name: Option<(String, String)>,
 }
 
@@ -228,12 +227,12 @@ pub fn stash(
     }
     layer_file.store_as(store, &layer.digest, &lock)?;
     crate::fault::point("stash-after-layer");
-    store.put_json(&config, MEDIA_CONFIG)?;
+    store.put_json(&config, MediaType::ImageConfig)?;
     crate::fault::point("stash-after-config");
-    let layers = manifest.layers.len();
-    let manifest_desc = store.put_json(&manifest, MEDIA_MANIFEST)?;
+    let layers = manifest.layers().len();
+    let manifest_desc = store.put_json(&manifest, MediaType::ImageManifest)?;
     crate::fault::point("stash-after-manifest");
-    let digest = manifest_desc.digest.clone();
+    let digest = manifest_desc.sha256()?;
     Store::set_ref(&mut index, &key, manifest_desc);
     crate::fault::point("stash-before-index");
     store.write_index(&index, &lock)?;
@@ -254,12 +253,14 @@ fn check_base(store: &Store, base: &Base) -> Result<()> {
         .layers
         .iter()
         .filter(|l| l.layout == store.root())
-        .find(|l| !oci::blob_path(store.root(), &l.layer.digest).exists());
+        .find(|l| !l.layer.sha256().is_ok_and(|d| store.blob_path(&d).exists()));
     match gone {
         Some(l) => Err(eyre!(
             "the base {} was removed while stashing (its layer {} is gone); run the stash again",
             base.names.join(" + "),
-            l.layer.digest.short()
+            l.layer
+                .sha256()
+                .map_or_else(|_| l.layer.digest().to_string(), |d| d.short().to_string())
         )),
         None => Ok(()),
     }
@@ -279,9 +280,10 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         Some(b) => {
             let tree = lower_tree(store, b, &base_ids)?;
             for l in b.layers.iter().filter(|l| l.layout != store.root()) {
-                if !oci::blob_path(store.root(), &l.layer.digest).exists() {
-                    let file = store.temp_blob_from(&oci::blob_path(&l.layout, &l.layer.digest))?;
-                    imports.push((l.layer.digest.clone(), file));
+                let digest = l.layer.sha256()?;
+                if !store.blob_path(&digest).exists() {
+                    let file = store.temp_blob_from(&oci::blob_path(&l.layout, &digest))?;
+                    imports.push((digest, file));
                 }
             }
             tree
@@ -338,7 +340,7 @@ fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
 
 /// An image config, its manifest, and the name and digest of the base the
 /// manifest names.
-type Image = (ImageConfig, Manifest, Option<(String, String)>);
+type Image = (ImageConfig, ImageManifest, Option<(String, String)>);
 
 /// The image `layer` makes on `base`.
 fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option<i64>) -> Result<Image> {
@@ -371,25 +373,14 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
     labels.retain(|k, _| !k.starts_with(crate::labels::PREFIX) && k != crate::labels::OBS_DISTURL);
     labels.extend(facts.labels());
     config.config.labels = Some(labels);
-    layers.push(Descriptor {
-        media_type: MEDIA_LAYER_GZIP.into(),
-        digest: layer.digest.clone(),
-        size: layer.size,
-        annotations: Default::default(),
-        platform: None,
-    });
-    let config_desc = Store::describe_json(&config, MEDIA_CONFIG)?;
+    layers.push(Descriptor::new(MediaType::ImageLayerGzip, layer.size, &layer.digest));
+    let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
     let base_name = base
         .and_then(|b| b.names.last())
         .and_then(|n| n.rsplit_once('@'))
         .map(|(n, d)| (n.to_string(), d.to_string()));
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_MANIFEST.into()),
-        config: config_desc,
-        layers,
-        annotations: facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str()))),
-    };
+    let annotations = facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str())));
+    let manifest = oci::manifest(config_desc, layers, annotations)?;
     Ok((config, manifest, base_name))
 }
 
@@ -421,8 +412,5 @@ fn new_config() -> ImageConfig {
 }
 
 fn ref_name(d: &Descriptor) -> String {
-    d.annotations
-        .get(oci::REF_NAME)
-        .cloned()
-        .unwrap_or_else(|| d.digest.to_string())
+    d.ref_name().map_or_else(|| d.digest().to_string(), str::to_string)
 }

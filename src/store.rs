@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, TryLockError};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
@@ -25,8 +25,8 @@ use serde::Serialize;
 use tempfile::NamedTempFile;
 
 use crate::fsutil::Scratch;
-
-use crate::oci::{self, Descriptor, Digest, ImageConfig, Index, Manifest, MEDIA_INDEX, REF_NAME};
+use crate::oci::layout::{readable, Layout};
+use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageConfig, ImageIndex, ImageManifest, MediaType};
 
 mod check;
 #[cfg(test)]
@@ -40,10 +40,11 @@ use walk::{Kind, Role};
 /// `KIWI_STACKBUILD_HOME` says otherwise.
 pub const DEFAULT_HOME: &str = "/var/lib/kiwi-stackbuild/stash";
 
-/// The local store of stashes.
+/// The local store of stashes, on an image layout.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    layout: Layout,
 }
 
 /// A held lock on the store; released when dropped.
@@ -57,8 +58,8 @@ pub struct Lock {
 pub struct Entry {
     /// `name:tag`.
     pub reference: String,
-    /// Digest of the manifest.
-    pub digest: Digest,
+    /// Digest of the manifest, as the index spells it (any algorithm).
+    pub digest: oci_spec::image::Digest,
     /// Creation time of the image.
     pub created: Option<String>,
     /// Number of layers.
@@ -109,7 +110,11 @@ struct Garbage {
 impl Store {
     /// The store at `root` (nothing is created yet).
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        let root = root.into();
+        Store {
+            layout: Layout::new(&root),
+            root,
+        }
     }
 
     /// The layout directory.
@@ -119,30 +124,24 @@ impl Store {
 
     /// `blobs/sha256` of the store.
     pub fn blob_dir(&self) -> PathBuf {
-        self.root.join("blobs/sha256")
+        self.layout.blob_dir()
+    }
+
+    /// The path of the blob `digest` (which may not be there).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.layout.blob_path(digest)
     }
 
     /// Whether the store has been created.
     pub fn exists(&self) -> bool {
-        self.root.join("index.json").is_file()
+        self.layout.has_index()
     }
 
     /// Writes the layout's files where they are missing; needs the lock.
     fn create(&self, _lock: &Lock) -> Result<()> {
-        let context = || format!("creating the stash store {}", self.root.display());
-        let layout = self.root.join("oci-layout");
-        if !layout.exists() {
-            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).wrap_err_with(context)?;
-        }
-        if !self.exists() {
-            let index = Index {
-                schema_version: 2,
-                media_type: Some(MEDIA_INDEX.into()),
-                ..Index::default()
-            };
-            write_atomic(&self.root.join("index.json"), &serde_json::to_vec(&index)?).wrap_err_with(context)?;
-        }
-        Ok(())
+        self.layout
+            .init()
+            .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
     }
 
     /// Creates the store if needed and takes its exclusive lock. What runs
@@ -324,8 +323,9 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let blobs = pin.path().join("blobs/sha256");
-        fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
+        let layout = Layout::new(pin.path());
+        layout.init()?;
+        let blobs = layout.blob_dir();
         let reach = walk::reach(&self.root, d);
         for need in &reach.needs {
             let name = need.digest.hex();
@@ -337,114 +337,77 @@ impl Store {
                 .wrap_err_with(|| format!("pinning blob {} of {key}", need.digest))
                 .suggestion("see kiwi-stackbuild stash --check")?;
         }
-        let mut pinned = d.clone();
-        pinned.annotations.insert(REF_NAME.into(), key.into());
-        let index = Index {
-            schema_version: 2,
-            media_type: Some(MEDIA_INDEX.into()),
-            manifests: vec![pinned],
-            ..Index::default()
-        };
-        write_atomic(&pin.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        write_atomic(&pin.path().join("index.json"), &serde_json::to_vec(&index)?)?;
+        let mut index = oci::empty_index();
+        Store::set_ref(&mut index, key, d.clone());
+        layout.write_index(&index)?;
         Ok(Some(pin))
     }
 
     /// The store's index (empty when there is no store).
-    pub fn index(&self) -> Result<Index> {
+    pub fn index(&self) -> Result<ImageIndex> {
         if !self.exists() {
             self.require_index()?;
-            return Ok(Index {
-                schema_version: 2,
-                media_type: Some(MEDIA_INDEX.into()),
-                ..Index::default()
-            });
+            return Ok(oci::empty_index());
         }
-        oci::read_json(&self.root.join("index.json"))
+        self.layout.read_index()
     }
 
     /// Replaces the index by rename. Needs the exclusive lock.
-    pub fn write_index(&self, index: &Index, _lock: &Lock) -> Result<()> {
-        let bytes = serde_json::to_vec(index)?;
-        write_atomic(&self.root.join("index.json"), &bytes).wrap_err("updating the store index")
+    pub fn write_index(&self, index: &ImageIndex, _lock: &Lock) -> Result<()> {
+        self.layout.write_index(index).wrap_err("updating the store index")
     }
 
     /// The manifest descriptor tagged `key` (`name:tag`).
-    pub fn find(&self, index: &Index, key: &str) -> Option<Descriptor> {
-        index
-            .manifests
-            .iter()
-            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(key))
-            .cloned()
+    pub fn find(&self, index: &ImageIndex, key: &str) -> Option<Descriptor> {
+        index.manifests().iter().find(|d| d.ref_name() == Some(key)).cloned()
     }
 
     /// The newest ref of `name` (the one written last), any tag.
-    pub fn latest_of(&self, index: &Index, name: &str) -> Option<Descriptor> {
+    pub fn latest_of(&self, index: &ImageIndex, name: &str) -> Option<Descriptor> {
         let prefix = format!("{name}:");
         index
-            .manifests
+            .manifests()
             .iter()
             .rev()
-            .find(|d| d.annotations.get(REF_NAME).is_some_and(|r| r.starts_with(&prefix)))
+            .find(|d| d.ref_name().is_some_and(|r| r.starts_with(&prefix)))
             .cloned()
     }
 
     /// Every `name:tag` of `name` in `index`, in index order.
-    pub fn tags_of(&self, index: &Index, name: &str) -> Vec<String> {
+    pub fn tags_of(&self, index: &ImageIndex, name: &str) -> Vec<String> {
         index
-            .manifests
+            .manifests()
             .iter()
-            .filter_map(|d| d.annotations.get(REF_NAME))
+            .filter_map(DescriptorExt::ref_name)
             .filter(|r| r.split(':').next() == Some(name))
-            .cloned()
+            .map(str::to_string)
             .collect()
     }
 
     /// Reads and verifies a manifest.
-    pub fn manifest(&self, digest: &Digest) -> Result<Manifest> {
-        let bytes = oci::read_blob(&self.root, digest)?;
-        serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing manifest {digest}"))
+    pub fn manifest(&self, digest: &Digest) -> Result<ImageManifest> {
+        self.layout.read_json_blob(digest, "manifest")
     }
 
     /// Reads and verifies an image config.
     pub fn config(&self, digest: &Digest) -> Result<ImageConfig> {
-        let bytes = oci::read_blob(&self.root, digest)?;
-        serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing image config {digest}"))
+        self.layout.read_json_blob(digest, "image config")
     }
 
-    /// Stores a JSON blob and returns its descriptor. Needs the exclusive lock.
-    pub fn put_json<T: Serialize>(&self, value: &T, media_type: &str) -> Result<Descriptor> {
-        let bytes = serde_json::to_vec(value)?;
-        let desc = Store::describe_bytes(&bytes, media_type);
-        let path = oci::blob_path(&self.root, &desc.digest);
-        if !path.exists() {
-            write_atomic(&path, &bytes).wrap_err_with(|| format!("storing blob {}", desc.digest))?;
-        }
-        Ok(desc)
-    }
-
-    /// The descriptor [`Store::put_json`] gives for `value`, without storing it.
-    pub fn describe_json<T: Serialize>(value: &T, media_type: &str) -> Result<Descriptor> {
-        Ok(Store::describe_bytes(&serde_json::to_vec(value)?, media_type))
-    }
-
-    fn describe_bytes(bytes: &[u8], media_type: &str) -> Descriptor {
-        Descriptor {
-            media_type: media_type.into(),
-            digest: Digest::of(bytes),
-            size: bytes.len() as u64,
-            annotations: BTreeMap::new(),
-            platform: None,
-        }
+    /// Stores a JSON blob (canonical JSON) and returns its descriptor.
+    /// Needs the exclusive lock.
+    pub fn put_json<T: Serialize>(&self, value: &T, media_type: MediaType) -> Result<Descriptor> {
+        self.layout.put_json(value, media_type)
     }
 
     /// Points `key` at `manifest` in `index` (replacing an old target).
-    pub fn set_ref(index: &mut Index, key: &str, mut manifest: Descriptor) {
-        index
-            .manifests
-            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
-        manifest.annotations.insert(REF_NAME.into(), key.into());
-        index.manifests.push(manifest);
+    pub fn set_ref(index: &mut ImageIndex, key: &str, mut manifest: Descriptor) {
+        Store::remove_ref(index, key);
+        manifest.annotate(oci::REF_NAME, key);
+        // The crate's index has no mutable getter for its manifests.
+        let mut manifests = index.manifests().clone();
+        manifests.push(manifest);
+        index.set_manifests(manifests);
     }
 
     /// Every named entry of the store, in index order. Entries that cannot
@@ -453,20 +416,20 @@ impl Store {
     pub fn list(&self) -> Result<Vec<Entry>> {
         let index = self.index()?;
         Ok(index
-            .manifests
+            .manifests()
             .iter()
-            .filter_map(|d| Some(self.entry(d, d.annotations.get(REF_NAME)?)))
+            .filter_map(|d| Some(self.entry(d, d.ref_name()?)))
             .collect())
     }
 
     /// The listing of the index entry `d`, named `reference`.
     fn entry(&self, d: &Descriptor, reference: &str) -> Entry {
-        let kind = Kind::of(&d.media_type);
+        let kind = Kind::of(d.media_type());
         let reach = walk::reach(&self.root, d);
         let mut problems: Vec<String> = reach.problems.iter().map(ToString::to_string).collect();
         let mut entry = Entry {
             reference: reference.to_string(),
-            digest: d.digest.clone(),
+            digest: d.digest().clone(),
             created: None,
             layers: 0,
             size: 0,
@@ -477,13 +440,13 @@ impl Store {
         };
         let fault_of = |role: Role| reach.problems.iter().any(|p| p.role == role);
         if kind.is_image() && !fault_of(Role::Manifest) {
-            match self.manifest(&d.digest) {
+            match d.sha256().and_then(|digest| self.manifest(&digest)) {
                 Ok(manifest) => {
-                    entry.layers = manifest.layers.len();
-                    entry.size = manifest.layers.iter().map(|l| l.size).sum();
+                    entry.layers = manifest.layers().len();
+                    entry.size = manifest.layers().iter().map(Descriptor::size).sum();
                     // A config the walk found wrong is not read again.
                     if !fault_of(Role::Config) {
-                        match self.config(&manifest.config.digest) {
+                        match manifest.config().sha256().and_then(|digest| self.config(&digest)) {
                             Ok(config) => {
                                 entry.created = config.created.clone();
                                 entry.labels = config.labels();
@@ -539,15 +502,10 @@ impl Store {
         Ok((keys, freed))
     }
 
-    fn remove_keys(&self, lock: &Lock, mut index: Index, keys: &[String]) -> Result<usize> {
+    fn remove_keys(&self, lock: &Lock, mut index: ImageIndex, keys: &[String]) -> Result<usize> {
         for key in keys {
             if self.find(&index, key).is_none() {
-                let known: Vec<&str> = index
-                    .manifests
-                    .iter()
-                    .filter_map(|d| d.annotations.get(REF_NAME))
-                    .map(String::as_str)
-                    .collect();
+                let known: Vec<&str> = index.manifests().iter().filter_map(DescriptorExt::ref_name).collect();
                 return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion(if known.is_empty() {
                     "the store is empty".to_string()
                 } else {
@@ -567,17 +525,17 @@ impl Store {
             .suggestion("run kiwi-stackbuild stash --check --repair to free the rest")
     }
 
-    fn remove_ref(index: &mut Index, key: &str) {
-        index
-            .manifests
-            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(key));
+    fn remove_ref(index: &mut ImageIndex, key: &str) {
+        let mut manifests = index.manifests().clone();
+        manifests.retain(|d| d.ref_name() != Some(key));
+        index.set_manifests(manifests);
     }
 
     /// Deletes blobs that no entry of `index` reaches and cached trees of
     /// images that are gone. Returns how many blobs went. Deletes nothing
     /// when an entry's manifest or index is there but cannot be read, since
     /// what it needs cannot be told.
-    pub fn collect_garbage(&self, index: &Index, _lock: &Lock) -> Result<usize> {
+    pub fn collect_garbage(&self, index: &ImageIndex, _lock: &Lock) -> Result<usize> {
         let garbage = self.garbage(index)?;
         self.delete(&garbage)
     }
@@ -588,10 +546,10 @@ impl Store {
     /// reaches nothing that can be found, so it keeps nothing; a ref whose
     /// manifest is present but unreadable or corrupt may need any blob, so
     /// it fails the whole plan, naming the ref and what to do.
-    fn garbage(&self, index: &Index) -> Result<Garbage> {
+    fn garbage(&self, index: &ImageIndex) -> Result<Garbage> {
         let mut keep = HashSet::new();
         let mut chains = Vec::new();
-        for d in &index.manifests {
+        for d in index.manifests() {
             let reach = walk::reach(&self.root, d);
             if let Some(problem) = reach.blocker() {
                 let name = ref_name(d);
@@ -677,7 +635,7 @@ impl TempBlob {
     /// Moves the file in as the blob `digest`, unless the store has that
     /// blob already. Needs the exclusive lock.
     pub fn store_as(self, store: &Store, digest: &Digest, _lock: &Lock) -> Result<()> {
-        let dest = oci::blob_path(store.root(), digest);
+        let dest = store.blob_path(digest);
         if !dest.exists() {
             self.file
                 .persist(&dest)
@@ -690,40 +648,12 @@ impl TempBlob {
 
 /// The name of an entry of an index: its ref name, else its digest.
 fn ref_name(d: &Descriptor) -> String {
-    d.annotations
-        .get(REF_NAME)
-        .cloned()
-        .unwrap_or_else(|| d.digest.to_string())
+    d.ref_name().map_or_else(|| d.digest().to_string(), str::to_string)
 }
 
 /// Whether `name` is what a sha256 blob file is called (64 lowercase hex digits).
 fn is_blob_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| eyre!("{} has no parent directory", path.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(readable())
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Blobs and indexes are readable by everyone, like any image layout
-/// (tempfile would make them private to root).
-pub fn readable() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o644)
 }
 
 /// Whether `e` says this process may not write there.

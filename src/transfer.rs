@@ -7,22 +7,20 @@ use std::path::Path;
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
-use crate::oci::{self, Descriptor, Digest, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST, REF_NAME};
+use crate::oci::layout::Layout;
+use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MediaType, REF_NAME};
 use crate::reference::ImageReference;
 use crate::registry::RegistryAuth;
-use crate::store::{write_atomic, Lock, Store};
+use crate::store::{Lock, Store};
 use crate::tools::skopeo::{self, Compression};
 
 /// Makes `dir` an image layout that already holds every blob of `store`
 /// (hard links, or symlinks across file systems), so that skopeo copying
 /// into it fetches only what the store lacks.
 pub fn staging_layout(store: &Store, dir: &Path) -> Result<()> {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).wrap_err_with(|| format!("creating {}", blobs.display()))?;
-    write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    if !dir.join("index.json").exists() {
-        write_atomic(&dir.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#)?;
-    }
+    let layout = Layout::new(dir);
+    layout.init()?;
+    let blobs = layout.blob_dir();
     let Ok(entries) = fs::read_dir(store.blob_dir()) else {
         return Ok(());
     };
@@ -45,17 +43,21 @@ pub fn staging_layout(store: &Store, dir: &Path) -> Result<()> {
 
 /// The blobs a manifest (or index) in `layout` reaches, itself included.
 fn reachable(layout: &Path, d: &Descriptor, out: &mut Vec<Digest>) -> Result<()> {
-    out.push(d.digest.clone());
-    let bytes = oci::read_blob(layout, &d.digest)?;
-    if d.media_type == MEDIA_INDEX {
-        let index: Index = serde_json::from_slice(&bytes)?;
-        for m in &index.manifests {
+    let digest = d.sha256()?;
+    let bytes = oci::read_blob(layout, &digest)?;
+    out.push(digest);
+    if *d.media_type() == MediaType::ImageIndex {
+        let index: ImageIndex = serde_json::from_slice(&bytes)?;
+        for m in index.manifests() {
             reachable(layout, m, out)?;
         }
     } else {
-        let m: Manifest = serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing manifest {}", d.digest))?;
-        out.push(m.config.digest.clone());
-        out.extend(m.layers.iter().map(|l| l.digest.clone()));
+        let m: ImageManifest =
+            serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing manifest {}", d.digest()))?;
+        out.push(m.config().sha256()?);
+        for l in m.layers() {
+            out.push(l.sha256()?);
+        }
     }
     Ok(())
 }
@@ -75,20 +77,15 @@ pub struct Pulled {
 fn known_manifest(store: &Store, digest: &Digest) -> Option<Descriptor> {
     let bytes = oci::read_blob(store.root(), digest).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let media_type = value.get("mediaType")?.as_str()?;
-    (media_type == MEDIA_MANIFEST || media_type == MEDIA_INDEX).then(|| Descriptor {
-        media_type: media_type.to_string(),
-        digest: digest.clone(),
-        size: bytes.len() as u64,
-        annotations: Default::default(),
-        platform: None,
-    })
+    let media_type = MediaType::from(value.get("mediaType")?.as_str()?);
+    matches!(media_type, MediaType::ImageManifest | MediaType::ImageIndex)
+        .then(|| Descriptor::new(media_type, bytes.len() as u64, digest))
 }
 
 /// Whether the store holds `d` and every blob it reaches.
 fn complete(store: &Store, d: &Descriptor) -> bool {
     let mut blobs = Vec::new();
-    reachable(store.root(), d, &mut blobs).is_ok() && blobs.iter().all(|b| oci::blob_path(store.root(), b).exists())
+    reachable(store.root(), d, &mut blobs).is_ok() && blobs.iter().all(|b| store.blob_path(b).exists())
 }
 
 /// Copies `src` into the store as `key`. Blobs the store has are not fetched
@@ -101,8 +98,8 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
         let raw = skopeo::inspect_raw(src, auth)?;
         let lock = store.lock_exclusive()?;
         if let Some(d) = known_manifest(store, &Digest::of(&raw)).filter(|d| complete(store, d)) {
-            log::info!("{src} is in the store already ({}): nothing to fetch", d.digest.short());
-            let digest = d.digest.clone();
+            let digest = d.sha256()?;
+            log::info!("{src} is in the store already ({}): nothing to fetch", digest.short());
             let mut index = store.index()?;
             Store::set_ref(&mut index, key, d);
             store.write_index(&index, &lock)?;
@@ -129,7 +126,7 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     progress.finish_and_clear();
     copied?;
     crate::fault::point("pull-after-copy");
-    let staged: Index = oci::read_json(&staging.path().join("index.json"))?;
+    let staged = Layout::new(staging.path()).read_index()?;
     let desc = store
         .find(&staged, key)
         .ok_or_else(|| eyre!("skopeo stored no image for {src}"))?;
@@ -140,9 +137,9 @@ pub fn pull(store: &Store, src: &ImageReference, key: &str, auth: &RegistryAuth)
     let lock = store.lock_exclusive()?;
     let mut index = store.index()?;
     let (new_blobs, new_bytes) = move_in(store, staging.path(), blobs, src, &lock)?;
-    let digest = desc.digest.clone();
+    let digest = desc.sha256()?;
     let mut desc = desc;
-    desc.annotations.remove(REF_NAME);
+    desc.unannotate(REF_NAME);
     Store::set_ref(&mut index, key, desc);
     crate::fault::point("pull-before-index");
     store.write_index(&index, &lock)?;
@@ -163,10 +160,7 @@ fn move_in(
     src: &ImageReference,
     _lock: &Lock,
 ) -> Result<(usize, u64)> {
-    let new: Vec<Digest> = blobs
-        .into_iter()
-        .filter(|d| !oci::blob_path(store.root(), d).exists())
-        .collect();
+    let new: Vec<Digest> = blobs.into_iter().filter(|d| !store.blob_path(d).exists()).collect();
     for digest in &new {
         // A blob the staging layout linked to the store by symlink is gone
         // when a garbage collection ran between the locks.
@@ -182,7 +176,7 @@ fn move_in(
     for (n, digest) in new.iter().enumerate() {
         let from = oci::blob_path(staging, digest);
         bytes += fs::metadata(&from)?.len();
-        fs::rename(&from, oci::blob_path(store.root(), digest)).wrap_err_with(|| format!("storing blob {digest}"))?;
+        fs::rename(&from, store.blob_path(digest)).wrap_err_with(|| format!("storing blob {digest}"))?;
         if n == 0 {
             crate::fault::point("pull-between-blobs");
         }

@@ -480,7 +480,7 @@ fn unpack_roots(images: &[Fetched], scratch: &Path, target_dir: &Path, unpacker:
             return Err(e).wrap_err_with(|| format!("creating {}", root_dir.display()));
         }
     };
-    let size: u64 = layers.iter().map(|l| l.layer.size).sum();
+    let size: u64 = layers.iter().map(|l| l.layer.size()).sum();
     let unpacked = restore::unpack_into(&layers, scratch, &root_dir, unpacker);
     if unpacked.is_err() {
         let _ = std::fs::remove_dir_all(&root_dir);
@@ -575,7 +575,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::oci::{Descriptor, Digest, ImageConfig, Manifest};
+    use crate::oci::{Descriptor, Digest, ImageConfig, MediaType};
 
     /// An image whose config records `facts` (package manager,
     /// architecture, distribution; `None` records no label at all, an
@@ -594,24 +594,12 @@ mod tests {
             .collect();
             config.config.labels = Some(labels);
         }
-        let descriptor = Descriptor {
-            media_type: "c".into(),
-            digest: Digest::of(name.as_bytes()),
-            size: 1,
-            annotations: BTreeMap::new(),
-            platform: None,
-        };
+        let descriptor = Descriptor::new(MediaType::from("c"), 1, Digest::of(name.as_bytes()));
         Fetched {
             reference: name.parse().unwrap(),
             layout: PathBuf::from("/nowhere"),
             digest: Digest::of(name.as_bytes()),
-            manifest: Manifest {
-                schema_version: 2,
-                media_type: None,
-                config: descriptor,
-                layers: Vec::new(),
-                annotations: BTreeMap::new(),
-            },
+            manifest: crate::oci::manifest(descriptor, Vec::new(), BTreeMap::new()).unwrap(),
             config,
         }
     }

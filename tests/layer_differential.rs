@@ -32,19 +32,19 @@ use common::layers::{
 /// unpacks the image named `name` in the OCI layout `layout` into `rootfs`,
 /// which does not exist yet.
 fn unpack_ours(layout: &Path, name: &str, rootfs: &Path) -> Result<(), String> {
-    use kiwi_stackbuild::oci::{self, ImageConfig, Index, Manifest, REF_NAME};
+    use kiwi_stackbuild::oci::{self, DescriptorExt, ImageConfig, ImageIndex, ImageManifest};
     use kiwi_stackbuild::restore::StackedLayer;
     let unpack = || -> color_eyre::Result<()> {
-        let index: Index = oci::read_json(&layout.join("index.json"))?;
+        let index: ImageIndex = oci::read_json(&layout.join("index.json"))?;
         let image = index
-            .manifests
+            .manifests()
             .iter()
-            .find(|d| d.annotations.get(REF_NAME).map(String::as_str) == Some(name))
+            .find(|d| d.ref_name() == Some(name))
             .ok_or_else(|| color_eyre::eyre::eyre!("no image {name} in {}", layout.display()))?;
-        let manifest: Manifest = serde_json::from_slice(&oci::read_blob(layout, &image.digest)?)?;
-        let config: ImageConfig = serde_json::from_slice(&oci::read_blob(layout, &manifest.config.digest)?)?;
+        let manifest: ImageManifest = serde_json::from_slice(&oci::read_blob(layout, &image.sha256()?)?)?;
+        let config: ImageConfig = serde_json::from_slice(&oci::read_blob(layout, &manifest.config().sha256()?)?)?;
         let stack: Vec<StackedLayer> = manifest
-            .layers
+            .layers()
             .iter()
             .zip(&config.rootfs.diff_ids)
             .map(|(layer, diff_id)| StackedLayer {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::images::{archive_list, private_podman_storage, restore, tail};
 use common::registry::{blob_gets, blob_upload_requests, request, uploaded_blobs, Login, Registry};
 use common::tree::{assert_same_tree, make_special_tree, snapshot};
+use kiwi_stackbuild::oci::DescriptorExt;
 use kiwi_stackbuild::registry::{auth_json, Credentials};
 use kiwi_stackbuild::store::Store;
 
@@ -104,10 +105,12 @@ fn digest_of(home: &Path, key: &str) -> String {
 fn blobs_of(home: &Path, key: &str) -> (String, Vec<String>) {
     let store = Store::new(home);
     let index = store.index().unwrap();
-    let m = store.manifest(&store.find(&index, key).unwrap().digest).unwrap();
+    let m = store
+        .manifest(&store.find(&index, key).unwrap().sha256().unwrap())
+        .unwrap();
     (
-        m.config.digest.to_string(),
-        m.layers.iter().map(|l| l.digest.to_string()).collect(),
+        m.config().digest().to_string(),
+        m.layers().iter().map(|l| l.digest().to_string()).collect(),
     )
 }
 

@@ -371,8 +371,13 @@ fn layer_count_failures(home: &Path, tags: usize) -> Vec<String> {
         let layers = store
             .find(&index, &key)
             .ok_or_else(|| "not in the index".to_string())
-            .and_then(|d| store.manifest(&d.digest).map_err(|e| format!("{e:#}")))
-            .map(|m| m.layers.len());
+            .and_then(|d| {
+                use kiwi_stackbuild::oci::DescriptorExt;
+                d.sha256()
+                    .and_then(|digest| store.manifest(&digest))
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .map(|m| m.layers().len());
         match layers {
             Ok(n) if n == step + 1 => {}
             Ok(n) => failures.push(format!("{key}: {n} layers, expected {}", step + 1)),

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::images::{private_podman_storage, restore, restore_with};
 use common::tree::{assert_same_tree, make_special_tree, snapshot};
+use kiwi_stackbuild::oci::DescriptorExt;
 use kiwi_stackbuild::restore::Unpacker;
 use kiwi_stackbuild::store::Store;
 
@@ -145,8 +146,8 @@ fn a_restash_adds_one_small_layer_that_deletes() {
     let store = Store::new(&home);
     let index = store.index().unwrap();
     let d = store.find(&index, "special:2").unwrap();
-    let m = store.manifest(&d.digest).unwrap();
-    let (first, delta) = (m.layers[0].size, m.layers[1].size);
+    let m = store.manifest(&d.sha256().unwrap()).unwrap();
+    let (first, delta) = (m.layers()[0].size(), m.layers()[1].size());
     assert!(
         delta * 100 < first,
         "delta layer {delta} B is not under 1% of the first {first} B"
@@ -355,8 +356,10 @@ fn a_restash_reads_the_same_tree_from_its_cache_as_from_the_layers() {
         stash(home, &root, "c", "2");
         let store = Store::new(home);
         let index = store.index().unwrap();
-        let m = store.manifest(&store.find(&index, "c:2").unwrap().digest).unwrap();
-        layers.push(m.layers[1].digest.clone());
+        let m = store
+            .manifest(&store.find(&index, "c:2").unwrap().sha256().unwrap())
+            .unwrap();
+        layers.push(m.layers()[1].digest().clone());
     }
     assert_eq!(
         layers[0], layers[1],

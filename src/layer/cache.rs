@@ -15,8 +15,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::tree::Tree;
 use super::{Kind, Meta, Time};
+use crate::oci::layout::write_atomic;
 use crate::oci::Digest;
-use crate::store::write_atomic;
 
 const DIR: &str = ".kiwi-stackbuild-trees";
 /// Version 2 keeps nanoseconds and hard links as shared inodes; files of

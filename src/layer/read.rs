@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::tarball::{Header, TarReader};
 use super::{clean_path, show, split, Kind, Meta, StackedLayer, OPAQUE, WHITEOUT};
-use crate::oci::{self, Digest};
+use crate::oci::{self, DescriptorExt, Digest};
 
 const CHUNK: usize = 1 << 20;
 
@@ -63,31 +63,32 @@ impl Change {
 pub fn read(l: &StackedLayer, f: &mut dyn FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
     let (chunks, worker) = open(l)?;
     // Errors are one line that names the layer and the entry.
-    let handled = entries(chunks, f).map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest));
+    let handled = entries(chunks, f).map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest()));
     // The worker has checked the blob once it ends; when the entries failed
     // first, their error is the one to report.
     let checked = worker
         .join()
-        .map_err(|_| eyre!("the reader of layer {} panicked", l.layer.digest))?;
+        .map_err(|_| eyre!("the reader of layer {} panicked", l.layer.digest()))?;
     handled.and(checked)
 }
 
 /// Starts reading `l` on a second thread: decompressed, in chunks.
 fn open(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Result<()>>)> {
-    let digest = l.layer.digest.clone();
+    let digest = l.layer.sha256()?;
     let path = oci::blob_path(&l.layout, &digest);
     let file = File::open(&path).wrap_err_with(|| format!("opening layer {digest}"))?;
     let size = file
         .metadata()
         .wrap_err_with(|| format!("reading layer {digest}"))?
         .len();
-    if size != l.layer.size {
+    if size != l.layer.size() {
         bail!(
             "layer {digest} is corrupt: it is {size} bytes, its descriptor says {}",
-            l.layer.size
+            l.layer.size()
         );
     }
-    let compression = oci::LayerCompression::of(&l.layer.media_type);
+    let compression =
+        oci::LayerCompression::of(l.layer.media_type()).wrap_err_with(|| format!("reading layer {digest}"))?;
     let diff_id = l.diff_id.clone();
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let worker = thread::spawn(move || -> Result<()> {
@@ -261,7 +262,7 @@ mod tests {
 
     use super::*;
     use crate::layer::Time;
-    use crate::oci::{Descriptor, MEDIA_LAYER_GZIP};
+    use crate::oci::{Descriptor, MediaType};
 
     /// A gzip layer of `tar` in a fresh layout; `tamper` may change the blob
     /// after its digest was taken.
@@ -276,13 +277,7 @@ mod tests {
         std::fs::write(oci::blob_path(dir, &digest), &blob).unwrap();
         StackedLayer {
             layout: dir.to_path_buf(),
-            layer: Descriptor {
-                media_type: MEDIA_LAYER_GZIP.into(),
-                digest,
-                size,
-                annotations: Default::default(),
-                platform: None,
-            },
+            layer: Descriptor::new(MediaType::ImageLayerGzip, size, digest),
             diff_id: Digest::of(tar),
         }
     }

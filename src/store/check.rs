@@ -64,11 +64,11 @@ impl Store {
     pub fn check(&self, _lock: &Lock) -> Result<Checked> {
         let index = self.index()?;
         let mut checked = Checked {
-            refs: index.manifests.len(),
+            refs: index.manifests().len(),
             ..Checked::default()
         };
         let mut needed: BTreeMap<String, Needed> = BTreeMap::new();
-        for d in &index.manifests {
+        for d in index.manifests() {
             let name = ref_name(d);
             let reach = walk::reach(&self.root, d);
             if checked.blocked_by.is_none() && reach.blocker().is_some() {

@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 
 use super::walk::{DOCKER_LIST, DOCKER_MANIFEST};
 use super::*;
-use crate::oci::{MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST};
+
+// Spelled out: the blobs here are hand-written JSON.
+const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// A store in a temp dir, with helpers to put blobs and refs into it.
 struct Fixture {
@@ -282,7 +287,7 @@ fn a_missing_index_with_blobs_is_an_error_not_an_empty_store() {
     assert_eq!(f.blobs().len(), 3);
 
     let empty = Store::new(f.store.root().join("empty"));
-    assert!(empty.index().unwrap().manifests.is_empty());
+    assert!(empty.index().unwrap().manifests().is_empty());
     assert!(empty.lock_shared().unwrap().is_none());
 }
 

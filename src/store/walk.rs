@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::oci::{self, Descriptor, Digest, MEDIA_INDEX, MEDIA_MANIFEST};
+use crate::oci::{self, Descriptor, DescriptorExt, Digest, MediaType};
 
 /// Media type of a Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -40,12 +40,12 @@ pub enum Kind {
 
 impl Kind {
     /// The kind of an entry of media type `media_type`.
-    pub fn of(media_type: &str) -> Kind {
+    pub fn of(media_type: &MediaType) -> Kind {
         match media_type {
-            MEDIA_MANIFEST => Kind::OciImage,
-            DOCKER_MANIFEST => Kind::DockerImage,
-            MEDIA_INDEX => Kind::OciIndex,
-            DOCKER_LIST => Kind::DockerList,
+            MediaType::ImageManifest => Kind::OciImage,
+            MediaType::ImageIndex => Kind::OciIndex,
+            MediaType::Other(s) if s == DOCKER_MANIFEST => Kind::DockerImage,
+            MediaType::Other(s) if s == DOCKER_LIST => Kind::DockerList,
             other => Kind::Other(other.to_string()),
         }
     }
@@ -204,12 +204,19 @@ pub fn reach(layout: &Path, d: &Descriptor) -> Reach {
         reach: Reach::default(),
         seen: HashSet::new(),
     };
-    let role = if Kind::of(&d.media_type).is_list() {
+    let role = if Kind::of(d.media_type()).is_list() {
         Role::Index
     } else {
         Role::Manifest
     };
-    walk.json(&d.digest, Some(d.size), role);
+    match d.sha256() {
+        Ok(digest) => walk.json(&digest, Some(d.size()), role),
+        Err(_) => walk.reach.problems.push(Problem {
+            role,
+            digest: d.digest().to_string(),
+            fault: Fault::UnsupportedDigest,
+        }),
+    }
     walk.reach
 }
 
@@ -362,7 +369,10 @@ impl Walk<'_> {
         if optional && !oci::blob_path(self.layout, &digest).exists() {
             return;
         }
-        let kind = item.get("mediaType").and_then(Value::as_str).map(Kind::of);
+        let kind = item
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .map(|m| Kind::of(&MediaType::from(m)));
         match kind {
             Some(k) if k.is_list() => self.json(&digest, size, Role::Index),
             Some(k) if k.is_image() => self.json(&digest, size, Role::Manifest),

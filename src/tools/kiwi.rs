@@ -195,7 +195,7 @@ fn read_cached(path: &Path) -> Option<Options> {
 fn write_cached(path: &Path, options: &Options) -> Result<()> {
     let dir = path.parent().ok_or_else(|| eyre!("{} has no parent", path.display()))?;
     std::fs::create_dir_all(dir)?;
-    crate::store::write_atomic(path, &serde_json::to_vec_pretty(options)?)
+    crate::oci::layout::write_atomic(path, &serde_json::to_vec_pretty(options)?)
 }
 
 /// kiwi-ng's global options, which go in front of `system ...`.

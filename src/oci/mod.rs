@@ -1,27 +1,28 @@
-//! Serde types for the parts of the OCI image spec we read and write:
-//! index, manifest, image config, descriptors and digests.
+//! The OCI image types we read and write. Descriptors, manifests, indexes
+//! and media types are the `oci-spec` crate's, so every field a pulled
+//! descriptor carries (urls, artifactType, platform, annotations) and a
+//! manifest's subject pass through the store; our own types remain only
+//! where the crate cannot say what we need: a sha256-only [`Digest`] that
+//! names a blob file, and an [`ImageConfig`] that keeps the fields it does
+//! not model. Everything we write is canonical JSON ([`canonical_json`]),
+//! so digests are reproducible.
+
+pub mod layout;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
-use std::path::Path;
 
-use color_eyre::eyre::{bail, Result, WrapErr};
+use color_eyre::eyre::{eyre, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-/// Media type of an image index.
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Media type of an image manifest.
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Media type of an image config.
-pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Media type of a gzip-compressed layer.
-pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// The annotation that names a manifest in an index (`name:tag`).
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use layout::{blob_path, read_blob, read_json};
+pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME as REF_NAME};
 
-/// A content digest, always `sha256:<64 hex>`.
+/// A content digest, always `sha256:<64 hex>`: what names a blob file in
+/// a layout and what we can verify. `oci_spec::image::Digest` admits any
+/// algorithm, so descriptors carry that one and [`DescriptorExt::sha256`]
+/// turns it into this.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
@@ -84,60 +85,119 @@ impl std::fmt::Display for Digest {
     }
 }
 
-/// A content descriptor: what a blob is, its digest and size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// The blob's media type.
-    pub media_type: String,
-    /// The blob's digest.
-    pub digest: Digest,
-    /// The blob's size in bytes.
-    pub size: u64,
-    /// Annotations, such as the ref name in an index.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// Platform of a manifest in an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<serde_json::Value>,
+impl From<&Digest> for oci_spec::image::Digest {
+    fn from(d: &Digest) -> oci_spec::image::Digest {
+        d.as_str().parse().expect("a sha256 digest is a valid OCI digest")
+    }
 }
 
-/// `index.json` of an image layout.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    /// Always 2.
-    pub schema_version: u32,
-    /// The index's media type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The manifests the layout holds.
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-    /// Annotations of the index.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+impl From<Digest> for oci_spec::image::Digest {
+    fn from(d: Digest) -> oci_spec::image::Digest {
+        oci_spec::image::Digest::from(&d)
+    }
 }
 
-/// An image manifest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    /// Always 2.
-    pub schema_version: u32,
-    /// The manifest's media type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    /// The image config blob.
-    pub config: Descriptor,
-    /// The layers, lowest first.
-    pub layers: Vec<Descriptor>,
-    /// Annotations of the manifest.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+impl TryFrom<&oci_spec::image::Digest> for Digest {
+    type Error = String;
+
+    fn try_from(d: &oci_spec::image::Digest) -> Result<Self, String> {
+        Digest::try_from(d.to_string())
+    }
+}
+
+/// What we ask of a descriptor beyond the crate's getters.
+pub trait DescriptorExt {
+    /// Its digest as a sha256 [`Digest`], or an error naming it.
+    fn sha256(&self) -> Result<Digest>;
+    /// The annotation `key`, if set.
+    fn annotation(&self, key: &str) -> Option<&str>;
+    /// The ref name it carries in an index (`name:tag`), if any.
+    fn ref_name(&self) -> Option<&str> {
+        self.annotation(REF_NAME)
+    }
+    /// Sets the annotation `key` to `value`.
+    fn annotate(&mut self, key: &str, value: &str);
+    /// Removes the annotation `key`; no annotations at all when it was the last.
+    fn unannotate(&mut self, key: &str);
+}
+
+impl DescriptorExt for Descriptor {
+    fn sha256(&self) -> Result<Digest> {
+        Digest::try_from(self.digest()).map_err(|e| eyre!("{e}"))
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations().as_ref()?.get(key).map(String::as_str)
+    }
+
+    fn annotate(&mut self, key: &str, value: &str) {
+        let mut annotations = self.annotations().clone().unwrap_or_default();
+        annotations.insert(key.to_string(), value.to_string());
+        self.set_annotations(Some(annotations));
+    }
+
+    fn unannotate(&mut self, key: &str) {
+        let Some(mut annotations) = self.annotations().clone() else {
+            return;
+        };
+        annotations.remove(key);
+        self.set_annotations((!annotations.is_empty()).then_some(annotations));
+    }
+}
+
+/// The descriptor of `bytes` as a blob of `media_type`.
+pub fn describe(bytes: &[u8], media_type: MediaType) -> Descriptor {
+    Descriptor::new(media_type, bytes.len() as u64, Digest::of(bytes))
+}
+
+/// The descriptor [`canonical_json`] of `value` gets as a blob of `media_type`.
+pub fn describe_json<T: Serialize>(value: &T, media_type: MediaType) -> Result<Descriptor> {
+    Ok(describe(&canonical_json(value)?, media_type))
+}
+
+/// `value` as canonical JSON: object keys sorted, no white space, so that
+/// the same value always gives the same bytes and digest. The crate's
+/// annotation and label maps are `HashMap`s, whose order changes from run
+/// to run; going through `serde_json::Value` sorts them, since its `Map` is
+/// a `BTreeMap` (no crate here turns on serde_json's `preserve_order`, and
+/// a test below fails if one does). That is all reproducibility needs, and
+/// costs no crate: full OLPC canonical JSON (`olpc-cjson`) would also fix
+/// number and escape spellings, which serde_json already writes one way.
+pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
+}
+
+/// An OCI image manifest of `config` and `layers`, with `annotations` unless empty.
+pub fn manifest(
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    annotations: BTreeMap<String, String>,
+) -> Result<ImageManifest> {
+    let mut m = oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(oci_spec::image::SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers)
+        .build()?;
+    if !annotations.is_empty() {
+        m.set_annotations(Some(annotations.into_iter().collect()));
+    }
+    Ok(m)
+}
+
+/// An empty OCI image index.
+pub fn empty_index() -> ImageIndex {
+    let mut index = ImageIndex::default();
+    index.set_media_type(Some(MediaType::ImageIndex));
+    index
 }
 
 /// The parts of an image config we write; unknown fields are kept.
+///
+/// Our own rather than `oci_spec::image::ImageConfiguration`, which drops
+/// every field it does not model (Docker's `Healthcheck`, `Shell`,
+/// `OnBuild`, `container_config`, ...): a stash on a foreign image carries
+/// its base's config forward, so nothing of it may get lost on the way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImageConfig {
     /// Creation time, RFC 3339.
@@ -217,30 +277,6 @@ impl ImageConfig {
     }
 }
 
-/// Reads and parses a JSON file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).wrap_err_with(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).wrap_err_with(|| format!("parsing {}", path.display()))
-}
-
-/// The path of a blob in an image layout.
-pub fn blob_path(layout: &Path, digest: &Digest) -> std::path::PathBuf {
-    layout.join("blobs/sha256").join(digest.hex())
-}
-
-/// Reads a blob of a layout and checks that its content matches its digest.
-pub fn read_blob(layout: &Path, digest: &Digest) -> Result<Vec<u8>> {
-    let path = blob_path(layout, digest);
-    let bytes = fs::read(&path).wrap_err_with(|| format!("reading blob {digest}"))?;
-    if Digest::of(&bytes) != *digest {
-        bail!(
-            "blob {} is corrupt: its content does not match its digest",
-            path.display()
-        );
-    }
-    Ok(bytes)
-}
-
 /// The Go name of this machine's architecture, as image configs spell it.
 pub fn go_arch(kiwi_arch: &str) -> &str {
     match kiwi_arch {
@@ -309,17 +345,73 @@ mod tests {
     #[test]
     fn index_round_trips_unknown_fields_and_annotations() {
         let json = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1,"annotations":{"org.opencontainers.image.ref.name":"a:b"}}]}"#;
-        let idx: Index = serde_json::from_str(json).unwrap();
-        assert_eq!(idx.manifests[0].annotations[REF_NAME], "a:b");
+        let idx: ImageIndex = serde_json::from_str(json).unwrap();
+        assert_eq!(idx.manifests()[0].ref_name(), Some("a:b"));
         let back = serde_json::to_string(&idx).unwrap();
         assert_eq!(back, json);
     }
-}
 
-/// Media type of a zstd-compressed layer.
-pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-/// Media type of an uncompressed layer.
-pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    #[test]
+    fn descriptors_keep_every_field() {
+        let json = r#"{"annotations":{"a":"1"},"artifactType":"application/vnd.example+json","data":"e30=","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"arm64","os":"linux","variant":"v8"},"size":1,"urls":["https://example.org/b"]}"#;
+        let d: Descriptor = serde_json::from_str(json).unwrap();
+        assert_eq!(String::from_utf8(canonical_json(&d).unwrap()).unwrap(), json);
+    }
+
+    #[test]
+    fn canonical_json_does_not_depend_on_insertion_order() {
+        let keys = ["org.example.z", "io.osinside.kiwi.meta", "a", "org.example.m", "b"];
+        let config = |order: &[usize]| {
+            let mut c = ImageConfig::default();
+            let labels = order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
+            c.config.labels = Some(labels);
+            canonical_json(&c).unwrap()
+        };
+        let want = config(&[0, 1, 2, 3, 4]);
+        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            assert_eq!(config(&order), want, "labels inserted in order {order:?}");
+        }
+        // The crate's maps are HashMaps: each gets its own hash seed, so
+        // only sorting gives the same bytes.
+        let manifest = |order: &[usize]| {
+            let config = describe(b"{}", MediaType::ImageConfig);
+            let mut m = manifest(config, Vec::new(), BTreeMap::new()).unwrap();
+            let annotations: std::collections::HashMap<String, String> =
+                order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
+            m.set_annotations(Some(annotations));
+            canonical_json(&m).unwrap()
+        };
+        let want = manifest(&[0, 1, 2, 3, 4]);
+        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            assert_eq!(manifest(&order), want, "annotations inserted in order {order:?}");
+        }
+        let text = String::from_utf8(want).unwrap();
+        let at = |k: &str| text.find(k).unwrap();
+        assert!(
+            at("\"a\"") < at("\"b\"") && at("\"b\"") < at("io.osinside") && at("org.example.m") < at("org.example.z")
+        );
+        assert!(at("\"config\"") < at("\"mediaType\"") && at("\"mediaType\"") < at("\"schemaVersion\""));
+    }
+
+    #[test]
+    fn layer_compression_comes_from_the_media_type() {
+        let cases = [
+            (MediaType::ImageLayerGzip, Some(LayerCompression::Gzip)),
+            (MediaType::ImageLayerZstd, Some(LayerCompression::Zstd)),
+            (MediaType::ImageLayer, Some(LayerCompression::None)),
+            (MediaType::ImageLayerNonDistributableGzip, Some(LayerCompression::Gzip)),
+            (
+                MediaType::from("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+                Some(LayerCompression::Gzip),
+            ),
+            (MediaType::ImageConfig, None),
+            (MediaType::from("application/x-ends-in-gzip"), None),
+        ];
+        for (media_type, want) in cases {
+            assert_eq!(LayerCompression::of(&media_type).ok(), want, "{media_type}");
+        }
+    }
+}
 
 /// How a layer blob is compressed, from its media type (OCI and Docker spellings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,17 +425,29 @@ pub enum LayerCompression {
 }
 
 impl LayerCompression {
-    /// The compression a layer media type says.
-    pub fn of(media_type: &str) -> LayerCompression {
-        if media_type.ends_with("zstd") {
-            LayerCompression::Zstd
-        } else if media_type.ends_with("gzip") {
-            LayerCompression::Gzip
-        } else {
-            LayerCompression::None
-        }
+    /// The compression a layer media type says; a media type that is no
+    /// tar layer we know is an error that names it.
+    pub fn of(media_type: &MediaType) -> Result<LayerCompression> {
+        Ok(match media_type {
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => LayerCompression::Gzip,
+            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => LayerCompression::Zstd,
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => LayerCompression::None,
+            MediaType::Other(s) if DOCKER_GZIP_LAYERS.contains(&s.as_str()) => LayerCompression::Gzip,
+            other => {
+                return Err(eyre!(
+                    "a layer of media type {other} is no tar layer this tool can read"
+                ))
+            }
+        })
     }
 }
+
+/// The media types of Docker's layers (schema 2), all gzip; the crate's
+/// enum knows only OCI's.
+const DOCKER_GZIP_LAYERS: [&str; 2] = [
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
 
 /// The uncompressed tar stream of a layer blob read from `source`.
 pub fn decompress<'a, R: std::io::BufRead + 'a>(
@@ -414,6 +518,11 @@ impl<W: std::io::Write> HashingWriter<W> {
             hash: Sha256::new(),
             count: 0,
         }
+    }
+
+    /// The digest and the size of what was written so far.
+    pub fn written(&self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hash.clone()), self.count)
     }
 
     /// Flushes, and gives back the writer, the digest and the size of what was written.
