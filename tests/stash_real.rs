@@ -177,6 +177,62 @@ fn the_same_tree_and_epoch_give_the_same_digest() {
     assert_eq!(digests[0], digests[1]);
 }
 
+/// A first stash and a delta on it, each stashed by its own process into
+/// a fresh store, give the same manifests, written as canonical JSON: the
+/// manifest annotations are a HashMap, iterated in another order by every
+/// process.
+#[test]
+fn a_delta_on_the_same_base_and_epoch_gives_the_same_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    make_special_tree(&root);
+    // The second root is made once, so both stores see the same mtimes.
+    let grown = tmp.path().join("grown");
+    let copied = Command::new("cp").arg("-a").arg(&root).arg(&grown).status().unwrap();
+    assert!(copied.success());
+    std::fs::write(grown.join("added.txt"), "new in layer two\n").unwrap();
+    let mut digests = Vec::new();
+    for n in 0..2 {
+        let home = tmp.path().join(format!("store{n}"));
+        for (tag, root) in [("1", &root), ("2", &grown)] {
+            let out = stash_cmd(&home, root, "same", tag)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let store = Store::new(&home);
+        let index = store.index().unwrap();
+        let mut found = Vec::new();
+        for key in ["same:1", "same:2"] {
+            let d = store.find(&index, key).unwrap();
+            let bytes = std::fs::read(store.blob_path(&d.sha256().unwrap())).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                serde_json::to_vec(&value).unwrap(),
+                bytes,
+                "{key}'s manifest is canonical JSON"
+            );
+            let annotations = value["annotations"].as_object().map_or(0, |a| a.len());
+            assert!(
+                annotations >= 2,
+                "{key}: {annotations} annotations cannot show their order"
+            );
+            found.push(d.digest().to_string());
+        }
+        assert_eq!(
+            store
+                .manifest(&store.find(&index, "same:2").unwrap().sha256().unwrap())
+                .unwrap()
+                .layers()
+                .len(),
+            2
+        );
+        digests.push(found);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
 /// Stashes `root` as `name:tag` into the store at `home`; it must succeed.
 fn stash(home: &Path, root: &Path, name: &str, tag: &str) {
     let out = stash_cmd(home, root, name, tag)
