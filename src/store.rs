@@ -676,3 +676,35 @@ pub fn check_home(path: &Path) -> Result<()> {
     };
     Err(eyre!("the stash store {} {what}", path.display())).suggestion(suggestion)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::REF_NAME;
+
+    #[test]
+    fn a_descriptor_keeps_every_field_through_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("store"));
+        let lock = store.lock_exclusive().unwrap();
+        let pulled: Descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of(b"m").to_string(),
+            "size": 1,
+            "urls": ["https://example.org/m"],
+            "artifactType": "application/vnd.example.sbom",
+            "data": "bQ==",
+            "platform": {"architecture": "arm64", "os": "linux", "variant": "v8", "os.features": ["f"]},
+            "annotations": {"org.example.a": "1", REF_NAME: "from:skopeo"}
+        }))
+        .unwrap();
+        let mut index = store.index().unwrap();
+        let mut desc = pulled.clone();
+        desc.unannotate(REF_NAME);
+        Store::set_ref(&mut index, "a:1", desc);
+        store.write_index(&index, &lock).unwrap();
+        let mut want = pulled;
+        want.annotate(REF_NAME, "a:1");
+        assert_eq!(store.find(&store.index().unwrap(), "a:1"), Some(want));
+    }
+}
