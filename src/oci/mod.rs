@@ -7,6 +7,7 @@
 //! not model. Everything we write is canonical JSON ([`canonical_json`]),
 //! so digests are reproducible.
 
+mod config;
 pub mod layout;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use color_eyre::eyre::{eyre, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use config::{go_arch, rfc3339, History, ImageConfig, RootFs, RuntimeConfig};
 pub use layout::{blob_path, read_blob, read_json};
 pub use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME as REF_NAME};
 
@@ -192,227 +194,6 @@ pub fn empty_index() -> ImageIndex {
     index
 }
 
-/// The parts of an image config we write; unknown fields are kept.
-///
-/// Our own rather than `oci_spec::image::ImageConfiguration`, which drops
-/// every field it does not model (Docker's `Healthcheck`, `Shell`,
-/// `OnBuild`, `container_config`, ...): a stash on a foreign image carries
-/// its base's config forward, so nothing of it may get lost on the way.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ImageConfig {
-    /// Creation time, RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// Who made the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    /// CPU architecture in Go's spelling (amd64, arm64, ...).
-    #[serde(default)]
-    pub architecture: String,
-    /// Operating system, `linux`.
-    #[serde(default)]
-    pub os: String,
-    /// Runtime config, labels among it.
-    #[serde(default)]
-    pub config: RuntimeConfig,
-    /// The layers' uncompressed digests.
-    pub rootfs: RootFs,
-    /// One entry per layer (and per empty step).
-    #[serde(default)]
-    pub history: Vec<History>,
-    /// Fields we do not model, kept as they were.
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_json::Value>,
-}
-
-/// The `config` member of an image config.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RuntimeConfig {
-    /// The default command.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Fields we do not model, kept as they were.
-    #[serde(flatten)]
-    pub other: BTreeMap<String, serde_json::Value>,
-}
-
-/// `rootfs` of an image config.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RootFs {
-    /// Always `layers`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Uncompressed digest of each layer, lowest first.
-    pub diff_ids: Vec<Digest>,
-}
-
-/// One history entry of an image config.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct History {
-    /// When the step ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// What made the step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<String>,
-    /// Who made the step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub author: Option<String>,
-    /// A free comment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    /// True for a step that added no layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub empty_layer: bool,
-}
-
-impl ImageConfig {
-    /// The labels, empty when there are none.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        self.config.labels.clone().unwrap_or_default()
-    }
-}
-
-/// The Go name of this machine's architecture, as image configs spell it.
-pub fn go_arch(kiwi_arch: &str) -> &str {
-    match kiwi_arch {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "ppc64le" => "ppc64le",
-        "s390x" => "s390x",
-        "i686" | "i586" => "386",
-        "armv7l" | "armv7hl" => "arm",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
-/// RFC 3339 UTC time of a Unix timestamp, as image configs spell it.
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        let cases = [
-            (0, "1970-01-01T00:00:00Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-            (1_700_000_000, "2023-11-14T22:13:20Z"),
-            (4_102_444_799, "2099-12-31T23:59:59Z"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(rfc3339(secs), want);
-        }
-    }
-
-    #[test]
-    fn digests_are_checked() {
-        let d = Digest::of(b"");
-        assert_eq!(
-            d.hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert!(Digest::try_from("sha256:abc".to_string()).is_err());
-        assert!(Digest::try_from(format!("sha512:{}", d.hex())).is_err());
-        assert!(Digest::try_from(d.to_string()).is_ok());
-    }
-
-    #[test]
-    fn index_round_trips_unknown_fields_and_annotations() {
-        let json = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1,"annotations":{"org.opencontainers.image.ref.name":"a:b"}}]}"#;
-        let idx: ImageIndex = serde_json::from_str(json).unwrap();
-        assert_eq!(idx.manifests()[0].ref_name(), Some("a:b"));
-        let back = serde_json::to_string(&idx).unwrap();
-        assert_eq!(back, json);
-    }
-
-    #[test]
-    fn descriptors_keep_every_field() {
-        let json = r#"{"annotations":{"a":"1"},"artifactType":"application/vnd.example+json","data":"e30=","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"arm64","os":"linux","variant":"v8"},"size":1,"urls":["https://example.org/b"]}"#;
-        let d: Descriptor = serde_json::from_str(json).unwrap();
-        assert_eq!(String::from_utf8(canonical_json(&d).unwrap()).unwrap(), json);
-    }
-
-    #[test]
-    fn canonical_json_does_not_depend_on_insertion_order() {
-        let keys = ["org.example.z", "io.osinside.kiwi.meta", "a", "org.example.m", "b"];
-        let config = |order: &[usize]| {
-            let mut c = ImageConfig::default();
-            let labels = order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
-            c.config.labels = Some(labels);
-            canonical_json(&c).unwrap()
-        };
-        let want = config(&[0, 1, 2, 3, 4]);
-        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
-            assert_eq!(config(&order), want, "labels inserted in order {order:?}");
-        }
-        // The crate's maps are HashMaps: each gets its own hash seed, so
-        // only sorting gives the same bytes.
-        let manifest = |order: &[usize]| {
-            let config = describe(b"{}", MediaType::ImageConfig);
-            let mut m = manifest(config, Vec::new(), BTreeMap::new()).unwrap();
-            let annotations: std::collections::HashMap<String, String> =
-                order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
-            m.set_annotations(Some(annotations));
-            canonical_json(&m).unwrap()
-        };
-        let want = manifest(&[0, 1, 2, 3, 4]);
-        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
-            assert_eq!(manifest(&order), want, "annotations inserted in order {order:?}");
-        }
-        let text = String::from_utf8(want).unwrap();
-        let at = |k: &str| text.find(k).unwrap();
-        assert!(
-            at("\"a\"") < at("\"b\"") && at("\"b\"") < at("io.osinside") && at("org.example.m") < at("org.example.z")
-        );
-        assert!(at("\"config\"") < at("\"mediaType\"") && at("\"mediaType\"") < at("\"schemaVersion\""));
-    }
-
-    #[test]
-    fn layer_compression_comes_from_the_media_type() {
-        let cases = [
-            (MediaType::ImageLayerGzip, Some(LayerCompression::Gzip)),
-            (MediaType::ImageLayerZstd, Some(LayerCompression::Zstd)),
-            (MediaType::ImageLayer, Some(LayerCompression::None)),
-            (MediaType::ImageLayerNonDistributableGzip, Some(LayerCompression::Gzip)),
-            (
-                MediaType::from("application/vnd.docker.image.rootfs.diff.tar.gzip"),
-                Some(LayerCompression::Gzip),
-            ),
-            (MediaType::ImageConfig, None),
-            (MediaType::from("application/x-ends-in-gzip"), None),
-        ];
-        for (media_type, want) in cases {
-            assert_eq!(LayerCompression::of(&media_type).ok(), want, "{media_type}");
-        }
-    }
-}
-
 /// How a layer blob is compressed, from its media type (OCI and Docker spellings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerCompression {
@@ -542,5 +323,92 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_checked() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(Digest::try_from("sha256:abc".to_string()).is_err());
+        assert!(Digest::try_from(format!("sha512:{}", d.hex())).is_err());
+        assert!(Digest::try_from(d.to_string()).is_ok());
+    }
+
+    #[test]
+    fn index_round_trips_unknown_fields_and_annotations() {
+        let json = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":1,"annotations":{"org.opencontainers.image.ref.name":"a:b"}}]}"#;
+        let idx: ImageIndex = serde_json::from_str(json).unwrap();
+        assert_eq!(idx.manifests()[0].ref_name(), Some("a:b"));
+        let back = serde_json::to_string(&idx).unwrap();
+        assert_eq!(back, json);
+    }
+
+    #[test]
+    fn descriptors_keep_every_field() {
+        let json = r#"{"annotations":{"a":"1"},"artifactType":"application/vnd.example+json","data":"e30=","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"arm64","os":"linux","variant":"v8"},"size":1,"urls":["https://example.org/b"]}"#;
+        let d: Descriptor = serde_json::from_str(json).unwrap();
+        assert_eq!(String::from_utf8(canonical_json(&d).unwrap()).unwrap(), json);
+    }
+
+    #[test]
+    fn canonical_json_does_not_depend_on_insertion_order() {
+        let keys = ["org.example.z", "io.osinside.kiwi.meta", "a", "org.example.m", "b"];
+        let config = |order: &[usize]| {
+            let mut c = ImageConfig::default();
+            let labels = order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
+            c.config.labels = Some(labels);
+            canonical_json(&c).unwrap()
+        };
+        let want = config(&[0, 1, 2, 3, 4]);
+        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            assert_eq!(config(&order), want, "labels inserted in order {order:?}");
+        }
+        // The crate's maps are HashMaps: each gets its own hash seed, so
+        // only sorting gives the same bytes.
+        let manifest = |order: &[usize]| {
+            let config = describe(b"{}", MediaType::ImageConfig);
+            let mut m = manifest(config, Vec::new(), BTreeMap::new()).unwrap();
+            let annotations: std::collections::HashMap<String, String> =
+                order.iter().map(|&i| (keys[i].to_string(), format!("v{i}"))).collect();
+            m.set_annotations(Some(annotations));
+            canonical_json(&m).unwrap()
+        };
+        let want = manifest(&[0, 1, 2, 3, 4]);
+        for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3]] {
+            assert_eq!(manifest(&order), want, "annotations inserted in order {order:?}");
+        }
+        let text = String::from_utf8(want).unwrap();
+        let at = |k: &str| text.find(k).unwrap();
+        assert!(
+            at("\"a\"") < at("\"b\"") && at("\"b\"") < at("io.osinside") && at("org.example.m") < at("org.example.z")
+        );
+        assert!(at("\"config\"") < at("\"mediaType\"") && at("\"mediaType\"") < at("\"schemaVersion\""));
+    }
+
+    #[test]
+    fn layer_compression_comes_from_the_media_type() {
+        let cases = [
+            (MediaType::ImageLayerGzip, Some(LayerCompression::Gzip)),
+            (MediaType::ImageLayerZstd, Some(LayerCompression::Zstd)),
+            (MediaType::ImageLayer, Some(LayerCompression::None)),
+            (MediaType::ImageLayerNonDistributableGzip, Some(LayerCompression::Gzip)),
+            (
+                MediaType::from("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+                Some(LayerCompression::Gzip),
+            ),
+            (MediaType::ImageConfig, None),
+            (MediaType::from("application/x-ends-in-gzip"), None),
+        ];
+        for (media_type, want) in cases {
+            assert_eq!(LayerCompression::of(&media_type).ok(), want, "{media_type}");
+        }
     }
 }
