@@ -43,7 +43,6 @@ pub const DEFAULT_HOME: &str = "/var/lib/kiwi-stackbuild/stash";
 /// The local store of stashes, on an image layout.
 #[derive(Debug, Clone)]
 pub struct Store {
-    root: PathBuf,
     layout: Layout,
 }
 
@@ -110,16 +109,14 @@ struct Garbage {
 impl Store {
     /// The store at `root` (nothing is created yet).
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        let root = root.into();
         Store {
-            layout: Layout::new(&root),
-            root,
+            layout: Layout::new(root),
         }
     }
 
     /// The layout directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.layout.root()
     }
 
     /// `blobs/sha256` of the store.
@@ -141,7 +138,7 @@ impl Store {
     fn create(&self, _lock: &Lock) -> Result<()> {
         self.layout
             .init()
-            .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
+            .wrap_err_with(|| format!("creating the stash store {}", self.root().display()))
     }
 
     /// Creates the store if needed and takes its exclusive lock. What runs
@@ -159,11 +156,11 @@ impl Store {
     /// when the store has blobs but no index.
     pub fn lock_exclusive_as_is(&self) -> Result<Lock> {
         fs::create_dir_all(self.blob_dir())
-            .wrap_err_with(|| format!("creating the stash store {}", self.root.display()))
+            .wrap_err_with(|| format!("creating the stash store {}", self.root().display()))
             .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
         let dir = self.lock_handle()?;
         dir.lock()
-            .wrap_err_with(|| format!("locking {}", self.root.display()))?;
+            .wrap_err_with(|| format!("locking {}", self.root().display()))?;
         self.require_index()?;
         Ok(Lock { _file: dir })
     }
@@ -185,7 +182,7 @@ impl Store {
         if blobs == 0 {
             return Ok(());
         }
-        let root = self.root.display();
+        let root = self.root().display();
         Err(eyre!("the stash store {root} has {blobs} blobs but no index.json")).suggestion(format!(
             "restore {root}/index.json from a backup, or remove the directory {root} to start an empty store"
         ))
@@ -201,7 +198,7 @@ impl Store {
         }
         let dir = self.lock_handle()?;
         dir.lock_shared()
-            .wrap_err_with(|| format!("locking {}", self.root.display()))?;
+            .wrap_err_with(|| format!("locking {}", self.root().display()))?;
         Ok(Some(Lock { _file: dir }))
     }
 
@@ -214,22 +211,22 @@ impl Store {
             drop(self.lock_exclusive()?);
         }
         self.lock_shared()?
-            .ok_or_else(|| eyre!("the stash store {} vanished", self.root.display()))
+            .ok_or_else(|| eyre!("the stash store {} vanished", self.root().display()))
     }
 
     /// The store directory itself, which is what is locked: unlike a lock
     /// file it cannot be removed while the store is in use, and opening it
     /// needs no write access.
     fn lock_handle(&self) -> Result<File> {
-        File::open(&self.root)
-            .wrap_err_with(|| format!("opening the stash store {}", self.root.display()))
+        File::open(self.root())
+            .wrap_err_with(|| format!("opening the stash store {}", self.root().display()))
             .suggestion("the store must be readable: run as root or choose another --stash-home")
     }
 
     /// Removes the `.tmp-*` files and directories killed runs left in the
     /// store and its blob directory: those no live run holds locked.
     pub fn remove_leftovers(&self, _lock: &Lock) -> Result<()> {
-        for dir in [self.root.clone(), self.blob_dir()] {
+        for dir in [self.root().to_path_buf(), self.blob_dir()] {
             for entry in fs::read_dir(&dir).wrap_err_with(|| format!("reading {}", dir.display()))? {
                 let entry = entry?;
                 if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -300,7 +297,7 @@ impl Store {
     /// [`remove_leftovers`](Store::remove_leftovers) spares it while it lives.
     /// Take a store lock first.
     pub fn temp_dir(&self, kind: &str) -> Result<Scratch> {
-        crate::fsutil::private_tempdir(Some(&self.root), &format!(".tmp-{kind}-"))
+        crate::fsutil::private_tempdir(Some(self.root()), &format!(".tmp-{kind}-"))
             .wrap_err_with(|| format!("creating a {kind} area in the store"))
     }
 
@@ -326,7 +323,7 @@ impl Store {
         let layout = Layout::new(pin.path());
         layout.init()?;
         let blobs = layout.blob_dir();
-        let reach = walk::reach(&self.root, d);
+        let reach = walk::reach(self.root(), d);
         for need in &reach.needs {
             let name = need.digest.hex();
             let link = blobs.join(name);
@@ -425,7 +422,7 @@ impl Store {
     /// The listing of the index entry `d`, named `reference`.
     fn entry(&self, d: &Descriptor, reference: &str) -> Entry {
         let kind = Kind::of(d.media_type());
-        let reach = walk::reach(&self.root, d);
+        let reach = walk::reach(self.root(), d);
         let mut problems: Vec<String> = reach.problems.iter().map(ToString::to_string).collect();
         let mut entry = Entry {
             reference: reference.to_string(),
@@ -473,7 +470,7 @@ impl Store {
         if !self.exists() {
             self.require_index()?;
             let key = keys.first().map_or("", String::as_str);
-            return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion("the store is empty");
+            return Err(eyre!("no stash {key} in {}", self.root().display())).suggestion("the store is empty");
         }
         let lock = self.lock_exclusive()?;
         let index = self.index()?;
@@ -485,7 +482,7 @@ impl Store {
     /// Returns the tags and how many blobs went.
     pub fn remove_all_of(&self, name: &str) -> Result<(Vec<String>, usize)> {
         let missing = || {
-            Err(eyre!("no stash named {name} in {}", self.root.display()))
+            Err(eyre!("no stash named {name} in {}", self.root().display()))
                 .suggestion("see kiwi-stackbuild stash --list")
         };
         if !self.exists() {
@@ -506,7 +503,7 @@ impl Store {
         for key in keys {
             if self.find(&index, key).is_none() {
                 let known: Vec<&str> = index.manifests().iter().filter_map(DescriptorExt::ref_name).collect();
-                return Err(eyre!("no stash {key} in {}", self.root.display())).suggestion(if known.is_empty() {
+                return Err(eyre!("no stash {key} in {}", self.root().display())).suggestion(if known.is_empty() {
                     "the store is empty".to_string()
                 } else {
                     format!("stashes: {}", known.join(", "))
@@ -550,7 +547,7 @@ impl Store {
         let mut keep = HashSet::new();
         let mut chains = Vec::new();
         for d in index.manifests() {
-            let reach = walk::reach(&self.root, d);
+            let reach = walk::reach(self.root(), d);
             if let Some(problem) = reach.blocker() {
                 let name = ref_name(d);
                 return Err(eyre!("cannot tell which blobs {name} needs: its {problem}")).suggestion(format!(
@@ -575,7 +572,7 @@ impl Store {
 
     /// Deletes what [`Store::garbage`] found. Returns how many blobs went.
     fn delete(&self, garbage: &Garbage) -> Result<usize> {
-        crate::layer::cache::prune(&self.root, &garbage.chains);
+        crate::layer::cache::prune(self.root(), &garbage.chains);
         let mut removed = 0;
         for name in &garbage.blobs {
             let path = self.blob_dir().join(name);
@@ -596,7 +593,7 @@ impl Store {
         let index = self.index()?;
         self.find(&index, key).ok_or_else(|| {
             let tags = self.tags_of(&index, key.split(':').next().unwrap_or(key));
-            let err = eyre!("no stash {key} in {}", self.root.display());
+            let err = eyre!("no stash {key} in {}", self.root().display());
             if tags.is_empty() {
                 err.suggestion("see kiwi-stackbuild stash --list")
             } else {

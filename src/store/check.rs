@@ -70,7 +70,7 @@ impl Store {
         let mut needed: BTreeMap<String, Needed> = BTreeMap::new();
         for d in index.manifests() {
             let name = ref_name(d);
-            let reach = walk::reach(&self.root, d);
+            let reach = walk::reach(self.root(), d);
             if checked.blocked_by.is_none() && reach.blocker().is_some() {
                 checked.blocked_by = Some(name.clone());
             }
@@ -195,7 +195,7 @@ impl Store {
     /// locked), so that a store in use is not reported as damaged.
     fn temp_files(&self) -> Result<Vec<PathBuf>> {
         let mut found = Vec::new();
-        for dir in [self.root.clone(), self.blob_dir()] {
+        for dir in [self.root().to_path_buf(), self.blob_dir()] {
             let entries = match fs::read_dir(&dir) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 read => read.wrap_err_with(|| format!("reading {}", dir.display()))?,
@@ -244,7 +244,7 @@ impl Store {
             }
         }
         if checked.blocked_by.is_none() {
-            crate::layer::cache::prune(&self.root, &checked.chains);
+            crate::layer::cache::prune(self.root(), &checked.chains);
         }
         if temps {
             self.remove_leftovers(lock)?;
