@@ -373,9 +373,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let auth = cli.global.registry()?;
             let pulled = transfer::pull(&store, &a.source, &name.key(), &auth)?;
             eprintln!(
-                "pulled {} as {} ({} new blobs, {})",
+                "pulled {} as {}, manifest {} ({} new blobs, {})",
                 a.source,
                 name.key(),
+                pulled.digest.short(),
                 pulled.new_blobs,
                 human_size(pulled.new_bytes)
             );

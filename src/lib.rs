@@ -5,22 +5,22 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
-pub mod derive;
+pub(crate) mod derive;
 pub mod description;
-pub mod fault;
-pub mod fsutil;
+pub(crate) mod fault;
+pub(crate) mod fsutil;
 pub mod interrupt;
-pub mod labels;
+pub(crate) mod labels;
 pub mod layer;
 pub mod listing;
-pub mod obs;
+pub(crate) mod obs;
 pub mod oci;
-pub mod progress;
+pub(crate) mod progress;
 pub mod reference;
 pub mod registry;
 pub mod restore;
-pub mod stash;
+pub(crate) mod stash;
 pub mod store;
 pub mod tools;
-pub mod transfer;
-pub mod workflow;
+pub(crate) mod transfer;
+pub(crate) mod workflow;

@@ -28,8 +28,6 @@ pub const GZIP_LEVEL: u32 = 1;
 pub struct Stashed {
     /// `name:tag`.
     pub key: String,
-    /// Digest of the new manifest.
-    pub digest: Digest,
     /// Layers of the new image.
     pub layers: usize,
     /// The new layer.
@@ -232,14 +230,12 @@ pub fn stash(
     let layers = manifest.layers().len();
     let manifest_desc = store.put_json(&manifest, MediaType::ImageManifest)?;
     crate::fault::point("stash-after-manifest");
-    let digest = manifest_desc.sha256()?;
     Store::set_ref(&mut index, &key, manifest_desc);
     crate::fault::point("stash-before-index");
     store.write_index(&index, &lock)?;
     crate::fault::point("stash-after-index");
     Ok(Stashed {
         key,
-        digest,
         layers,
         layer,
         base: base_name.map(|(n, _)| n),

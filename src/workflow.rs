@@ -19,7 +19,7 @@
 //! they share (fetch, check fit, unpack, run kiwi-ng, keep the root) are
 //! functions of their own.
 
-pub mod plan;
+pub(crate) mod plan;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -175,11 +175,6 @@ impl Element {
         }
         out
     }
-
-    /// Replaces all children by one text node holding `value`.
-    pub fn set_text(&mut self, value: &str) {
-        self.children = vec![Node::text(value)];
-    }
 }
 
 /// A whole XML document: what comes before the root, the root, what follows.

@@ -11,13 +11,13 @@
 //! - [`write`] writes a tree, or what changed since a lower one, as a layer;
 //! - [`cache`] keeps the trees of stored images beside the store.
 
-pub mod apply;
-pub mod cache;
+pub(crate) mod apply;
+pub(crate) mod cache;
 pub mod extract;
-pub mod read;
-pub mod tarball;
-pub mod tree;
-pub mod write;
+pub(crate) mod read;
+pub(crate) mod tarball;
+pub(crate) mod tree;
+pub(crate) mod write;
 
 use std::path::PathBuf;
 

@@ -39,11 +39,6 @@ impl Tree {
         self.paths.len()
     }
 
-    /// Whether the tree has no entry.
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
     /// The entry at `path`.
     pub fn get(&self, path: &[u8]) -> Option<&Meta> {
         self.paths.get(path).map(|&i| &self.inodes[i])

@@ -7,8 +7,8 @@
 //! names the command and carries the tail of its stderr as a report section.
 
 pub mod kiwi;
-pub mod skopeo;
-pub mod umoci;
+pub(crate) mod skopeo;
+pub(crate) mod umoci;
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
