@@ -582,6 +582,34 @@ fn existing_image_root_is_left_alone_and_no_tool_runs() {
 }
 
 #[test]
+fn a_target_whose_build_dir_links_into_the_store_is_refused() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "base");
+    sandbox.stash(&root, &["--tag", "1"]);
+    let target = sandbox.path("target");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(sandbox.store().join("blobs"), target.join("build")).unwrap();
+    let before = common::tree::snapshot(&sandbox.store());
+    let run = sandbox.run(&[
+        "rebuild",
+        "--root",
+        "base:1",
+        "--",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
+    run.assert_fails(1);
+    run.assert_one_line_error(&format!(
+        "{}/build/image-root lies inside the stash store {}",
+        target.display(),
+        sandbox.store().display()
+    ));
+    run.assert_no_tool_ran();
+    common::tree::assert_same_tree(&before, &common::tree::snapshot(&sandbox.store()));
+}
+
+#[test]
 fn unknown_kiwi_option_is_named_before_anything_runs() {
     let sandbox = Sandbox::new();
     let target = sandbox.arg("target");

@@ -136,6 +136,15 @@ fn check_target(store: &Store, target_dir: &Path) -> Result<()> {
         .suggestion("build outside the store: its garbage collection removes what it does not know");
     }
     let root_dir = image_root(target_dir);
+    // T/build may be a link into the store.
+    if crate::fsutil::is_inside(&root_dir, store.root()) {
+        return Err(eyre!(
+            "{} lies inside the stash store {}",
+            root_dir.display(),
+            store.root().display()
+        ))
+        .suggestion("build outside the store: its garbage collection removes what it does not know");
+    }
     refuse_interrupted_unpack(target_dir)?;
     if root_dir.symlink_metadata().is_ok() {
         return Err(eyre!("{} already exists", root_dir.display()))
