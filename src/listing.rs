@@ -68,7 +68,11 @@ fn print_table(entries: &[Entry]) -> Result<()> {
             out,
             "{:<32} {:<12} {:>6} {:>9}  {:<20}  {}{note}",
             e.reference,
-            e.digest.digest().get(..12).unwrap_or(e.digest.digest()),
+            e.digest
+                .split_once(':')
+                .map_or(e.digest.as_str(), |(_, hex)| hex)
+                .get(..12)
+                .unwrap_or("-"),
             layers,
             size,
             e.created.as_deref().unwrap_or("-"),

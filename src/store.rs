@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 use serde::Serialize;
+use serde_json::Value;
 use tempfile::NamedTempFile;
 
 use crate::fsutil::Scratch;
@@ -58,7 +59,7 @@ pub struct Entry {
     /// `name:tag`.
     pub reference: String,
     /// Digest of the manifest, as the index spells it (any algorithm).
-    pub digest: oci_spec::image::Digest,
+    pub digest: String,
     /// Creation time of the image.
     pub created: Option<String>,
     /// Number of layers.
@@ -342,16 +343,72 @@ impl Store {
 
     /// The store's index (empty when there is no store).
     pub fn index(&self) -> Result<ImageIndex> {
-        if !self.exists() {
-            self.require_index()?;
-            return Ok(oci::empty_index());
-        }
-        self.layout.read_index()
+        Ok(self.index_and_unreadable()?.0)
     }
 
-    /// Replaces the index by rename. Needs the exclusive lock.
-    pub fn write_index(&self, index: &ImageIndex, _lock: &Lock) -> Result<()> {
-        self.layout.write_index(index).wrap_err("updating the store index")
+    /// The index, and its entries that are no descriptor we can read (see
+    /// [`Unreadable`]): one bad entry another tool wrote does not make the
+    /// whole store unreadable.
+    pub fn index_and_unreadable(&self) -> Result<(ImageIndex, Vec<Unreadable>)> {
+        if !self.exists() {
+            self.require_index()?;
+            return Ok((oci::empty_index(), Vec::new()));
+        }
+        let path = self.root().join("index.json");
+        let mut value: Value = oci::read_json(&path)?;
+        let entries = match value.get_mut("manifests").map(Value::take) {
+            Some(Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        };
+        let (mut good, mut unreadable) = (Vec::new(), Vec::new());
+        for (n, raw) in entries.into_iter().enumerate() {
+            match serde_json::from_value::<Descriptor>(raw.clone()) {
+                Ok(_) => good.push(raw),
+                Err(e) => {
+                    let named = raw.pointer("/annotations/org.opencontainers.image.ref.name");
+                    let named = named.and_then(Value::as_str);
+                    let name = named.map_or_else(|| format!("entry {} of index.json", n + 1), str::to_string);
+                    unreadable.push(Unreadable {
+                        name,
+                        named: named.is_some(),
+                        raw,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        value["manifests"] = Value::Array(good);
+        let index = serde_json::from_value(value).wrap_err_with(|| format!("parsing {}", path.display()))?;
+        Ok((index, unreadable))
+    }
+
+    /// Replaces the index by rename, keeping the entries it could not read.
+    /// Needs the exclusive lock.
+    pub fn write_index(&self, index: &ImageIndex, lock: &Lock) -> Result<()> {
+        self.write_index_dropping(index, &[], lock)
+    }
+
+    /// Like [`Store::write_index`], but unreadable entries named in
+    /// `dropped` go.
+    fn write_index_dropping(&self, index: &ImageIndex, dropped: &[String], _lock: &Lock) -> Result<()> {
+        let kept: Vec<Value> = match self.exists() {
+            true => self.index_and_unreadable()?.1,
+            false => Vec::new(),
+        }
+        .into_iter()
+        .filter(|u| !dropped.contains(&u.name))
+        .map(|u| u.raw)
+        .collect();
+        if kept.is_empty() {
+            return self.layout.write_index(index).wrap_err("updating the store index");
+        }
+        let mut value = serde_json::to_value(index)?;
+        match value.get_mut("manifests").and_then(Value::as_array_mut) {
+            Some(entries) => entries.extend(kept),
+            None => value["manifests"] = Value::Array(kept),
+        }
+        oci::layout::write_atomic(&self.root().join("index.json"), &oci::canonical_json(&value)?)
+            .wrap_err("updating the store index")
     }
 
     /// The manifest descriptor tagged `key` (`name:tag`).
@@ -411,12 +468,30 @@ impl Store {
     /// be used are listed too, with what is wrong in [`Entry::broken`];
     /// layers are only looked up (with their size), not read.
     pub fn list(&self) -> Result<Vec<Entry>> {
-        let index = self.index()?;
-        Ok(index
+        let (index, unreadable) = self.index_and_unreadable()?;
+        let mut entries: Vec<Entry> = index
             .manifests()
             .iter()
-            .filter_map(|d| Some(self.entry(d, d.ref_name()?)))
-            .collect())
+            .map(|d| {
+                // An entry without a name is shown by its digest.
+                let digest = d.digest().to_string();
+                self.entry(d, d.ref_name().unwrap_or(&digest))
+            })
+            .collect();
+        entries.extend(unreadable.into_iter().map(|u| Entry {
+            reference: u.name,
+            digest: u.raw.get("digest").and_then(Value::as_str).unwrap_or("-").to_string(),
+            created: None,
+            layers: 0,
+            size: 0,
+            base: None,
+            labels: BTreeMap::new(),
+            kind: Kind::of(&MediaType::from(
+                u.raw.get("mediaType").and_then(Value::as_str).unwrap_or("none"),
+            )),
+            broken: Some(format!("its index entry cannot be read: {}", u.error)),
+        }));
+        Ok(entries)
     }
 
     /// The listing of the index entry `d`, named `reference`.
@@ -426,7 +501,7 @@ impl Store {
         let mut problems: Vec<String> = reach.problems.iter().map(ToString::to_string).collect();
         let mut entry = Entry {
             reference: reference.to_string(),
-            digest: d.digest().clone(),
+            digest: d.digest().to_string(),
             created: None,
             layers: 0,
             size: 0,
@@ -500,7 +575,11 @@ impl Store {
     }
 
     fn remove_keys(&self, lock: &Lock, mut index: ImageIndex, keys: &[String]) -> Result<usize> {
-        for key in keys {
+        let unreadable = self.index_and_unreadable()?.1;
+        let (dropped, unreadable): (Vec<Unreadable>, Vec<Unreadable>) =
+            unreadable.into_iter().partition(|u| keys.contains(&u.name));
+        let dropped: Vec<String> = dropped.into_iter().map(|u| u.name).collect();
+        for key in keys.iter().filter(|k| !dropped.contains(k)) {
             if self.find(&index, key).is_none() {
                 let known: Vec<&str> = index.manifests().iter().filter_map(DescriptorExt::ref_name).collect();
                 return Err(eyre!("no stash {key} in {}", self.root().display())).suggestion(if known.is_empty() {
@@ -512,10 +591,10 @@ impl Store {
             Store::remove_ref(&mut index, key);
         }
         let garbage = self
-            .garbage(&index)
+            .garbage(&index, &unreadable)
             .wrap_err_with(|| format!("removing {}: nothing was changed", keys.join(", ")))?;
         crate::fault::point("rm-before-index");
-        self.write_index(&index, lock)?;
+        self.write_index_dropping(&index, &dropped, lock)?;
         crate::fault::point("rm-after-index");
         self.delete(&garbage)
             .wrap_err_with(|| format!("{} removed, but not every unused blob was freed", keys.join(", ")))
@@ -533,7 +612,7 @@ impl Store {
     /// when an entry's manifest or index is there but cannot be read, since
     /// what it needs cannot be told.
     pub fn collect_garbage(&self, index: &ImageIndex, _lock: &Lock) -> Result<usize> {
-        let garbage = self.garbage(index)?;
+        let garbage = self.garbage(index, &self.index_and_unreadable()?.1)?;
         self.delete(&garbage)
     }
 
@@ -543,7 +622,15 @@ impl Store {
     /// reaches nothing that can be found, so it keeps nothing; a ref whose
     /// manifest is present but unreadable or corrupt may need any blob, so
     /// it fails the whole plan, naming the ref and what to do.
-    fn garbage(&self, index: &ImageIndex) -> Result<Garbage> {
+    fn garbage(&self, index: &ImageIndex, unreadable: &[Unreadable]) -> Result<Garbage> {
+        if let Some(u) = unreadable.first() {
+            let name = &u.name;
+            return Err(eyre!(
+                "cannot tell which blobs {name} needs: its index entry cannot be read ({})",
+                u.error
+            ))
+            .suggestion(u.advice());
+        }
         let mut keep = HashSet::new();
         let mut chains = Vec::new();
         for d in index.manifests() {
@@ -651,6 +738,36 @@ fn ref_name(d: &Descriptor) -> String {
 /// Whether `name` is what a sha256 blob file is called (64 lowercase hex digits).
 fn is_blob_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An entry of `index.json` that is no descriptor we can read (written by
+/// another tool, or damaged): kept as it is when the index is replaced,
+/// listed as broken, and a stop to garbage collection, since what it needs
+/// cannot be told.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// Its ref name, else its place in the index.
+    pub name: String,
+    /// Whether `name` is a ref name (so `stash --rm` can remove it).
+    pub named: bool,
+    /// The entry as written.
+    pub raw: Value,
+    /// Why it cannot be read.
+    pub error: String,
+}
+
+impl Unreadable {
+    /// What the user can do about it.
+    pub fn advice(&self) -> String {
+        if self.named {
+            format!(
+                "mend that entry of index.json, or remove it with kiwi-stackbuild stash --rm {}",
+                self.name
+            )
+        } else {
+            "mend or delete that entry of index.json by hand".to_string()
+        }
+    }
 }
 
 /// Whether `e` says this process may not write there.

@@ -725,3 +725,54 @@ fn repair_of_a_read_only_store_says_where_it_can_run() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_index_entry_that_cannot_be_read_is_listed_kept_and_removable() {
+    let d = Damage::new();
+    let mut bad = d.entry("a:1");
+    bad.as_object_mut().unwrap().remove("size");
+    d.tag("nosize:1", bad.clone());
+    let mut unnamed = d.entry("b:1");
+    unnamed.as_object_mut().unwrap().remove("annotations");
+    let mut index = d.index();
+    index["manifests"].as_array_mut().unwrap().push(unnamed.clone());
+    fs::write(d.home.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let (entries, code) = d.list();
+    assert_eq!(code, Some(DAMAGED));
+    let names: Vec<&str> = entries.iter().map(|e| e["reference"].as_str().unwrap()).collect();
+    let unnamed_digest = unnamed["digest"].as_str().unwrap();
+    assert_eq!(names, ["a:1", "a:2", "b:1", unnamed_digest, "nosize:1"]);
+    assert!(
+        entries[4]["broken"]
+            .as_str()
+            .is_some_and(|b| b.contains("index entry cannot be read: missing field `size`")),
+        "{entries:#?}"
+    );
+    // A change of the index keeps the entry it cannot read, and gc stops.
+    d.stash("c", "1");
+    let before = d.blobs();
+    let out = d.fails(&["stash", "--rm", "a:2"], 1);
+    assert!(
+        stderr(&out).contains("cannot tell which blobs nosize:1 needs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.blobs(), before);
+    let out = d.fails(&["stash", "--check"], DAMAGED);
+    assert!(
+        stdout(&out).contains("nosize:1: its index entry cannot be read"),
+        "{}",
+        stdout(&out)
+    );
+    // Removed by name, it goes, and gc runs again.
+    d.ok(&["stash", "--rm", "nosize:1"]);
+    assert!(d.index()["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.get("size").is_some()));
+    d.ok(&["stash", "--rm", "a:2"]);
+    let (entries, code) = d.list();
+    assert_eq!(code, Some(0), "{entries:#?}");
+}

@@ -62,11 +62,23 @@ impl Store {
     /// be read, every blob's digest and size, blobs no ref needs, leftover
     /// temp files. Changes nothing; the shared lock is enough.
     pub fn check(&self, _lock: &Lock) -> Result<Checked> {
-        let index = self.index()?;
+        let (index, unreadable) = self.index_and_unreadable()?;
         let mut checked = Checked {
-            refs: index.manifests().len(),
+            refs: index.manifests().len() + unreadable.len(),
             ..Checked::default()
         };
+        for u in &unreadable {
+            checked.blocked_by.get_or_insert_with(|| u.name.clone());
+            checked.findings.push(Finding {
+                text: format!(
+                    "{}: its index entry cannot be read ({}); {}",
+                    u.name,
+                    u.error,
+                    u.advice()
+                ),
+                fix: Fix::None,
+            });
+        }
         let mut needed: BTreeMap<String, Needed> = BTreeMap::new();
         for d in index.manifests() {
             let name = ref_name(d);
@@ -97,7 +109,7 @@ impl Store {
         if let Some(name) = &checked.blocked_by {
             checked.findings.push(Finding {
                 text: format!(
-                    "{name}: its manifest cannot be read, so no blob counts as unused until it is restored \
+                    "{name}: what it needs cannot be told, so no blob counts as unused until it is mended \
                      or removed; {}",
                     advice(std::slice::from_ref(name))
                 ),
