@@ -50,6 +50,8 @@ pub fn resolve_stash(store: &Store, reference: &ImageReference) -> Result<Option
 pub struct FetchLayout {
     dir: PathBuf,
     copied: usize,
+    prepared: bool,
+    symlinked: bool,
 }
 
 impl FetchLayout {
@@ -58,14 +60,31 @@ impl FetchLayout {
         FetchLayout {
             dir: scratch.join("fetched"),
             copied: 0,
+            prepared: false,
+            symlinked: false,
         }
     }
 
+    /// Whether it links to blobs of the store by symlink (the store is on
+    /// another file system), so that the store's shared lock must be held
+    /// while it is read.
+    pub fn needs_the_lock(&self) -> bool {
+        self.symlinked
+    }
+
     /// Makes the layout when this is its first image, and names the image.
-    fn next_image(&mut self, store: &Store) -> Result<(PathBuf, String)> {
-        if self.copied == 0 {
-            transfer::staging_layout(store, &self.dir)?;
+    /// Makes the layout, linking every blob of `store` into it, unless it
+    /// is made. Take the store's shared lock for it.
+    pub fn prepare(&mut self, store: &Store) -> Result<()> {
+        if !self.prepared {
+            self.symlinked = transfer::staging_layout(store, &self.dir)?;
+            self.prepared = true;
         }
+        Ok(())
+    }
+
+    fn next_image(&mut self, store: &Store) -> Result<(PathBuf, String)> {
+        self.prepare(store)?;
         let name = format!("image-{}", self.copied);
         self.copied += 1;
         Ok((self.dir.clone(), name))
@@ -105,6 +124,12 @@ pub fn fetch(
             (layout, desc)
         }
     };
+    fetched_from(reference, layout, &desc)
+}
+
+/// The image `desc` of the layout at `layout` (a pin of a stash, say), as
+/// `reference` asked for it.
+pub fn fetched_from(reference: &ImageReference, layout: PathBuf, desc: &Descriptor) -> Result<Fetched> {
     let digest = desc.sha256()?;
     let manifest: ImageManifest = serde_json::from_slice(&oci::read_blob(&layout, &digest)?)
         .wrap_err_with(|| format!("reading the manifest of {reference}"))?;

@@ -263,26 +263,36 @@ impl Store {
     /// A new, empty temp file in the blob directory, owned by this run until
     /// it is dropped or stored. Take a store lock first.
     pub fn temp_blob(&self, kind: &str) -> Result<TempBlob> {
-        let file = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{kind}-"))
-            .permissions(readable())
-            .tempfile_in(self.blob_dir())
-            .wrap_err_with(|| format!("creating a {kind} in {}", self.blob_dir().display()))
-            .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
-        TempBlob::owned(file)
+        let made = crate::interrupt::create(
+            || {
+                tempfile::Builder::new()
+                    .prefix(&format!(".tmp-{kind}-"))
+                    .permissions(readable())
+                    .tempfile_in(self.blob_dir())
+            },
+            |t| t.path().to_path_buf(),
+        )
+        .wrap_err_with(|| format!("creating a {kind} in {}", self.blob_dir().display()))
+        .suggestion("choose a writable place with --stash-home or KIWI_STACKBUILD_HOME")?;
+        TempBlob::owned(made)
     }
 
     /// The file `src` (a blob of another layout) as a temp file in the blob
     /// directory: a hard link where the file system allows, else a copy.
     /// Take a store lock first.
     pub fn temp_blob_from(&self, src: &Path) -> Result<TempBlob> {
-        let linked = tempfile::Builder::new()
-            .prefix(".tmp-import-")
-            .make_in(self.blob_dir(), |path| {
-                fs::hard_link(src, path).and_then(|()| File::open(path))
-            });
+        let linked = crate::interrupt::create(
+            || {
+                tempfile::Builder::new()
+                    .prefix(".tmp-import-")
+                    .make_in(self.blob_dir(), |path| {
+                        fs::hard_link(src, path).and_then(|()| File::open(path))
+                    })
+            },
+            |t| t.path().to_path_buf(),
+        );
         let temp = match linked {
-            Ok(file) => TempBlob::owned(file)?,
+            Ok(made) => TempBlob::owned(made)?,
             Err(_) => {
                 let temp = self.temp_blob("import")?;
                 let mut from = File::open(src).wrap_err_with(|| format!("opening {}", src.display()))?;
@@ -701,10 +711,10 @@ pub struct TempBlob {
 }
 
 impl TempBlob {
-    fn owned(file: NamedTempFile) -> Result<TempBlob> {
-        // An interrupt removes it too. (Killed before this, the file is
-        // unlocked, and the next writer's cleanup takes it.)
-        let _registered = crate::interrupt::remove_on_interrupt(file.path());
+    /// `file`, made and registered with the interrupt in one step, locked.
+    /// (Killed before the lock, the file is unlocked, and the next writer's
+    /// cleanup takes it.)
+    fn owned((file, _registered): (NamedTempFile, crate::interrupt::Registered)) -> Result<TempBlob> {
         file.as_file()
             .lock()
             .wrap_err_with(|| format!("locking {}", file.path().display()))?;
@@ -772,9 +782,10 @@ impl Unreadable {
 
 /// Whether `e` says this process may not write there.
 fn cannot_write(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::ROFS.raw_os_error()
-        || code == rustix::io::Errno::ACCESS.raw_os_error()
-        || code == rustix::io::Errno::PERM.raw_os_error())
+    matches!(
+        e.kind(),
+        io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied
+    )
 }
 
 /// Fails when `path` is not a store root we may use.

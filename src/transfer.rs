@@ -17,13 +17,17 @@ use crate::tools::skopeo::{self, Compression};
 /// Makes `dir` an image layout that already holds every blob of `store`
 /// (hard links, or symlinks across file systems), so that skopeo copying
 /// into it fetches only what the store lacks.
-pub fn staging_layout(store: &Store, dir: &Path) -> Result<()> {
+///
+/// Returns whether any blob is a symlink: a removal in the store may then
+/// take it away, so the store's shared lock must be held while it is read.
+pub fn staging_layout(store: &Store, dir: &Path) -> Result<bool> {
     let layout = Layout::new(dir);
     layout.init()?;
     let blobs = layout.blob_dir();
     let Ok(entries) = fs::read_dir(store.blob_dir()) else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut symlinked = false;
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
@@ -36,9 +40,10 @@ pub fn staging_layout(store: &Store, dir: &Path) -> Result<()> {
         }
         if fs::hard_link(entry.path(), &link).is_err() {
             std::os::unix::fs::symlink(entry.path(), &link).wrap_err_with(|| format!("linking {}", link.display()))?;
+            symlinked = true;
         }
     }
-    Ok(())
+    Ok(symlinked)
 }
 
 /// The blobs a manifest (or index) in `layout` reaches, itself included.

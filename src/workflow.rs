@@ -142,12 +142,11 @@ fn fresh_build(s: &Steps, dir: &Path) -> Result<()> {
 /// description in `/image` (read from their layers), unpack them, run
 /// `kiwi-ng system create` with that description, then keep the root.
 fn create_from_roots(s: &Steps, roots: &[ImageReference]) -> Result<()> {
-    let lock = s.store.lock_shared()?;
-    let images = s.fetch(roots)?;
+    let (images, mut held) = s.fetch(roots)?;
     s.check_fit(&images, None, images.len() > 1)?;
     check_stored_description(&images, roots, s.scratch)?;
     s.unpack(&images)?;
-    drop(lock);
+    held.unpacked();
     s.on_unpacked_root(|root| {
         // umoci unpacks on its own: what it made is checked as well.
         derive::kiwi_root_check(root, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
@@ -160,11 +159,10 @@ fn create_from_roots(s: &Steps, roots: &[ImageReference]) -> Result<()> {
 /// description, unpack them, build the description on them (a copy
 /// without `<packages type="bootstrap">`), then keep the root.
 fn build_on_roots(s: &Steps, roots: &[ImageReference], dir: &Path, doc: &Document) -> Result<()> {
-    let lock = s.store.lock_shared()?;
-    let images = s.fetch(roots)?;
+    let (images, mut held) = s.fetch(roots)?;
     s.check_fit(&images, Some(doc), images.len() > 1)?;
     s.unpack(&images)?;
-    drop(lock);
+    held.unpacked();
     s.on_unpacked_root(|_| s.kiwi_build(&without_bootstrap(doc, dir, s.scratch)?, true))?;
     s.keep_root(&images)
 }
@@ -174,8 +172,7 @@ fn build_on_roots(s: &Steps, roots: &[ImageReference], dir: &Path, doc: &Documen
 /// `T/build/merged-description`, check that the base fits the merge, unpack
 /// the base, build the merge on it, then keep the root.
 fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
-    let lock = s.store.lock_shared()?;
-    let images = s.fetch(std::slice::from_ref(&d.base))?;
+    let (images, mut held) = s.fetch(std::slice::from_ref(&d.base))?;
     let (merged, dir) = merge_into_target(d, &images[0], &s.plan.pass.target_dir, s.scratch)?;
     if let Err(e) = s.check_fit(&images, Some(&merged), false) {
         // Nothing will be built from it.
@@ -183,7 +180,7 @@ fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
         return Err(e);
     }
     s.unpack(&images)?;
-    drop(lock);
+    held.unpacked();
     s.on_unpacked_root(|_| s.kiwi_build(&dir, true))?;
     s.keep_root(&images)
 }
@@ -191,6 +188,22 @@ fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
 /// What W2 says when its roots hold no description.
 const CREATE_NEEDS_IMAGE_DIR: &str =
     "pass --description to build on it: kiwi-stackbuild rebuild --root REF -- --description DIR --target-dir DIR";
+
+/// What keeps fetched stashes readable: their pins, for as long as the
+/// rebuild runs (keeping the root may import their layers), or the store's
+/// shared lock, until the unpack is done.
+#[derive(Default)]
+struct Held {
+    pins: Vec<crate::fsutil::Scratch>,
+    lock: Option<crate::store::Lock>,
+}
+
+impl Held {
+    /// The unpack is done: a lock held for it goes.
+    fn unpacked(&mut self) {
+        self.lock = None;
+    }
+}
 
 /// What the steps of a rebuild work with.
 struct Steps<'a> {
@@ -203,13 +216,48 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    /// Brings `roots` where they can be read, lowest first.
-    fn fetch(&self, roots: &[ImageReference]) -> Result<Vec<Fetched>> {
+    /// Brings `roots` where they can be read, lowest first: stashes are
+    /// pinned ([`Store::pin`]) and other images copied into the scratch
+    /// dir, all without holding the store's lock, so stashes and removals
+    /// go on meanwhile. From a read-only store the shared lock is held
+    /// until [`Held::unpacked`].
+    fn fetch(&self, roots: &[ImageReference]) -> Result<(Vec<Fetched>, Held)> {
         let mut layout = restore::FetchLayout::in_scratch(self.scratch);
-        roots
-            .iter()
-            .map(|r| restore::fetch(self.store, r, &mut layout, self.auth))
-            .collect()
+        let mut held = Held::default();
+        let mut images = Vec::new();
+        for r in roots {
+            let ImageReference::Stash(stash) = r else {
+                // Its layout links to the store's blobs, made under the
+                // lock: by hard links it needs the lock no more, by
+                // symlinks it keeps it until the unpack.
+                let lock = self.store.lock_shared()?;
+                layout.prepare(self.store)?;
+                if layout.needs_the_lock() && held.lock.is_none() {
+                    held.lock = lock;
+                } else {
+                    drop(lock);
+                }
+                images.push(restore::fetch(self.store, r, &mut layout, self.auth)?);
+                continue;
+            };
+            let key = stash.key();
+            let lock = self
+                .store
+                .lock_shared()?
+                .ok_or_else(|| eyre!("no stash {key}: the store is empty"))?;
+            let desc = self.store.resolve(&key)?;
+            match self.store.pin(&key, &desc, &lock)? {
+                Some(pin) => {
+                    images.push(restore::fetched_from(r, pin.path().to_path_buf(), &desc)?);
+                    held.pins.push(pin);
+                }
+                None => {
+                    images.push(restore::fetched_from(r, self.store.root().to_path_buf(), &desc)?);
+                    held.lock = Some(lock);
+                }
+            }
+        }
+        Ok((images, held))
     }
 
     /// [`check_fit`] with the job's target architecture and `--force`.

@@ -713,6 +713,50 @@ fn a_slow_pull_lets_listing_restoring_and_stashing_go_on() {
 }
 
 #[test]
+fn a_slow_rebuild_lets_stashes_and_removals_go_on_and_unpacks_what_it_pinned() {
+    let f = Fixture::new();
+    let home = f.copy("slow-rebuild");
+    let (started, go) = (f.tmp.path().join("unpack-started"), f.tmp.path().join("unpack-go"));
+    // umoci that waits, before it unpacks, for the test to let it go on.
+    let umoci = f.tmp.path().join("slow-umoci");
+    fs::write(
+        &umoci,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec umoci \"$@\"\n",
+            started.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&umoci, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let target = f.tmp.path().join("slow-rebuild-target");
+    let mut args = os(&["rebuild", "--root", "base:2", "--", "--target-dir"]);
+    args.push(target.as_os_str());
+    let child = cmd(&home, &args)
+        .env("UMOCI", &umoci)
+        .env("KIWI_STACKBUILD_UNPACKER", "umoci")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !started.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the rebuild never started its unpack"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
+    run_within_a_minute(&home, &os(&["stash", "--rm", "base"]));
+    fs::write(&go, "").unwrap();
+    check(&child.wait_with_output().unwrap(), "the slow rebuild");
+    assert_same_tree(&f.base2, &snapshot(&target.join("build/image-root")));
+    assert_eq!(verify_store(&home).keys().collect::<Vec<_>>(), ["during:1", "other:1"]);
+    assert_eq!(leftovers(&home), Vec::<String>::new(), "the pin is left");
+}
+
+#[test]
 fn a_slow_push_lets_stashes_and_removals_go_on_and_pushes_what_it_pinned() {
     let f = Fixture::new();
     let home = f.copy("slow-push");
