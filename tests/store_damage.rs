@@ -132,6 +132,24 @@ impl Damage {
         fs::write(self.home.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     }
 
+    /// The store, bind-mounted read-only at a new place (undo with
+    /// [`Damage::unmount`]).
+    fn read_only_view(&self) -> PathBuf {
+        let ro = self.tmp.path().join("ro-store");
+        fs::create_dir(&ro).unwrap();
+        let mount = |args: &[&str]| {
+            let status = Command::new("mount").args(args).status().expect("running mount");
+            assert!(status.success(), "mount {args:?} failed");
+        };
+        mount(&["--bind", self.home.to_str().unwrap(), ro.to_str().unwrap()]);
+        mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+        ro
+    }
+
+    fn unmount(&self, ro: &std::path::Path) {
+        let _ = Command::new("umount").arg(ro).status();
+    }
+
     /// `--list --json`, with its exit status.
     fn list(&self) -> (Vec<Value>, Option<i32>) {
         let out = self.run(&["stash", "--list", "--json"]);
@@ -564,20 +582,13 @@ fn repair_removes_only_unused_blobs_and_temp_files() {
 #[test]
 fn a_read_only_store_is_checked() {
     let d = Damage::new();
-    let ro = d.tmp.path().join("ro-store");
-    fs::create_dir(&ro).unwrap();
-    let mount = |args: &[&str]| {
-        let status = Command::new("mount").args(args).status().expect("running mount");
-        assert!(status.success(), "mount {args:?} failed");
-    };
-    mount(&["--bind", d.home.to_str().unwrap(), ro.to_str().unwrap()]);
-    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let ro = d.read_only_view();
     let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
         .args(["stash", "--check", "--stash-home"])
         .arg(&ro)
         .output()
         .unwrap();
-    let _ = Command::new("umount").arg(&ro).status();
+    d.unmount(&ro);
     assert!(
         out.status.success(),
         "checking a read-only store failed: {}",
@@ -704,20 +715,13 @@ fn check_spares_a_live_runs_temp_file_and_names_a_missing_blob_directory() {
 fn repair_of_a_read_only_store_says_where_it_can_run() {
     let d = Damage::new();
     d.put(b"unused", "application/octet-stream");
-    let ro = d.tmp.path().join("ro-store");
-    fs::create_dir(&ro).unwrap();
-    let mount = |args: &[&str]| {
-        let status = Command::new("mount").args(args).status().expect("running mount");
-        assert!(status.success(), "mount {args:?} failed");
-    };
-    mount(&["--bind", d.home.to_str().unwrap(), ro.to_str().unwrap()]);
-    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let ro = d.read_only_view();
     let out = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
         .args(["stash", "--check", "--repair", "--stash-home"])
         .arg(&ro)
         .output()
         .unwrap();
-    let _ = Command::new("umount").arg(&ro).status();
+    d.unmount(&ro);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("run stash --check --repair where the store is writable"),

@@ -587,6 +587,19 @@ fn concurrent_stashes_removals_and_a_pull_lose_nothing_and_leave_nothing_half_re
     assert_same_tree(&snapshot(&roots[2]), &snapshot(&out.join("build/image-root")));
 }
 
+/// Starts `args` with the fault point `point` set to stop there, and waits
+/// until it has.
+fn stopped_at(home: &Path, args: &[&OsStr], point: &str) -> Child {
+    let child = cmd(home, args)
+        .env(FAULT, format!("{point}:stop"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&child);
+    child
+}
+
 /// Waits until the child stops itself (SIGSTOP at a fault point).
 fn wait_stopped(child: &Child) {
     let pid = Pid::from_raw(child.id() as i32).unwrap();
@@ -643,13 +656,7 @@ fn assert_readers_go_on(f: &Fixture, home: &Path) {
 fn a_paused_stash_lets_listing_and_restoring_go_on() {
     let f = Fixture::new();
     let home = f.copy("paused");
-    let child = cmd(&home, &stash_args(&f.root, "base", "3"))
-        .env(FAULT, "stash-layer-written:stop")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(&child);
+    let child = stopped_at(&home, &stash_args(&f.root, "base", "3"), "stash-layer-written");
     assert_readers_go_on(&f, &home);
     resume(&child);
     check(&child.wait_with_output().unwrap(), "the paused stash");
@@ -786,13 +793,7 @@ fn a_slow_push_lets_stashes_and_removals_go_on_and_pushes_what_it_pinned() {
 fn a_base_removed_between_the_locks_fails_the_stash_and_leaves_nothing() {
     let f = Fixture::new();
     let home = f.copy("base-removed");
-    let child = cmd(&home, &stash_args(&f.root, "base", "3"))
-        .env(FAULT, "stash-between-locks:stop")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(&child);
+    let child = stopped_at(&home, &stash_args(&f.root, "base", "3"), "stash-between-locks");
     let layer_files = || -> Vec<String> {
         leftovers(&home)
             .into_iter()
@@ -842,13 +843,7 @@ fn removing_every_tag_reads_the_tags_under_the_lock() {
     let f = Fixture::new();
     let home = f.copy("rm-all");
     // One removal holds the lock, stopped before it replaces the index...
-    let first = cmd(&home, &os(&["stash", "--rm", "base:1"]))
-        .env(FAULT, "rm-before-index:stop")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_stopped(&first);
+    let first = stopped_at(&home, &os(&["stash", "--rm", "base:1"]), "rm-before-index");
     // ...while the removal of every tag of base waits for it.
     let all = cmd(&home, &os(&["stash", "--rm", "base"]))
         .stdout(Stdio::null())
