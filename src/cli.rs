@@ -18,6 +18,8 @@ use crate::tools::{self, Tool};
 use crate::transfer;
 use crate::workflow::{self, Rebuild};
 
+mod completion;
+
 /// Store KIWI root trees as OCI images and build images from them again.
 ///
 /// Arguments after `--` go to kiwi-ng (`system build` when a description is
@@ -302,8 +304,7 @@ impl GlobalArgs {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kiwi-stackbuild", &mut std::io::stdout());
-            return Ok(());
+            return completion::print(*shell, &mut Cli::command());
         }
         Command::Man { output } => return write_man_pages(output),
         _ => {}

@@ -417,6 +417,97 @@ fn help_of_every_command_fits_80_columns() {
     }
 }
 
+// ---------------------------------------------------------------- completions
+
+/// The words bash's completion function offers for `line`, the last word
+/// being the one completed (empty after a trailing space).
+fn bash_completes(script: &Path, line: &str) -> Vec<String> {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let cur = words[cword];
+    words.truncate(cword + 1);
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={cword}\nCOMP_LINE='{line}'\n\
+         COMP_POINT=${{#COMP_LINE}}\n_kiwi_stackbuild kiwi-stackbuild '{cur}' '{prev}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" ")
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("running bash");
+    assert!(
+        out.status.success(),
+        "bash failed on {line:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completes_commands_and_their_options() {
+    let sandbox = Sandbox::new();
+    let run = sandbox.run(&["completions", "bash"]);
+    run.assert_ok();
+    run.assert_no_tool_ran();
+    assert!(
+        run.stdout.contains("-o default kiwi-stackbuild\n"),
+        "the script does not register kiwi-stackbuild:\n{}",
+        run.stdout
+    );
+    let script = sandbox.path("completion.bash");
+    fs::write(&script, &run.stdout).unwrap();
+    for (line, wanted, unwanted) in [
+        ("kiwi-stackbuild re", "rebuild", "stash"),
+        ("kiwi-stackbuild st", "stackbuild", "rebuild"),
+        ("kiwi-stackbuild stash --l", "--list", "--root"),
+        ("kiwi-stackbuild rebuild --ro", "--root", "--list"),
+        ("kiwi-stackbuild --debug stackbuild --st", "--stash", "--root"),
+        (
+            "kiwi-stackbuild stackbuild --stash a --from",
+            "--from-registry",
+            "--list",
+        ),
+        ("kiwi-stackbuild completions ", "fish", "--list"),
+        ("kiwi-stackbuild pull --compress-format ", "zstd", "--list"),
+    ] {
+        let offered = bash_completes(&script, line);
+        assert!(
+            offered.iter().any(|w| w == wanted),
+            "{line:?} does not offer {wanted}: {offered:?}"
+        );
+        assert!(
+            !offered.iter().any(|w| w == unwanted),
+            "{line:?} offers {unwanted}: {offered:?}"
+        );
+    }
+}
+
+#[test]
+fn zsh_and_fish_scripts_know_the_commands() {
+    let sandbox = Sandbox::new();
+    for (shell, header) in [
+        ("zsh", "#compdef kiwi-stackbuild"),
+        ("fish", "complete -c kiwi-stackbuild"),
+    ] {
+        let run = sandbox.run(&["completions", shell]);
+        run.assert_ok();
+        assert!(run.stdout.contains(header), "{shell}: no {header:?}:\n{}", run.stdout);
+        for command in ["rebuild", "stash", "stackbuild", "merge", "push", "pull"] {
+            assert!(run.stdout.contains(command), "{shell}: no {command}");
+        }
+        assert!(run.stdout.contains("--keep-root") || run.stdout.contains("keep-root"));
+    }
+}
+
 // ---------------------------------------------------------------- missing tools
 
 #[test]
