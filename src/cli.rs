@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
@@ -34,8 +34,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options of every command.
+/// Options of every command, listed under their own heading.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The local stash store (an OCI image layout)
     #[arg(long, global = true, env = "KIWI_STACKBUILD_HOME", default_value = store::DEFAULT_HOME, value_name = "DIR")]
@@ -266,6 +267,33 @@ pub struct StackbuildArgs {
     pub kiwi_args: Vec<OsString>,
 }
 
+/// The commands that read none of the global options: their help and man
+/// pages do not list them.
+const WITHOUT_GLOBALS: [&str; 2] = ["completions", "man"];
+
+/// The command line as the binary parses it: [`Cli`]'s, with the global
+/// options hidden from the commands they do not apply to (still accepted
+/// there, as everywhere, and ignored).
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set()).cloned().collect();
+    // clap copies a global option into a subcommand only when the
+    // subcommand has no option of that id: a hidden local copy keeps it out.
+    for name in WITHOUT_GLOBALS {
+        cmd = cmd.mut_subcommand(name, |sub| {
+            sub.args(globals.iter().map(|a| a.clone().global(false).hide(true)))
+        });
+    }
+    cmd
+}
+
+/// Parses the process's arguments with [`command`]; exits on a usage error
+/// or after `--help` and `--version`, as clap does.
+pub fn parse() -> Cli {
+    let mut matches = command().get_matches();
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut command()).exit())
+}
+
 impl GlobalArgs {
     fn kiwi(&self) -> Globals {
         Globals {
@@ -304,7 +332,7 @@ impl GlobalArgs {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Completions { shell } => {
-            return completion::print(*shell, &mut Cli::command());
+            return completion::print(*shell, &mut command());
         }
         Command::Man { output } => return write_man_pages(output),
         _ => {}
@@ -392,7 +420,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 /// Writes `kiwi-stackbuild.1` and `kiwi-stackbuild-COMMAND.1` into `dir`.
 fn write_man_pages(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
-    let cmd = Cli::command();
+    let cmd = command();
     let mut pages = vec![("kiwi-stackbuild".to_string(), cmd.clone())];
     for sub in cmd.get_subcommands() {
         let name = format!("kiwi-stackbuild-{}", sub.get_name());
@@ -448,11 +476,12 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
     fn every_help_line_fits_80_columns() {
-        let mut cmd = Cli::command();
+        let mut cmd = command();
         let mut helps = vec![cmd.render_long_help().to_string()];
         for sub in cmd.get_subcommands_mut() {
             helps.push(sub.render_long_help().to_string());

@@ -1,12 +1,11 @@
 #![deny(unsafe_code)]
 
-use clap::Parser;
 use color_eyre::config::Theme;
 use color_eyre::eyre::Result;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use kiwi_stackbuild::cli::{dispatch, Cli};
+use kiwi_stackbuild::cli::dispatch;
 use kiwi_stackbuild::store::Damaged;
 
 fn main() -> Result<ExitCode> {
@@ -19,7 +18,7 @@ fn main() -> Result<ExitCode> {
         .display_env_section(false)
         .theme(theme)
         .install()?;
-    let cli = Cli::parse();
+    let cli = kiwi_stackbuild::cli::parse();
     init_logging(cli.global.debug);
     kiwi_stackbuild::interrupt::install()?;
     let result = dispatch(cli);

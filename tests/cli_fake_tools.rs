@@ -417,6 +417,58 @@ fn help_of_every_command_fits_80_columns() {
     }
 }
 
+/// The lines of the `heading:` section of a help text, up to the next one.
+fn help_section<'a>(help: &'a str, heading: &str) -> Vec<&'a str> {
+    help.lines()
+        .skip_while(|l| *l != format!("{heading}:"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect()
+}
+
+#[test]
+fn help_lists_global_options_under_their_own_heading() {
+    let sandbox = Sandbox::new();
+    for (command, own) in [
+        ("rebuild", "--keep-root"),
+        ("stash", "--list"),
+        ("stackbuild", "--from-registry"),
+        ("merge", "--base"),
+        ("push", "--help"),
+        ("pull", "--help"),
+    ] {
+        let run = sandbox.run(&[command, "--help"]);
+        run.assert_ok();
+        let options = help_section(&run.stdout, "Options").join("\n");
+        let globals = help_section(&run.stdout, "Global options").join("\n");
+        assert!(
+            options.contains(own),
+            "{command}: {own} not under Options:\n{}",
+            run.stdout
+        );
+        for global in ["--stash-home", "--profile", "--creds", "--compress-format"] {
+            assert!(globals.contains(global), "{command}: {global} not under Global options");
+            assert!(!options.contains(global), "{command}: {global} under Options");
+        }
+        let first = |heading: &str| run.stdout.find(&format!("\n{heading}:\n")).unwrap();
+        assert!(
+            first("Options") < first("Global options"),
+            "{command}: own options come first"
+        );
+    }
+    for command in ["man", "completions"] {
+        let run = sandbox.run(&[command, "--help"]);
+        run.assert_ok();
+        for global in ["Global options", "--stash-home", "--creds", "--profile", "--debug"] {
+            assert!(
+                !run.stdout.contains(global),
+                "{command} --help lists {global}:\n{}",
+                run.stdout
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- completions
 
 /// The words bash's completion function offers for `line`, the last word
