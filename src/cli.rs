@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use color_eyre::eyre::{eyre, Result, WrapErr};
+use color_eyre::eyre::{eyre, Result};
 use color_eyre::Section;
 
 use crate::listing;
@@ -19,6 +19,7 @@ use crate::transfer;
 use crate::workflow::{self, Rebuild};
 
 mod completion;
+mod manpage;
 
 /// Store KIWI root trees as OCI images and build images from them again.
 ///
@@ -334,7 +335,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Completions { shell } => {
             return completion::print(*shell, &mut command());
         }
-        Command::Man { output } => return write_man_pages(output),
+        Command::Man { output } => return manpage::write(command(), output),
         _ => {}
     }
     store::check_home(&cli.global.stash_home)?;
@@ -415,25 +416,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
-}
-
-/// Writes `kiwi-stackbuild.1` and `kiwi-stackbuild-COMMAND.1` into `dir`.
-fn write_man_pages(dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir).wrap_err_with(|| format!("creating {}", dir.display()))?;
-    let cmd = command();
-    let mut pages = vec![("kiwi-stackbuild".to_string(), cmd.clone())];
-    for sub in cmd.get_subcommands() {
-        let name = format!("kiwi-stackbuild-{}", sub.get_name());
-        pages.push((name.clone(), sub.clone().name(name)));
-    }
-    for (name, page) in pages {
-        let path = dir.join(format!("{name}.1"));
-        let mut bytes = Vec::new();
-        clap_mangen::Man::new(page).render(&mut bytes)?;
-        crate::oci::layout::write_atomic(&path, &bytes).wrap_err_with(|| format!("writing {}", path.display()))?;
-        crate::listing::line(&path.display().to_string())?;
-    }
-    Ok(())
 }
 
 fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {

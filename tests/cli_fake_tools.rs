@@ -560,6 +560,122 @@ fn zsh_and_fish_scripts_know_the_commands() {
     }
 }
 
+// ---------------------------------------------------------------- man pages
+
+/// The lines of the roff section `.SH title` of `page`, up to the next one.
+fn man_section<'a>(page: &'a str, title: &str) -> Vec<&'a str> {
+    let quoted = format!(".SH \"{title}\"");
+    let plain = format!(".SH {title}");
+    page.lines()
+        .skip_while(|l| *l != quoted && *l != plain)
+        .skip(1)
+        .take_while(|l| !l.starts_with(".SH "))
+        .collect()
+}
+
+#[test]
+fn man_pages_have_the_sections_a_reader_looks_for() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("man");
+    let run = sandbox.run(&["man", "--output", &sandbox.arg("man")]);
+    run.assert_ok();
+    run.assert_no_tool_ran();
+    let commands = [
+        "rebuild",
+        "stash",
+        "stackbuild",
+        "merge",
+        "push",
+        "pull",
+        "completions",
+        "man",
+    ];
+    let names: Vec<String> = std::iter::once("kiwi-stackbuild".to_string())
+        .chain(commands.iter().map(|c| format!("kiwi-stackbuild-{c}")))
+        .collect();
+    let mut generated: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    generated.sort();
+    let mut wanted: Vec<String> = names.iter().map(|n| format!("{n}.1")).collect();
+    wanted.sort();
+    assert_eq!(generated, wanted, "no page for help, one for every command");
+    for name in &names {
+        let page = fs::read_to_string(dir.join(format!("{name}.1"))).unwrap();
+        let uses_globals = !name.ends_with("-man") && !name.ends_with("-completions");
+        let mut sections = vec!["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXAMPLES", "SEE ALSO"];
+        if uses_globals {
+            sections.extend(["GLOBAL OPTIONS", "ENVIRONMENT", "FILES"]);
+        }
+        for section in sections {
+            assert!(
+                !man_section(&page, section).is_empty(),
+                "{name}.1 has no section {section}:\n{page}"
+            );
+        }
+        if !uses_globals {
+            assert!(
+                !page.contains("GLOBAL OPTIONS") && !page.contains("\\-\\-creds"),
+                "{name}.1:\n{page}"
+            );
+        }
+        // Every page named under SEE ALSO was generated.
+        for line in man_section(&page, "SEE ALSO") {
+            for named in line.split("\\fB").skip(1) {
+                let named = named.split("\\fR").next().unwrap().replace("\\-", "-");
+                assert!(
+                    names.contains(&named),
+                    "{name}.1 refers to {named}(1), which is no page"
+                );
+            }
+        }
+        assert_eq!(page.matches(".ie \\n(.g .ds Aq").count(), 1, "{name}.1: one preamble");
+    }
+    let top = fs::read_to_string(dir.join("kiwi-stackbuild.1")).unwrap();
+    let environment = man_section(&top, "ENVIRONMENT").join("\n").replace("\\-", "-");
+    for var in [
+        "KIWI_NG",
+        "SKOPEO",
+        "UMOCI",
+        "KIWI_STACKBUILD_HOME",
+        "KIWI_STACKBUILD_PASSWORD",
+        "KIWI_STACKBUILD_UNPACKER",
+        "SOURCE_DATE_EPOCH",
+        "BUILD_DISTURL",
+    ] {
+        assert!(
+            environment.contains(&format!("\\fB{var}\\fR")),
+            "ENVIRONMENT lacks {var}"
+        );
+    }
+    let files = man_section(&top, "FILES").join("\n").replace("\\-", "-");
+    for path in ["/var/lib/kiwi-stackbuild/stash", "~/.cache/kiwi-stackbuild/"] {
+        assert!(files.contains(path), "FILES lacks {path}");
+    }
+    // The four forms of rebuild are list items of their own, on its page and
+    // on the binary's.
+    let rebuild = fs::read_to_string(dir.join("kiwi-stackbuild-rebuild.1")).unwrap();
+    for page in [&rebuild, &top] {
+        let description = man_section(page, "DESCRIPTION");
+        for form in ["W1", "W2", "W3", "W4"] {
+            let at = description
+                .iter()
+                .position(|l| l.starts_with(&format!("\\fB{form}\\fR")))
+                .unwrap_or_else(|| panic!("no item {form}:\n{}", description.join("\n")));
+            assert_eq!(description[at - 1], ".TP", "{form} is no list item");
+        }
+    }
+    // Synopses carry the values.
+    let synopsis = man_section(&rebuild, "SYNOPSIS").join("\n");
+    assert!(synopsis.contains("\\fB\\-\\-root\\fR \\fIREF\\fR"), "{synopsis}");
+    assert!(synopsis.contains("\\fB\\-\\-description\\fR \\fIDIR\\fR"), "{synopsis}");
+    let stackbuild = fs::read_to_string(dir.join("kiwi-stackbuild-stackbuild.1")).unwrap();
+    let synopsis = man_section(&stackbuild, "SYNOPSIS");
+    assert_eq!(synopsis.len(), 1, "one form: {synopsis:?}");
+    assert!(synopsis[0].contains("\\-\\-stash NAME..."), "{synopsis:?}");
+}
+
 // ---------------------------------------------------------------- missing tools
 
 #[test]
