@@ -663,7 +663,7 @@ fn man_pages_have_the_sections_a_reader_looks_for() {
                 .iter()
                 .position(|l| l.starts_with(&format!("\\fB{form}\\fR")))
                 .unwrap_or_else(|| panic!("no item {form}:\n{}", description.join("\n")));
-            assert_eq!(description[at - 1], ".TP", "{form} is no list item");
+            assert!(description[at - 1].starts_with(".TP"), "{form} is no list item");
         }
     }
     // Synopses carry the values.

@@ -167,6 +167,7 @@ fn top_page(cmd: &clap::Command, commands: &[String]) -> Result<String> {
     let man = clap_mangen::Man::new(cmd.clone());
     let mut out = Vec::new();
     man.render_title(&mut out)?;
+    out.extend(plain_layout().into_bytes());
     man.render_name_section(&mut out)?;
     let mut roff = Roff::new();
     roff.control("SH", ["SYNOPSIS"]);
@@ -209,6 +210,7 @@ fn command_page(sub: clap::Command, command: &str) -> Result<String> {
     let man = clap_mangen::Man::new(sub.clone()).source(version);
     let mut out = Vec::new();
     man.render_title(&mut out)?;
+    out.extend(plain_layout().into_bytes());
     man.render_name_section(&mut out)?;
     let mut roff = Roff::new();
     roff.control("SH", ["SYNOPSIS"]);
@@ -229,6 +231,14 @@ fn command_page(sub: clap::Command, command: &str) -> Result<String> {
     see_also_section(&mut roff, &[BIN.to_string()]);
     out.extend(roff.to_roff().into_bytes());
     one_preamble(out)
+}
+
+/// No hyphenation and a ragged right edge: options and references stay
+/// whole, as they are typed.
+fn plain_layout() -> String {
+    let mut roff = Roff::new();
+    roff.control("nh", []).control("ad", ["l"]);
+    roff.to_roff()
 }
 
 /// The page with the preamble that each of clap_mangen's sections brings
@@ -327,7 +337,8 @@ fn description(roff: &mut Roff, cmd: &clap::Command, only_forms: bool) {
     let mut in_list = false;
     for line in about.to_string().lines() {
         if let Some((tag, form)) = form_line(line) {
-            roff.control("TP", []);
+            // The tag is narrow: the form starts on its line.
+            roff.control("TP", ["4"]);
             roff.text([bold(tag), roman("  "), bold(BIN), roman(format!(" {form}"))]);
             in_list = true;
         } else if in_list && line.starts_with(' ') {
