@@ -346,7 +346,7 @@ fn description(roff: &mut Roff, cmd: &clap::Command, only_forms: bool) {
         } else if only_forms {
             in_list = false;
         } else if line.trim().is_empty() {
-            // A paragraph ends here, unless the list starts right after it.
+            // A blank line ends a paragraph, and the list of forms.
             roff.control("PP", []);
             in_list = false;
         } else {
