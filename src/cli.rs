@@ -189,6 +189,9 @@ pub struct RebuildArgs {
     #[arg(long, value_name = "DIR")]
     pub description: Option<PathBuf>,
     /// Store the resulting root tree as REF (NAME[:TAG])
+    ///
+    /// A bare NAME is tagged with the description's <version> and latest
+    /// (a bare NAME given to --root means NAME:latest).
     #[arg(long, value_name = "REF")]
     pub keep_root: Option<ImageReference>,
     /// Build even when package manager, architecture or distribution differ
@@ -435,6 +438,7 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         store,
         &root,
         Some(&a.tag),
+        &[],
         a.container_name.as_deref(),
         target_arch,
         None,

@@ -28,6 +28,8 @@ pub const GZIP_LEVEL: u32 = 1;
 pub struct Stashed {
     /// `name:tag`.
     pub key: String,
+    /// The other `name:tag`s that point at the same image.
+    pub also: Vec<String>,
     /// Layers of the new image.
     pub layers: usize,
     /// The new layer.
@@ -168,7 +170,8 @@ struct Staged {
     base_name: Option<(String, String)>,
 }
 
-/// Stores `root` as `name:tag`, as one delta layer on `base` when given,
+/// Stores `root` as `name:tag` (and as `name:T` for every T of `also`, the
+/// same manifest, in the same index change), as one delta layer on `base` when given,
 /// else on the stash of that name (the same tag, else its newest tag), else
 /// as a first layer. The tree is read and its layer written under the
 /// store's shared lock; the exclusive lock is held only to move the blobs
@@ -178,11 +181,17 @@ pub fn stash(
     root: &Path,
     name: &StashName,
     tag: &Tag,
+    also: &[Tag],
     mut facts: Facts,
     base: Option<Base>,
 ) -> Result<Stashed> {
     let epoch = source_date_epoch()?;
     let key = format!("{name}:{tag}");
+    let also: Vec<String> = also
+        .iter()
+        .filter(|t| *t != tag)
+        .map(|t| format!("{name}:{t}"))
+        .collect();
     // A child process: asked before any lock, so that nobody waits on it.
     facts.kiwi_version = crate::tools::Tool::KiwiNg
         .locate()
@@ -230,12 +239,16 @@ pub fn stash(
     let layers = manifest.layers().len();
     let manifest_desc = store.put_json(&manifest, MediaType::ImageManifest)?;
     crate::fault::point("stash-after-manifest");
+    for other in &also {
+        Store::set_ref(&mut index, other, manifest_desc.clone());
+    }
     Store::set_ref(&mut index, &key, manifest_desc);
     crate::fault::point("stash-before-index");
     store.write_index(&index, &lock)?;
     crate::fault::point("stash-after-index");
     Ok(Stashed {
         key,
+        also,
         layers,
         layer,
         base: base_name.map(|(n, _)| n),

@@ -65,11 +65,13 @@ pub struct Rebuild {
     pub compression: Compression,
 }
 
-/// Stores the KIWI root tree `root` in the local store.
+/// Stores the KIWI root tree `root` in the local store, tagged `tag` and
+/// every tag of `also`.
 pub fn stash(
     store: &Store,
     root: &Path,
     tag: Option<&Tag>,
+    also: &[Tag],
     container_name: Option<&str>,
     target_arch: Option<&str>,
     base: Option<Base>,
@@ -90,7 +92,7 @@ pub fn stash(
         }
     };
     let tag = tag.cloned().unwrap_or_else(Tag::latest);
-    let done = stash::stash(store, root, &name, &tag, facts, base)?;
+    let done = stash::stash(store, root, &name, &tag, also, facts, base)?;
     Ok(done)
 }
 
@@ -309,19 +311,34 @@ impl Steps<'_> {
         let root = image_root(&self.plan.pass.target_dir);
         let arch = self.job.globals.target_arch.as_deref();
         let Some(dest) = &keep.copy_to else {
-            let done = stash(self.store, &root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+            let name = Some(keep.name.as_str());
+            let done = stash(self.store, &root, Some(&keep.tag), &keep.also, name, arch, base)?;
+            let keys: Vec<&str> = std::iter::once(&done.key)
+                .chain(&done.also)
+                .map(String::as_str)
+                .collect();
             log::info!(
                 "kept the root as {} ({} layers, new layer {})",
-                done.key,
+                keys.join(" and "),
                 done.layers,
                 human_size(done.layer.size)
             );
-            crate::listing::line(&done.key)?;
+            for key in keys {
+                crate::listing::line(key)?;
+            }
             return Ok(());
         };
         tools::require(&[Tool::Skopeo])?;
         let staging = Store::new(self.scratch.join("keep"));
-        let done = stash(&staging, &root, Some(&keep.tag), Some(keep.name.as_str()), arch, base)?;
+        let done = stash(
+            &staging,
+            &root,
+            Some(&keep.tag),
+            &[],
+            Some(keep.name.as_str()),
+            arch,
+            base,
+        )?;
         let src = ImageReference::Oci {
             dir: staging.root().to_string_lossy().into_owned(),
             image: Some(done.key.clone()),

@@ -1270,9 +1270,66 @@ fn w1_builds_the_description_and_keeps_the_root_tagged_with_its_version() {
     );
     assert_eq!(kiwi.len(), 1, "kiwi-ng calls: {kiwi:?}");
     assert!(run.calls("umoci").is_empty() && run.calls("skopeo").is_empty());
-    assert_eq!(run.stdout, "kept:1.2.3\n");
+    // A bare name is tagged with the <version> and `latest`, one manifest,
+    // so that `--root kept` (kept:latest) finds it.
+    assert_eq!(run.stdout, "kept:1.2.3\nkept:latest\n");
     let manifest = sandbox.manifest_of("kept:1.2.3");
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(sandbox.manifest_of("kept:latest"), manifest);
+    let index = sandbox.index();
+    let digests: Vec<&Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["digest"])
+        .collect();
+    assert!(digests.len() == 2 && digests[0] == digests[1], "index: {digests:?}");
+    let again = sandbox.run(&[
+        "rebuild",
+        "--root",
+        "kept",
+        "--",
+        "--target-dir",
+        &sandbox.arg("target2"),
+    ]);
+    again.assert_fails(1);
+    assert!(
+        !again.stderr.contains("no stash"),
+        "--root kept not found:\n{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn keep_root_with_a_tag_stores_that_tag_alone() {
+    let sandbox = Sandbox::new();
+    let description = sandbox.path("description");
+    fs::create_dir_all(&description).unwrap();
+    fs::write(
+        description.join("config.xml"),
+        CONFIG_XML.replace("@NAME@", "fake-base"),
+    )
+    .unwrap();
+    let built = sandbox.path("built");
+    kiwi_tree(&built, "fake-base");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            description.to_str().unwrap(),
+            "--keep-root",
+            "kept:7",
+            "--",
+            "--target-dir",
+            &sandbox.arg("target"),
+        ],
+        |c| {
+            c.env("FAKE_KIWI_ROOT", &built);
+        },
+    );
+    run.assert_ok();
+    assert_eq!(run.stdout, "kept:7\n");
+    assert_eq!(sandbox.index()["manifests"].as_array().unwrap().len(), 1);
 }
 
 #[test]

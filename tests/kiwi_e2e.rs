@@ -111,7 +111,8 @@ fn debian_build_keep_rebuild_stack() {
     let desc = debian_description(&env.path("desc"));
     let t1 = env.path("w1");
 
-    // W1: build and keep the root; the tag is the description's version.
+    // W1: build and keep the root; a bare name is tagged with the
+    // description's version and latest.
     let out = env.ok(&[
         OsStr::new("rebuild"),
         OsStr::new("--description"),
@@ -122,8 +123,12 @@ fn debian_build_keep_rebuild_stack() {
         OsStr::new("--target-dir"),
         t1.as_os_str(),
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "debian-base:1.0.0");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "debian-base:1.0.0\ndebian-base:latest\n"
+    );
     let base = env.stash_entry("debian-base:1.0.0");
+    assert_eq!(env.stash_entry("debian-base:latest")["digest"], base["digest"]);
     assert_eq!(base["layers"], 1);
     assert_eq!(base["labels"]["io.kiwi-stackbuild.package-manager"], "apt");
     assert_eq!(base["labels"]["io.kiwi-stackbuild.distribution"], "bookworm");

@@ -216,13 +216,17 @@ pub struct Keep {
     pub name: StashName,
     /// Its tag.
     pub tag: Tag,
+    /// The other tags it gets: `latest` for a bare `NAME`.
+    pub also: Vec<Tag>,
     /// Where it is copied to, when `--keep-root` is no stash.
     pub copy_to: Option<ImageReference>,
 }
 
 /// Works out the stash name and tag of `--keep-root` before anything runs:
 /// a missing tag is the description's `<version>`, a missing name (for
-/// `oci:DIR` and the like) its `<image name>`.
+/// `oci:DIR` and the like) its `<image name>`. A bare stash `NAME` is
+/// tagged `latest` as well, so that `--root NAME` (which means
+/// `NAME:latest`, as everywhere) finds what was kept.
 fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Keep> {
     let version_tag = || -> Result<Tag> {
         match description.and_then(Document::version) {
@@ -233,13 +237,14 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
         }
     };
     if let ImageReference::Stash(StashRef { name, tag }) = r {
-        let tag = match tag {
-            Some(t) => t.clone(),
-            None => version_tag()?,
+        let (tag, also) = match tag {
+            Some(t) => (t.clone(), Vec::new()),
+            None => (version_tag()?, vec![Tag::latest()]),
         };
         return Ok(Keep {
             name: name.clone(),
             tag,
+            also,
             copy_to: None,
         });
     }
@@ -268,6 +273,7 @@ fn keep_target(r: &ImageReference, description: Option<&Document>) -> Result<Kee
     Ok(Keep {
         name,
         tag,
+        also: Vec::new(),
         copy_to: Some(r.clone()),
     })
 }
