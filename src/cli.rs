@@ -107,7 +107,8 @@ pub enum Command {
     /// W4  rebuild --description D -- --target-dir T
     ///     D says derived_from="REF": merge D into REF's description, build
     ///
-    /// --root may be repeated to stack images; --keep-root works with all.
+    /// --root may be repeated to stack images; --keep-root works with all;
+    /// --target-dir T may also be given before --, as KIWI users write it.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
     /// Store a KIWI root tree in the local store; list, remove or check stashes
@@ -194,10 +195,14 @@ pub struct RebuildArgs {
     /// (a bare NAME given to --root means NAME:latest).
     #[arg(long, value_name = "REF")]
     pub keep_root: Option<ImageReference>,
+    /// Where kiwi-ng puts the result: the same as -- --target-dir DIR
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
     /// Build even when package manager, architecture or distribution differ
     #[arg(long)]
     pub force: bool,
-    /// Arguments for kiwi-ng system build/create (--target-dir is required)
+    /// Arguments for kiwi-ng system build/create (--target-dir is required,
+    /// here or before --)
     #[arg(last = true, value_name = "KIWI ARGS")]
     pub kiwi_args: Vec<OsString>,
 }
@@ -248,7 +253,7 @@ pub struct StashArgs {
 /// `stackbuild`.
 #[derive(Debug, Args)]
 #[command(
-    override_usage = "kiwi-stackbuild stackbuild [OPTIONS] --stash NAME... --target-dir DIR\n       [-- KIWI ARGS...]"
+    override_usage = "kiwi-stackbuild stackbuild [OPTIONS] --stash NAME... --target-dir DIR\n       [-- KIWI ARGS... | kiwi KIWI ARGS...]"
 )]
 pub struct StackbuildArgs {
     /// Stashes to build on, stacked in order
@@ -266,7 +271,8 @@ pub struct StackbuildArgs {
     /// Build even when package manager, architecture or distribution differ
     #[arg(long)]
     pub force: bool,
-    /// More arguments for kiwi-ng system build/create
+    /// More arguments for kiwi-ng system build/create, after -- or (as
+    /// KIWI 11's stackbuild takes them) after the word kiwi
     #[arg(last = true, value_name = "KIWI ARGS")]
     pub kiwi_args: Vec<OsString>,
 }
@@ -291,10 +297,11 @@ pub fn command() -> clap::Command {
     cmd
 }
 
-/// Parses the process's arguments with [`command`]; exits on a usage error
-/// or after `--help` and `--version`, as clap does.
-pub fn parse() -> Cli {
-    let mut matches = command().get_matches();
+/// Parses `args` (the process's, with [`kiwi_word_as_separator`] applied)
+/// with [`command`]; exits on a usage error or after `--help` and
+/// `--version`, as clap does.
+pub fn parse_from(args: Vec<OsString>) -> Cli {
+    let mut matches = command().get_matches_from(args);
     Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut command()).exit())
 }
 
@@ -346,23 +353,23 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Rebuild(a) => {
             let auth = cli.global.registry()?;
+            let kiwi_args = with_target_dir(a.target_dir, a.kiwi_args)?;
             let job = Rebuild {
                 roots: a.root,
                 description: a.description,
                 keep_root: a.keep_root,
                 force: a.force,
                 globals: cli.global.kiwi(),
-                kiwi_args: a.kiwi_args,
+                kiwi_args,
                 compression: cli.global.compression(),
             };
             workflow::rebuild(&store, &job, &auth)
         }
         Command::Stackbuild(a) => {
-            let mut kiwi_args: Vec<OsString> = vec!["--target-dir".into(), a.target_dir.into()];
+            let mut kiwi_args = with_target_dir(Some(a.target_dir), a.kiwi_args)?;
             if let Some(d) = a.description {
                 kiwi_args.extend(["--description".into(), d.into()]);
             }
-            kiwi_args.extend(a.kiwi_args);
             let roots: Vec<ImageReference> = match &a.from_registry {
                 Some(uri) => a.stash.iter().map(|s| s.in_registry(uri)).collect::<Result<_>>()?,
                 None => a.stash.into_iter().map(ImageReference::Stash).collect(),
@@ -385,11 +392,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Push(a) => {
             if let ImageReference::Stash(named) = &a.destination {
-                return Err(eyre!(
+                let err = eyre!(
                     "push {}: {named} is a stash name, not a place to push to",
                     a.stash.key()
-                ))
-                .suggestion("give a reference with its transport, e.g. docker://HOST/NAME:TAG or oci:DIR:TAG");
+                );
+                return Err(match crate::reference::transport_hint(&named.to_string()) {
+                    Some(hint) => err.suggestion(format!("did you mean {hint}?")),
+                    None => err
+                        .suggestion("give a reference with its transport, e.g. docker://HOST/NAME:TAG or oci:DIR:TAG"),
+                });
             }
             tools::require(&[Tool::Skopeo])?;
             let auth = cli.global.registry()?;
@@ -419,6 +430,72 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
+}
+
+/// The command line with KIWI 11's spelling of `system stackbuild` read:
+/// it takes kiwi-ng's arguments after the word `kiwi`, so in `stackbuild`
+/// the first bare `kiwi` (before any `--`, and not the value of the option
+/// before it) is read as `--`. A stash named kiwi after other stash names
+/// is written `kiwi:latest`.
+pub fn kiwi_word_as_separator(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let cli = Cli::command();
+    let stackbuild = cli.find_subcommand("stackbuild").cloned();
+    let takes_value = |option: &str| {
+        let long = option.trim_start_matches('-');
+        let commands = std::iter::once(&cli).chain(stackbuild.as_ref());
+        commands
+            .flat_map(|c| c.get_arguments())
+            .any(|a| a.get_long() == Some(long) && a.get_action().takes_values() && !a.is_require_equals_set())
+    };
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    out.extend(args.next());
+    let (mut in_stackbuild, mut value_next) = (false, false);
+    for arg in args.by_ref() {
+        let word = arg.to_str().unwrap_or_default();
+        if std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        if word == "--" {
+            out.push(arg);
+            break;
+        }
+        if word.starts_with("--") && !word.contains('=') {
+            value_next = takes_value(word);
+        } else if word == "kiwi" && in_stackbuild {
+            out.push("--".into());
+            break;
+        } else if !in_stackbuild && !word.starts_with('-') {
+            if word != "stackbuild" {
+                out.push(arg);
+                break;
+            }
+            in_stackbuild = true;
+        }
+        out.push(arg);
+    }
+    out.extend(args);
+    out
+}
+
+/// The arguments for kiwi-ng with `--target-dir DIR` given before `--`
+/// (as KIWI's own stackbuild takes it) put in front: given on both sides,
+/// it is refused.
+fn with_target_dir(before: Option<PathBuf>, after: Vec<OsString>) -> Result<Vec<OsString>> {
+    let Some(dir) = before else {
+        return Ok(after);
+    };
+    let named_after = after
+        .iter()
+        .any(|a| a == "--target-dir" || a.as_encoded_bytes().starts_with(b"--target-dir="));
+    if named_after {
+        return Err(eyre!("--target-dir is given before and after --"))
+            .suggestion(format!("give it once: --target-dir {}", dir.display()));
+    }
+    let mut args: Vec<OsString> = vec!["--target-dir".into(), dir.into()];
+    args.extend(after);
+    Ok(args)
 }
 
 fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
@@ -463,6 +540,36 @@ mod tests {
     fn cli_is_consistent() {
         Cli::command().debug_assert();
         command().debug_assert();
+    }
+
+    #[test]
+    fn the_word_kiwi_ends_the_options_of_stackbuild() {
+        let cases: [(&str, &str); 7] = [
+            (
+                "k stackbuild --stash a --target-dir t kiwi --add-package kiwi",
+                "k stackbuild --stash a --target-dir t -- --add-package kiwi",
+            ),
+            ("k stackbuild --stash a b kiwi --x", "k stackbuild --stash a b -- --x"),
+            // The value of an option is no separator.
+            (
+                "k stackbuild --stash kiwi --target-dir kiwi kiwi",
+                "k stackbuild --stash kiwi --target-dir kiwi --",
+            ),
+            (
+                "k --profile kiwi stackbuild --stash a kiwi",
+                "k --profile kiwi stackbuild --stash a --",
+            ),
+            (
+                "k --debug stackbuild --stash a kiwi",
+                "k --debug stackbuild --stash a --",
+            ),
+            ("k stackbuild --stash a -- kiwi", "k stackbuild --stash a -- kiwi"),
+            ("k rebuild --root a kiwi", "k rebuild --root a kiwi"),
+        ];
+        for (given, want) in cases {
+            let got = kiwi_word_as_separator(given.split(' ').map(OsString::from));
+            assert_eq!(got, want.split(' ').map(OsString::from).collect::<Vec<_>>(), "{given}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod restore;
 pub(crate) mod stash;
 pub mod store;
+pub mod suggest;
 pub mod tools;
 pub(crate) mod transfer;
 pub(crate) mod workflow;

@@ -5,7 +5,7 @@ use color_eyre::eyre::Result;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use kiwi_stackbuild::cli::dispatch;
+use kiwi_stackbuild::cli::{dispatch, kiwi_word_as_separator};
 use kiwi_stackbuild::store::Damaged;
 
 fn main() -> Result<ExitCode> {
@@ -18,7 +18,7 @@ fn main() -> Result<ExitCode> {
         .display_env_section(false)
         .theme(theme)
         .install()?;
-    let cli = kiwi_stackbuild::cli::parse();
+    let cli = kiwi_stackbuild::cli::parse_from(kiwi_word_as_separator(std::env::args_os()));
     init_logging(cli.global.debug);
     kiwi_stackbuild::interrupt::install()?;
     let result = dispatch(cli);

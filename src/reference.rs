@@ -314,6 +314,26 @@ impl<'a> DockerRef<'a> {
     }
 }
 
+/// The reference `raw` (written without a transport) most likely means:
+/// `oci:DIR` for a directory holding an OCI image layout, `oci-archive:FILE`
+/// for a file or a path ending in `.tar`, `docker://HOST[:PORT]/PATH` when
+/// its first component is a registry host; `None` when it looks like none.
+pub fn transport_hint(raw: &str) -> Option<String> {
+    let path = std::path::Path::new(raw);
+    if path.join("oci-layout").is_file() {
+        return Some(format!("oci:{raw}"));
+    }
+    if path.is_file() || raw.ends_with(".tar") {
+        return Some(format!("oci-archive:{raw}"));
+    }
+    match raw.split_once('/') {
+        Some((first, rest)) if !first.starts_with('.') && looks_like_host(first) && !rest.is_empty() => {
+            Some(format!("docker://{raw}"))
+        }
+        _ => None,
+    }
+}
+
 fn looks_like_host(component: &str) -> bool {
     component.contains(['.', ':']) || component == "localhost"
 }
@@ -353,7 +373,14 @@ impl FromStr for ImageReference {
                      obs:// or obsrepositories:, or a stash NAME[:TAG]",
                 );
             }
-            return Ok(ImageReference::Stash(s.parse()?));
+            return match (s.parse::<StashRef>(), transport_hint(s)) {
+                (Ok(stash), _) => Ok(ImageReference::Stash(stash)),
+                (Err(_), Some(hint)) => Err(eyre!(
+                    "invalid reference {s:?}, did you mean {hint}? (only a stash NAME[:TAG] goes without a transport)"
+                ))
+                .suggestion(format!("write {hint}")),
+                (Err(e), None) => Err(e),
+            };
         };
         let need = |what: &str| -> Result<()> {
             if rest.is_empty() {
@@ -577,6 +604,50 @@ mod tests {
         assert_eq!(
             s.in_registry("127.0.0.1:5000/ns/").unwrap().to_string(),
             "docker://127.0.0.1:5000/ns/base:2"
+        );
+    }
+
+    #[test]
+    fn references_without_a_transport_suggest_the_one_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        std::fs::create_dir(&layout).unwrap();
+        std::fs::write(layout.join("oci-layout"), "{}").unwrap();
+        let file = dir.path().join("archive");
+        std::fs::write(&file, "").unwrap();
+        let (layout, file) = (layout.to_str().unwrap(), file.to_str().unwrap());
+        let cases = [
+            (
+                "127.0.0.1:55075/kiwi/debian-base",
+                Some("docker://127.0.0.1:55075/kiwi/debian-base".to_string()),
+            ),
+            ("localhost/x:1", Some("docker://localhost/x:1".to_string())),
+            (
+                "registry.example.org/ns/x",
+                Some("docker://registry.example.org/ns/x".to_string()),
+            ),
+            ("/srv/out/x.tar", Some("oci-archive:/srv/out/x.tar".to_string())),
+            (file, Some(format!("oci-archive:{file}"))),
+            (layout, Some(format!("oci:{layout}"))),
+            ("./a.b/c", None),
+            ("kiwi/base", None),
+            ("base:1", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(transport_hint(raw), want, "{raw}");
+        }
+        let err = "127.0.0.1:55075/kiwi/debian-base"
+            .parse::<ImageReference>()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean docker://127.0.0.1:55075/kiwi/debian-base?"),
+            "{err}"
+        );
+        let err = "/srv/out/x.tar".parse::<ImageReference>().unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean oci-archive:/srv/out/x.tar?"),
+            "{err}"
         );
     }
 

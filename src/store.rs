@@ -592,8 +592,11 @@ impl Store {
         for key in keys.iter().filter(|k| !dropped.contains(k)) {
             if self.find(&index, key).is_none() {
                 let known: Vec<&str> = index.manifests().iter().filter_map(DescriptorExt::ref_name).collect();
+                let near = crate::suggest::closest(key, known.iter().copied());
                 return Err(eyre!("no stash {key} in {}", self.root().display())).suggestion(if known.is_empty() {
                     "the store is empty".to_string()
+                } else if let Some(near) = near {
+                    format!("did you mean {near}?")
                 } else {
                     format!("stashes: {}", known.join(", "))
                 });
@@ -691,10 +694,16 @@ impl Store {
         self.find(&index, key).ok_or_else(|| {
             let tags = self.tags_of(&index, key.split(':').next().unwrap_or(key));
             let err = eyre!("no stash {key} in {}", self.root().display());
-            if tags.is_empty() {
-                err.suggestion("see kiwi-stackbuild stash --list")
-            } else {
-                err.suggestion(format!("known tags: {}", tags.join(", ")))
+            if !tags.is_empty() {
+                return err.suggestion(format!("known tags: {}", tags.join(", ")));
+            }
+            let refs = index.manifests().iter().filter_map(DescriptorExt::ref_name);
+            if let Some(near) = crate::suggest::closest(key, refs) {
+                return err.suggestion(format!("did you mean {near}?"));
+            }
+            match crate::reference::transport_hint(key.strip_suffix(":latest").unwrap_or(key)) {
+                Some(hint) => err.suggestion(format!("did you mean {hint}?")),
+                None => err.suggestion("see kiwi-stackbuild stash --list"),
             }
         })
     }

@@ -887,7 +887,7 @@ fn unknown_kiwi_option_is_named_before_anything_runs() {
     for run in runs {
         run.assert_fails(1);
         run.assert_one_line_error("kiwi-ng system create has no option \"--bogus\" (options of kiwi 11.1, built in)");
-        run.assert_stderr_has(&["Suggestion: see kiwi-ng system build --help"]);
+        run.assert_stderr_has(&["Suggestion: see kiwi-ng system create --help"]);
         run.assert_no_tool_ran();
     }
     assert!(!Path::new(&target).exists(), "the target dir was created");
@@ -1138,6 +1138,82 @@ fn stackbuild_runs_the_same_commands_as_rebuild_root() {
         &key_file,
     ]));
     assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
+}
+
+/// kiwi-ng's arguments as KIWI 11's stackbuild takes them (after the word
+/// `kiwi`), after `--`, and `rebuild --target-dir` before `--`: the same
+/// kiwi-ng argv for every spelling.
+#[test]
+fn kiwi_word_and_target_dir_before_double_dash_give_the_same_kiwi_ng_argv() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    let key = sandbox.stash(&root, &["--tag", "7"]);
+    let key_file = sandbox.arg("signing.key");
+    let forms: [&[&str]; 4] = [
+        &[
+            "stackbuild",
+            "--stash",
+            "fake-base:7",
+            "--target-dir",
+            "@T@",
+            "--",
+            "--signing-key",
+            "@K@",
+        ],
+        &[
+            "stackbuild",
+            "--stash",
+            "fake-base:7",
+            "--target-dir",
+            "@T@",
+            "kiwi",
+            "--signing-key",
+            "@K@",
+        ],
+        &[
+            "rebuild",
+            "--root",
+            "fake-base:7",
+            "--",
+            "--target-dir",
+            "@T@",
+            "--signing-key",
+            "@K@",
+        ],
+        &[
+            "rebuild",
+            "--root",
+            "fake-base:7",
+            "--target-dir",
+            "@T@",
+            "--",
+            "--signing-key",
+            "@K@",
+        ],
+    ];
+    for (n, form) in forms.iter().enumerate() {
+        let target = sandbox.arg(&format!("target-{n}"));
+        let args: Vec<String> = form
+            .iter()
+            .map(|a| a.replace("@T@", &target).replace("@K@", &key_file))
+            .collect();
+        let run = sandbox.run_with(&args, |c| {
+            c.env("FAKE_UMOCI_SEED", &root);
+        });
+        let image_root = format!("{target}/build/image-root");
+        let want = strings(&[
+            "system",
+            "create",
+            "--root",
+            &image_root,
+            "--target-dir",
+            &target,
+            "--signing-key",
+            &key_file,
+        ]);
+        assert_unpacked_then_created(&sandbox, &run, &key, &target, &want);
+    }
 }
 
 #[test]
@@ -1738,6 +1814,44 @@ const BAD: &[(&[&str], &str)] = &[
     (&["completions", "nosh"], "invalid value 'nosh' for '<SHELL>'"),
 ];
 
+/// Bad command lines whose error says what was most likely meant: the
+/// arguments (as in [`BAD`], and `@LAYOUT@` for an OCI layout directory),
+/// the error's one line, and the suggestion it must print.
+#[rustfmt::skip]
+const SUGGESTED: &[(&[&str], &str, &str)] = &[
+    // A misspelled stash name: the closest ref of the store.
+    (&["stash", "--rm", "basse:1"], "no stash basse:1", "Suggestion: did you mean base:1?"),
+    (&["rebuild", "--root", "basse:1", "--", "--target-dir", "@TARGET@"], "no stash basse:1", "Suggestion: did you mean base:1?"),
+    (&["stackbuild", "--stash", "bas:1", "--target-dir", "@TARGET@"], "no stash bas:1", "Suggestion: did you mean base:1?"),
+    (&["push", "bse:1", "oci:@EMPTY@/out:1"], "no stash bse:1", "Suggestion: did you mean base:1?"),
+    // A reference without its transport: the transport that fits.
+    (&["rebuild", "--root", "127.0.0.1:55075/kiwi/debian-base", "--", "--target-dir", "@TARGET@"],
+     "did you mean docker://127.0.0.1:55075/kiwi/debian-base?", "try '--help'"),
+    (&["rebuild", "--root", "registry.example.org/kiwi/base", "--", "--target-dir", "@TARGET@"],
+     "no stash registry.example.org/kiwi/base:latest", "Suggestion: did you mean docker://registry.example.org/kiwi/base?"),
+    (&["push", "base:1", "/srv/out/x.tar"], "did you mean oci-archive:/srv/out/x.tar?", "try '--help'"),
+    (&["push", "base:1", "x.tar"], "x.tar is a stash name, not a place to push to", "Suggestion: did you mean oci-archive:x.tar?"),
+    (&["rebuild", "--root", "@LAYOUT@", "--", "--target-dir", "@TARGET@"], "did you mean oci:@LAYOUT@?", "try '--help'"),
+    (&["pull", "@FILE@"], "did you mean oci-archive:@FILE@?", "try '--help'"),
+    // kiwi-ng options after `--`, against the command that will run.
+    (&["rebuild", "--description", "@DESC@", "--", "--target-dir", "@TARGET@", "--add-pakage", "vim"],
+     "kiwi-ng system build has no option \"--add-pakage\"", "Suggestion: did you mean --add-package? (see kiwi-ng system build --help)"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--signing-kye", "k"],
+     "kiwi-ng system create has no option \"--signing-kye\"", "Suggestion: did you mean --signing-key? (see kiwi-ng system create --help)"),
+    (&["rebuild", "--root", "base:1", "--", "--target-dir", "@TARGET@", "--bogus"],
+     "kiwi-ng system create has no option \"--bogus\"", "Suggestion: see kiwi-ng system create --help"),
+    (&["stackbuild", "--stash", "base:1", "--target-dir", "@TARGET@", "kiwi", "--bogus"],
+     "kiwi-ng system create has no option \"--bogus\"", "Suggestion: see kiwi-ng system create --help"),
+    // Subcommands and our own options (clap's suggestions).
+    (&["rebuid", "--root", "base:1"], "unrecognized subcommand 'rebuid'", "tip: a similar subcommand exists: 'rebuild'"),
+    (&["stash", "--lst"], "unexpected argument '--lst' found", "tip: a similar argument exists: '--list'"),
+    // --target-dir before `--`: accepted, so given on both sides it is one too many.
+    (&["rebuild", "--root", "base:1", "--target-dir", "@TARGET@", "--", "--target-dir", "@TARGET@"],
+     "--target-dir is given before and after --", "Suggestion: give it once: --target-dir"),
+    (&["stackbuild", "--stash", "base:1", "--target-dir", "@TARGET@", "--", "--target-dir=@TARGET@"],
+     "--target-dir is given before and after --", "Suggestion: give it once: --target-dir"),
+];
+
 #[test]
 fn bad_arguments_are_one_line_errors_that_change_nothing() {
     let sandbox = Sandbox::new();
@@ -1750,6 +1864,9 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
     let desc = sandbox.path("desc");
     fs::create_dir(&desc).unwrap();
     fs::write(desc.join("config.xml"), CONFIG_XML.replace("@NAME@", "desc")).unwrap();
+    let layout = sandbox.path("layout");
+    fs::create_dir(&layout).unwrap();
+    fs::write(layout.join("oci-layout"), "{\"imageLayoutVersion\": \"1.0.0\"}").unwrap();
     let target = sandbox.path("target");
     let snapshot = || {
         (
@@ -1765,10 +1882,14 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
             .replace("@FILE@", &sandbox.arg("file"))
             .replace("@DESC@", desc.to_str().unwrap())
             .replace("@EMPTY@", &sandbox.arg("empty"))
+            .replace("@LAYOUT@", &sandbox.arg("layout"))
     };
     let mut wrong = Vec::new();
-    for (bad, says) in BAD {
+    let rows = BAD.iter().map(|&(bad, says)| (bad, says, None));
+    let rows = rows.chain(SUGGESTED.iter().map(|&(bad, says, hint)| (bad, says, Some(hint))));
+    for (bad, says, hint) in rows {
         let args: Vec<String> = bad.iter().map(|a| fill(a)).collect();
+        let says = fill(says);
         let run = sandbox.run(&args);
         let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         // color-eyre: "Error:", "   0: MESSAGE", "Suggestion: ..."; clap:
@@ -1796,8 +1917,9 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
         };
         let ok = !run.status.success()
             && run.status.code().is_some()
-            && message.as_deref().is_some_and(|m| m.contains(says))
-            && suggested;
+            && message.as_deref().is_some_and(|m| m.contains(&says))
+            && suggested
+            && hint.is_none_or(|h| run.stderr.contains(&fill(h)));
         if !ok {
             wrong.push(format!("{args:?}: exit {}\n{}", run.status, run.stderr));
         }
@@ -1813,7 +1935,7 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
         wrong.is_empty(),
         "{} of {} not as expected:\n\n{}",
         wrong.len(),
-        BAD.len(),
+        BAD.len() + SUGGESTED.len(),
         wrong.join("\n")
     );
 }

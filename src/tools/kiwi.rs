@@ -372,7 +372,17 @@ fn unknown_option(name: &str, options: &Options) -> color_eyre::Report {
             "{name} is an option of system build: give a --description to build"
         ));
     }
-    err.suggestion("see kiwi-ng system build --help; kiwi-ng global options such as --profile go before --")
+    let names = options
+        .options
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| *n != "--root");
+    if let Some(near) = crate::suggest::closest(name, names) {
+        return err.suggestion(format!("did you mean {near}? (see kiwi-ng {command} --help)"));
+    }
+    err.suggestion(format!(
+        "see kiwi-ng {command} --help; kiwi-ng global options such as --profile go before --"
+    ))
 }
 
 /// The argv of `kiwi-ng GLOBALS system create --root ROOT --target-dir T REST`.
