@@ -118,7 +118,8 @@ pub enum Command {
     /// Write the merged description of a derived description, without building
     ///
     /// The base is --base (a description directory or an image reference),
-    /// else the image that derived_from names.
+    /// else the image that derived_from names. The result keeps the
+    /// bootstrap packages, so kiwi-ng system build builds it from scratch.
     Merge(MergeArgs),
     /// Copy a stash to a registry or any other image reference
     ///

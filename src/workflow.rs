@@ -172,7 +172,8 @@ fn build_on_roots(s: &Steps, roots: &[ImageReference], dir: &Path, doc: &Documen
 /// W4: fetch the base that `derived_from` names, merge the derived
 /// description into the one stored in the base (read from its layers) as
 /// `T/build/merged-description`, check that the base fits the merge, unpack
-/// the base, build the merge on it, then keep the root.
+/// the base, build the merge on it (a copy without `<packages
+/// type="bootstrap">`, which the merge keeps), then keep the root.
 fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
     let (images, mut held) = s.fetch(std::slice::from_ref(&d.base))?;
     let (merged, dir) = merge_into_target(d, &images[0], &s.plan.pass.target_dir, s.scratch)?;
@@ -183,7 +184,7 @@ fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
     }
     s.unpack(&images)?;
     held.unpacked();
-    s.on_unpacked_root(|_| s.kiwi_build(&dir, true))?;
+    s.on_unpacked_root(|_| s.kiwi_build(&without_bootstrap(&merged, &dir, s.scratch)?, true))?;
     s.keep_root(&images)
 }
 

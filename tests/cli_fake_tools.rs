@@ -1467,6 +1467,57 @@ fn w3_builds_on_the_root_without_bootstrap_packages() {
         .contains("debootstrap-me"));
 }
 
+#[test]
+fn w4_keeps_bootstrap_packages_in_the_merge_and_drops_them_from_kiwi_ngs_copy() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    let bootstrap = "<packages type=\"bootstrap\"><package name=\"debootstrap-me\"/></packages>";
+    let stored = CONFIG_XML
+        .replace("@NAME@", "fake-base")
+        .replace("</image>", &format!("    {bootstrap}\n</image>"));
+    fs::write(root.join("image/config.xml"), stored).unwrap();
+    sandbox.stash(&root, &[]);
+    let derived = sandbox.path("derived");
+    fs::create_dir_all(&derived).unwrap();
+    fs::write(
+        derived.join("config.xml"),
+        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+    )
+    .unwrap();
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            derived.to_str().unwrap(),
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_UMOCI_SEED", &root);
+        },
+    );
+    run.assert_ok();
+    let kiwi = run.calls("kiwi-ng");
+    assert_eq!(kiwi.len(), 1, "kiwi-ng calls: {kiwi:?}");
+    assert_in_scratch(&kiwi[0][3], &target, "/description");
+    // T/build/merged-description is the merge: bootstrap kept ...
+    let merged = fs::read_to_string(Path::new(&target).join("build/merged-description/config.xml")).unwrap();
+    assert_eq!(merged.matches(bootstrap).count(), 1, "{merged}");
+    assert!(merged.contains("<package name=\"vim\"/>"), "{merged}");
+    // ... and kiwi-ng built the same description without it.
+    let handed = fs::read_to_string(run.calls.join("description/config.xml")).unwrap();
+    assert!(
+        !handed.contains("bootstrap"),
+        "bootstrap packages reached kiwi-ng:\n{handed}"
+    );
+    assert_eq!(handed, merged.replace(&format!("    {bootstrap}\n"), ""));
+    run.assert_stderr_has(&["dropped <packages type=\"bootstrap\">"]);
+}
+
 // ---------------------------------------------------------------- stash --list and --rm
 
 /// `stash --list | head -0`: the reader is gone before the first line.

@@ -35,8 +35,10 @@ const ROOT_INDENT: &str = "\n";
 ///   derived element move with it, top-level ones go before or after
 ///   `<image>`, and a derived OBS directive (`<!-- OBS-Profiles: ... -->`)
 ///   replaces the base's of the same key;
-/// - `<packages type="bootstrap">` is removed (logged), as KIWI would
-///   bootstrap again on the existing root otherwise.
+/// - `<packages type="bootstrap">` of both stays, like every other
+///   `<packages>`: the merge is a complete description that kiwi-ng can
+///   also build from scratch. A build on an existing root drops it from the
+///   copy it hands kiwi-ng ([`remove_bootstrap_packages`]).
 ///
 /// Inserted elements take the base's indentation. `derived` is checked
 /// first with [`check_derived`].
@@ -56,10 +58,6 @@ pub fn merge(base: &Document, derived: &Document) -> Result<Document> {
     merge_epilog(&mut out.epilog, &derived.epilog);
     for group in groups(&derived.root) {
         merge_section(&mut out.root, group);
-    }
-    let removed = remove_bootstrap_packages(&mut out);
-    if removed > 0 {
-        log::info!("removed {removed} <packages type=\"bootstrap\"> section(s) from the merged description");
     }
     Ok(out)
 }

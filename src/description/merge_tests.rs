@@ -274,7 +274,9 @@ fn packages_and_other_sections_are_added() {
     check_table(&[
         (base, "<packages type=\"image\"><package name=\"b\"/></packages><packages type=\"bootstrap\"/>",
          "<preferences/><repository><source path=\"r\"/></repository>\
-          <packages type=\"image\"><package name=\"a\"/></packages><packages type=\"image\"><package name=\"b\"/></packages>"),
+          <packages type=\"image\"><package name=\"a\"/></packages>\
+          <packages type=\"bootstrap\"><package name=\"filesystem\"/></packages>\
+          <packages type=\"image\"><package name=\"b\"/></packages><packages type=\"bootstrap\"/>"),
         ("<preferences/><packages type=\"image\"/>", "<include from=\"this://./x.xml\"/>",
          "<include from=\"this://./x.xml\"/><preferences/><packages type=\"image\"/>"),
         ("<preferences/><packages type=\"image\"/>", "<drivers><file name=\"d.ko\"/></drivers><strip type=\"delete\"><file name=\"x\"/></strip>",
