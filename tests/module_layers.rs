@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["tools", "registry", "obs"],
     &["oci", "layer", "description", "reference", "labels"],
-    &["fsutil", "interrupt", "fault", "progress"],
+    &["fsutil", "interrupt", "fault", "progress", "suggest"],
 ];
 
 fn layer_of(module: &str) -> usize {

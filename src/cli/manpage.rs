@@ -104,7 +104,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "build from stashes, as kiwi-ng system stackbuild does",
         "kiwi-stackbuild stackbuild --stash NAME... --target-dir T [--description D] [--from-registry URI] \
-         [-- ARGS]",
+         [-- ARGS | kiwi ARGS]",
     ),
     (
         "push a stash to a registry",
