@@ -13,6 +13,8 @@ use crate::reference::ImageReference;
 
 /// The file whose presence marks an OBS build environment.
 pub const BUILDENV: &str = "/.buildenv";
+/// Overrides [`BUILDENV`], for tests and build roots seen from outside.
+pub const BUILDENV_ENV: &str = "KIWI_STACKBUILD_OBS_BUILDENV";
 /// Where OBS stages a build's sources (KIWI's fixed path).
 pub const SOURCES: &str = "/usr/src/packages/SOURCES";
 /// Overrides [`SOURCES`], for tests and unusual build roots.
@@ -20,7 +22,93 @@ pub const SOURCES_ENV: &str = "KIWI_STACKBUILD_OBS_SOURCES";
 
 /// Whether this is an OBS build (`/.buildenv`, or the sources override set).
 pub fn in_obs_build() -> bool {
-    Path::new(BUILDENV).exists() || std::env::var_os(SOURCES_ENV).is_some()
+    buildenv().exists() || std::env::var_os(SOURCES_ENV).is_some()
+}
+
+fn buildenv() -> PathBuf {
+    std::env::var_os(BUILDENV_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BUILDENV))
+}
+
+/// The build's disturl: `BUILD_DISTURL` from the environment, else from
+/// [`BUILDENV`], where OBS writes it (the hook runs chrooted, and `su` may
+/// not pass the environment on).
+pub fn disturl() -> Option<String> {
+    if let Some(url) = std::env::var("BUILD_DISTURL").ok().filter(|v| !v.is_empty()) {
+        return Some(url);
+    }
+    let path = buildenv();
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!("reading {}: {e}", path.display());
+            return None;
+        }
+    };
+    let url = buildenv_value(&text, "BUILD_DISTURL").filter(|v| !v.is_empty());
+    if url.is_none() {
+        log::warn!("no BUILD_DISTURL in {}", path.display());
+    }
+    url
+}
+
+/// The value `key` is given in `text`, shell assignments one a line
+/// (`KEY='value'`, `export KEY="value"`) as OBS writes `/.buildenv`. The
+/// text is parsed, never run: quotes and backslashes are undone as the shell
+/// would, a `$` or backtick stays literal, and a line with an unclosed
+/// quote counts as no value. The last assignment wins, as in the shell.
+pub fn buildenv_value(text: &str, key: &str) -> Option<String> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim_start();
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let Some(rest) = line.strip_prefix(key).and_then(|r| r.strip_prefix('=')) else {
+            continue;
+        };
+        if let Some(value) = shell_word(rest) {
+            found = Some(value);
+        }
+    }
+    found
+}
+
+/// The first shell word of `text`, unquoted; `None` if a quote is left open.
+fn shell_word(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next()? {
+                    '\'' => break,
+                    c => out.push(c),
+                }
+            },
+            '"' => loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        c @ ('"' | '\\' | '$' | '`') => out.push(c),
+                        '\n' => {}
+                        c => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                    },
+                    c => out.push(c),
+                }
+            },
+            '\\' => match chars.next() {
+                Some(c) => out.push(c),
+                None => break,
+            },
+            c if c.is_whitespace() || c == ';' => break,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 fn sources() -> PathBuf {
@@ -112,5 +200,33 @@ mod tests {
             assert_eq!(staged_path(&r.parse().unwrap()), Some(sources.join(want)), "{r}");
         }
         assert_eq!(staged_path(&"oci:/x".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn buildenv_values_are_unquoted_as_the_shell_would() {
+        let url = "obs://build.example/P:Q/images/0123-name";
+        let cases = [
+            (format!("BUILD_DISTURL='{url}'"), Some(url)),
+            (format!("BUILD_DISTURL=\"{url}\""), Some(url)),
+            (format!("BUILD_DISTURL={url}"), Some(url)),
+            (format!("export BUILD_DISTURL='{url}'"), Some(url)),
+            (format!("BUILD_DISTURL='{url}' # comment"), Some(url)),
+            (format!("BUILD_DISTURL='{url}';"), Some(url)),
+            ("BUILD_DISTURL='it'\\''s'".to_string(), Some("it's")),
+            ("BUILD_DISTURL=\"a\\\"b\\$c\"".to_string(), Some("a\"b$c")),
+            ("BUILD_DISTURL='$(reboot)'".to_string(), Some("$(reboot)")),
+            ("BUILD_DISTURL=`reboot`".to_string(), Some("`reboot`")),
+            ("BUILD_DISTURL=''".to_string(), Some("")),
+            ("BUILD_DISTURL='open".to_string(), None),
+            (format!("BUILD_DISTURLX='{url}'"), None),
+            (format!("XBUILD_DISTURL='{url}'"), None),
+            (format!("# BUILD_DISTURL='{url}'"), None),
+        ];
+        for (line, want) in cases {
+            let text = format!("BUILD_ARCH='x86_64'\n{line}\nBUILD_DIST='x'\n");
+            assert_eq!(buildenv_value(&text, "BUILD_DISTURL").as_deref(), want, "{line}");
+        }
+        let twice = "BUILD_DISTURL='a'\nBUILD_DISTURL='b'\n";
+        assert_eq!(buildenv_value(twice, "BUILD_DISTURL").as_deref(), Some("b"));
     }
 }

@@ -59,7 +59,7 @@ fn now(epoch: Option<i64>) -> i64 {
 }
 
 /// The facts of a KIWI root: its `/image/config.xml`, the host's
-/// architecture (or `target_arch`), OBS's `BUILD_DISTURL`.
+/// architecture (or `target_arch`), OBS's disturl.
 pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
     if !root.is_dir() {
         let what = if root.exists() {
@@ -91,7 +91,7 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
         description_sha256: Some(Digest::of(&bytes).hex().to_string()),
         kiwi_version: None,
         bases: Vec::new(),
-        disturl: std::env::var("BUILD_DISTURL").ok().filter(|v| !v.is_empty()),
+        disturl: crate::obs::disturl(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! contrib/obs/kiwi_post_run, the hook OBS runs after a KIWI build: every
 //! KIWIROOT-<type> becomes an OCI archive among the results, labelled with
-//! the build's disturl, that a later build can derive from.
+//! the build's disturl (from the environment or the build root's
+//! `/.buildenv`), that a later build can derive from.
 
 use std::fs;
 use std::path::Path;
@@ -23,23 +24,45 @@ fn kiwi_root(topdir: &Path, kind: &str) {
     fs::write(root.join("etc/os-release"), format!("NAME=test-{kind}\n")).unwrap();
 }
 
-#[test]
-fn every_kiwi_root_becomes_a_published_oci_archive() {
+const DISTURL: &str = "obs://build.example.invalid/openSUSE:Leap:15.6/images/0123-obs-base";
+
+/// Where the disturl comes from in a run of the hook.
+enum Disturl {
+    /// `BUILD_DISTURL` in the environment.
+    Environment,
+    /// Only the build root's `/.buildenv`, as OBS writes it.
+    Buildenv,
+}
+
+/// Runs the hook in an OBS-shaped build root (`/.buildenv`,
+/// `/usr/src/packages/KIWIROOT-<type>`) and checks that every root became
+/// an archive that pulls, with the disturl as its label.
+fn every_kiwi_root_becomes_a_published_oci_archive(disturl: Disturl) {
     let tmp = tempfile::tempdir().unwrap();
-    let topdir = tmp.path().join("packages");
+    let buildroot = tmp.path().join("buildroot");
+    let topdir = buildroot.join("usr/src/packages");
     kiwi_root(&topdir, "docker");
     kiwi_root(&topdir, "oem");
+    let buildenv = buildroot.join(".buildenv");
+    fs::write(
+        &buildenv,
+        format!("BUILD_ARCH='x86_64'\nBUILD_DISTURL='{DISTURL}'\nBUILD_DIST='/.build/build.dist'\n"),
+    )
+    .unwrap();
     let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/obs/kiwi_post_run");
-    let out = Command::new(&hook)
-        .env("TOPDIR", &topdir)
+    let mut run = Command::new(&hook);
+    run.env("TOPDIR", &topdir)
         .env("KIWI_STACKBUILD", env!("CARGO_BIN_EXE_kiwi-stackbuild"))
-        .env(
-            "BUILD_DISTURL",
-            "obs://build.example.invalid/openSUSE:Leap:15.6/images/0123-obs-base",
-        )
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
+        .env("KIWI_STACKBUILD_OBS_BUILDENV", &buildenv)
+        .env("TMPDIR", tmp.path());
+    match disturl {
+        Disturl::Environment => {
+            fs::write(&buildenv, "BUILD_DISTURL='obs://not/this/one'\n").unwrap();
+            run.env("BUILD_DISTURL", DISTURL)
+        }
+        Disturl::Buildenv => run.env_remove("BUILD_DISTURL"),
+    };
+    let out = run.output().unwrap();
     assert!(
         out.status.success(),
         "the hook failed: {}",
@@ -70,10 +93,7 @@ fn every_kiwi_root_becomes_a_published_oci_archive() {
     let list: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list.len(), 2);
     for e in &list {
-        assert_eq!(
-            e["labels"]["org.openbuildservice.disturl"],
-            "obs://build.example.invalid/openSUSE:Leap:15.6/images/0123-obs-base"
-        );
+        assert_eq!(e["labels"]["org.openbuildservice.disturl"], DISTURL);
         assert_eq!(e["labels"]["io.kiwi-stackbuild.distribution"], "opensuse-leap-15.6");
         assert_eq!(e["layers"], 1);
     }
@@ -83,6 +103,16 @@ fn every_kiwi_root_becomes_a_published_oci_archive() {
         .filter(|n| n.to_string_lossy().starts_with("kiwi-stackbuild-obs"))
         .collect();
     assert!(leftovers.is_empty(), "the hook left its store behind: {leftovers:?}");
+}
+
+#[test]
+fn the_disturl_comes_from_the_environment_first() {
+    every_kiwi_root_becomes_a_published_oci_archive(Disturl::Environment);
+}
+
+#[test]
+fn the_disturl_comes_from_buildenv_as_obs_writes_it() {
+    every_kiwi_root_becomes_a_published_oci_archive(Disturl::Buildenv);
 }
 
 #[test]
