@@ -72,7 +72,7 @@ fn every_kiwi_root_becomes_a_published_oci_archive(disturl: Disturl) {
     let arch = std::env::consts::ARCH;
     let home = tmp.path().join("store");
     for kind in ["docker", "oem"] {
-        let archive = topdir.join(format!("KIWI/obs-base.{arch}-15.6.1-{kind}.stash.oci.tar"));
+        let archive = topdir.join(format!("KIWI/obs-base.{arch}-15.6.1-{kind}.stash.oci-archive"));
         assert!(archive.is_file(), "no {}", archive.display());
         let pulled = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
             .args([
@@ -96,6 +96,16 @@ fn every_kiwi_root_becomes_a_published_oci_archive(disturl: Disturl) {
         assert_eq!(e["labels"]["org.openbuildservice.disturl"], DISTURL);
         assert_eq!(e["labels"]["io.kiwi-stackbuild.distribution"], "opensuse-leap-15.6");
         assert_eq!(e["layers"], 1);
+    }
+    // OBS's container post-processing reads every KIWI/*.tar (and *.tar.xz)
+    // as a container image of the recipe; the stashes must not be one.
+    let results: Vec<_> = fs::read_dir(topdir.join("KIWI"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+    for name in &results {
+        assert!(!name.ends_with(".tar") && !name.ends_with(".tar.xz"), "{name}");
     }
     let leftovers: Vec<_> = fs::read_dir(tmp.path())
         .unwrap()
