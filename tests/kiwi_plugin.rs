@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -153,5 +154,94 @@ fn kiwi_ng_system_rebuild_hands_over_to_kiwi_stackbuild() {
     assert!(
         String::from_utf8_lossy(&help.stdout).contains("rebuild"),
         "kiwi-ng system --help does not list rebuild"
+    );
+}
+
+/// A stand-in for kiwi-stackbuild, at `dir/name`, running `body` (sh).
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn kiwi_ng_logfile_and_debug_reach_kiwi_stackbuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    install_plugin(&site);
+    let argv_file = tmp.path().join("argv");
+    let talker = script(
+        tmp.path(),
+        "talker",
+        &format!(
+            "printf '%s\\n' \"$@\" > {}\necho 'a result on stdout'\necho 'a log line on stderr' >&2\nexit 3",
+            argv_file.display()
+        ),
+    );
+    let logfile = tmp.path().join("kiwi.log");
+    let kiwi = |program: &Path, logfile: &str| {
+        Command::new(kiwi_ng())
+            .args(["--debug", "--logfile", logfile, "system", "rebuild", "--root", "base:1"])
+            .args(["--", "--target-dir", "/t"])
+            .env("PYTHONPATH", &site)
+            .env("KIWI_STACKBUILD", program)
+            .output()
+            .unwrap()
+    };
+    let out = kiwi(&talker, logfile.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let argv = fs::read_to_string(&argv_file).unwrap();
+    assert_eq!(
+        argv.lines().collect::<Vec<_>>(),
+        ["--debug", "rebuild", "--root", "base:1", "--", "--target-dir", "/t"]
+    );
+    let log = fs::read_to_string(&logfile).unwrap();
+    assert!(log.contains("a result on stdout\n"), "{log}");
+    assert!(log.contains("a log line on stderr\n"), "{log}");
+    // The terminal still gets both, each on its own stream.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a result on stdout"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a log line on stderr"));
+
+    // kiwi-ng's `--logfile stdout`: everything goes to stdout.
+    let out = kiwi(&talker, "stdout");
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("a result on stdout") && stdout.contains("a log line on stderr"),
+        "{stdout}"
+    );
+
+    // A kiwi-stackbuild killed by a signal takes kiwi-ng along with the same.
+    let killed = script(tmp.path(), "killed", "kill -TERM $$");
+    let out = kiwi(&killed, logfile.to_str().unwrap());
+    assert_eq!(out.status.signal(), Some(15), "{:?}", out.status);
+}
+
+#[test]
+fn kiwi_ng_system_rebuild_help_shows_the_four_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = tmp.path().join("site");
+    install_plugin(&site);
+    let out = Command::new(kiwi_ng())
+        .args(["system", "rebuild", "--help"])
+        .env("PYTHONPATH", &site)
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&out.stdout);
+    let forms = [
+        "W1  kiwi-ng system rebuild --description D --keep-root REF -- --target-dir T",
+        "W2  kiwi-ng system rebuild --root REF -- --target-dir T",
+        "W3  kiwi-ng system rebuild --root REF -- --description D --target-dir T",
+        "W4  kiwi-ng system rebuild --description D -- --target-dir T",
+    ];
+    for form in forms {
+        assert!(help.lines().any(|l| l.trim() == form), "no {form:?} in\n{help}");
+    }
+    assert!(
+        help.contains("Usage: kiwi-ng system rebuild [OPTIONS] [-- KIWI-NG-ARGS]"),
+        "{help}"
     );
 }

@@ -19,7 +19,11 @@ class HandOverGroup(TyperGroup):
         return super().parse_args(ctx, [])
 
 
-rebuild = typer.Typer(cls=HandOverGroup, add_completion=False)
+rebuild = typer.Typer(
+    cls=HandOverGroup,
+    add_completion=False,
+    subcommand_metavar="[-- KIWI-NG-ARGS]",
+)
 
 
 @rebuild.callback(invoke_without_command=True)
@@ -27,9 +31,21 @@ def system_rebuild(ctx: typer.Context):
     """
     Build an image from stored root trees with kiwi-stackbuild.
 
-    Every argument is handed to `kiwi-stackbuild rebuild` as written, e.g.
-    `kiwi-ng system rebuild --root NAME -- --target-dir DIR`; see
-    `kiwi-stackbuild rebuild --help`.
+    \b
+    W1  kiwi-ng system rebuild --description D --keep-root REF -- --target-dir T
+        build D, then store its root tree at REF
+    W2  kiwi-ng system rebuild --root REF -- --target-dir T
+        unpack REF, kiwi-ng system create with its /image
+    W3  kiwi-ng system rebuild --root REF -- --description D --target-dir T
+        unpack REF, build D on it (no bootstrap)
+    W4  kiwi-ng system rebuild --description D -- --target-dir T
+        D says derived_from="REF": merge D into REF's description, build
+
+    --root may be repeated to stack images; --keep-root works with all.
+    Every argument is handed to `kiwi-stackbuild rebuild` as written, and
+    kiwi-ng's --profile, --type, --target-arch, --shared-cache-dir, --config
+    and --debug become its own; --logfile gets its output too. See
+    `kiwi-stackbuild rebuild --help` for all its options.
     """
     cli = ctx.obj
     cli.subcommand_args['rebuild'] = {'help': False}

@@ -2,8 +2,11 @@
 arguments, and kiwi-ng's global options translated to its own."""
 import os
 import shutil
+import signal
+import subprocess
 import sys
-from typing import Dict, List, Optional
+import threading
+from typing import IO, Dict, List, Optional
 
 from kiwi.tasks.base import CliTask
 
@@ -45,6 +48,54 @@ def kiwi_stackbuild() -> Optional[str]:
     return os.environ.get('KIWI_STACKBUILD') or shutil.which('kiwi-stackbuild')
 
 
+def copy_lines(source: IO[bytes], sink: IO[bytes], log: IO[bytes], lock: threading.Lock) -> None:
+    """Copies every line of `source` to `sink` and to `log`, as it comes."""
+    for line in iter(source.readline, b''):
+        with lock:
+            sink.write(line)
+            sink.flush()
+            log.write(line)
+            log.flush()
+    source.close()
+
+
+def run_logged(argv: List[str], logfile: str) -> int:
+    """Runs argv with its stdout and stderr also appended to logfile (where
+    kiwi-ng has begun its own log), or, for kiwi-ng's `--logfile stdout`,
+    its stderr sent to stdout. Returns its exit status; if it died of a
+    signal, this process dies of the same one."""
+    child: Optional[subprocess.Popen] = None
+
+    def forward(signum: int, _frame: object) -> None:
+        # A terminal's Ctrl-C reached the child already; anything else is
+        # passed on, and the child decides how to end.
+        if child is not None and signum != signal.SIGINT:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    if logfile == 'stdout':
+        child = subprocess.Popen(argv, stderr=subprocess.STDOUT)
+        status = child.wait()
+    else:
+        with open(logfile, 'ab') as log:
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            lock = threading.Lock()
+            copies = [
+                threading.Thread(target=copy_lines, args=(child.stdout, sys.stdout.buffer, log, lock)),
+                threading.Thread(target=copy_lines, args=(child.stderr, sys.stderr.buffer, log, lock)),
+            ]
+            for copy in copies:
+                copy.start()
+            status = child.wait()
+            for copy in copies:
+                copy.join()
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
 class SystemRebuildTask(CliTask):
     """Implements kiwi-ng system rebuild by handing over to kiwi-stackbuild."""
 
@@ -59,4 +110,7 @@ class SystemRebuildTask(CliTask):
         argv = [program] + global_arguments(self.global_args) + ['rebuild'] + rebuild_arguments(sys.argv)
         sys.stdout.flush()
         sys.stderr.flush()
+        logfile = self.global_args.get('--logfile')
+        if logfile:
+            sys.exit(run_logged(argv, str(logfile)))
         os.execv(program, argv)
