@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiwi-stackbuild and its tests need on this host, idempotently:
 # skopeo, umoci, rsync, podman, a container registry for tests, a Rust
-# toolchain's build needs, and kiwi-ng (11.1.6 in a venv when none is on PATH).
+# toolchain's build needs, rpmbuild and rpm2archive (the RPM build test), and
+# kiwi-ng (11.1.6 in a venv when none is on PATH).
 #
 # Usage (as root): contrib/setup.sh   (or source it to keep its PATH)
 # Environment:
@@ -25,7 +26,7 @@ install_debian() {
     local pkgs=(skopeo umoci rsync podman docker-registry xz-utils zstd
                 bzip2 gnupg debian-archive-keyring python3 python3-venv
                 python3-pip ca-certificates curl openssl apache2-utils attr acl
-                time tar gzip rpm gcc libc6-dev)
+                time tar gzip rpm rpm2cpio gcc libc6-dev)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
