@@ -217,6 +217,21 @@ impl Sandbox {
         run.stdout.trim_end().to_string()
     }
 
+    /// A description `description/config.xml` of the image `fake-base`,
+    /// and the root a build of it makes (`built`, for `$FAKE_KIWI_ROOT`).
+    fn description_and_built_root(&self) -> (PathBuf, PathBuf) {
+        let description = self.path("description");
+        fs::create_dir_all(&description).unwrap();
+        fs::write(
+            description.join("config.xml"),
+            CONFIG_XML.replace("@NAME@", "fake-base"),
+        )
+        .unwrap();
+        let built = self.path("built");
+        kiwi_tree(&built, "fake-base");
+        (description, built)
+    }
+
     /// The store's index.json.
     fn index(&self) -> Value {
         read_json(&self.store().join("index.json"))
@@ -1313,15 +1328,7 @@ fn failing_kiwi_ng_shows_its_command_and_output() {
 #[test]
 fn w1_builds_the_description_and_keeps_the_root_tagged_with_its_version() {
     let sandbox = Sandbox::new();
-    let description = sandbox.path("description");
-    fs::create_dir_all(&description).unwrap();
-    fs::write(
-        description.join("config.xml"),
-        CONFIG_XML.replace("@NAME@", "fake-base"),
-    )
-    .unwrap();
-    let built = sandbox.path("built");
-    kiwi_tree(&built, "fake-base");
+    let (description, built) = sandbox.description_and_built_root();
     let (description, target) = (description.to_str().unwrap(), sandbox.arg("target"));
     let run = sandbox.run_with(
         &[
@@ -1379,15 +1386,7 @@ fn w1_builds_the_description_and_keeps_the_root_tagged_with_its_version() {
 #[test]
 fn keep_root_with_a_tag_stores_that_tag_alone() {
     let sandbox = Sandbox::new();
-    let description = sandbox.path("description");
-    fs::create_dir_all(&description).unwrap();
-    fs::write(
-        description.join("config.xml"),
-        CONFIG_XML.replace("@NAME@", "fake-base"),
-    )
-    .unwrap();
-    let built = sandbox.path("built");
-    kiwi_tree(&built, "fake-base");
+    let (description, built) = sandbox.description_and_built_root();
     let run = sandbox.run_with(
         &[
             "rebuild",

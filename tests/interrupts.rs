@@ -315,6 +315,29 @@ fn with_password(mut cmd: Command, sandbox: &Sandbox) -> Command {
     cmd
 }
 
+/// Interrupts `cmd` with `sig` once skopeo blocks at `block`, and asserts
+/// what an interrupted push or pull must leave: death by that signal,
+/// skopeo waited for, no secret or staging left, the index as it was.
+fn interrupted_cleanly(
+    s: &Sandbox,
+    cmd: Command,
+    block: &str,
+    sig: Signal,
+    secrets: &[String],
+    index: &[u8],
+    what: &str,
+) {
+    let (status, stderr, pid) = interrupt(s, cmd, block, sig);
+    assert_killed_by(status, sig, &stderr);
+    assert!(!alive(pid), "{what}: skopeo was not waited for");
+    assert_nothing_left(s, secrets, what);
+    assert_eq!(
+        fs::read(s.path("store/index.json")).unwrap(),
+        index,
+        "{what}: the store changed"
+    );
+}
+
 #[test]
 fn push_interrupted_by_each_signal_ends_skopeo_and_leaves_no_password() {
     let s = Sandbox::new();
@@ -334,15 +357,7 @@ fn push_interrupted_by_each_signal_ends_skopeo_and_leaves_no_password() {
             "docker://127.0.0.1:1/ns/x:1",
         ];
         let cmd = with_password(s.cmd(&args, "copy"), &s);
-        let (status, stderr, pid) = interrupt(&s, cmd, "copy", sig);
-        assert_killed_by(status, sig, &stderr);
-        assert!(!alive(pid), "{what}: skopeo was not waited for");
-        assert_nothing_left(&s, &secrets, &what);
-        assert_eq!(
-            fs::read(s.path("store/index.json")).unwrap(),
-            index,
-            "{what}: the store changed"
-        );
+        interrupted_cleanly(&s, cmd, "copy", sig, &secrets, &index, &what);
         let out = with_password(s.cmd(&args, ""), &s).output().unwrap();
         assert!(
             out.status.success(),
@@ -377,15 +392,7 @@ fn pull_interrupted_by_each_signal_leaves_no_staging_and_no_password() {
             "y:1",
         ];
         let cmd = with_password(s.cmd(&args, block), &s);
-        let (status, stderr, pid) = interrupt(&s, cmd, block, sig);
-        assert_killed_by(status, sig, &stderr);
-        assert!(!alive(pid), "{what}: skopeo was not waited for");
-        assert_nothing_left(&s, &secrets, &what);
-        assert_eq!(
-            fs::read(s.path("store/index.json")).unwrap(),
-            index,
-            "{what}: the store changed"
-        );
+        interrupted_cleanly(&s, cmd, block, sig, &secrets, &index, &what);
         // The store is usable: the lock went with the process.
         s.ok(&["stash", "--list"]);
     }

@@ -663,29 +663,36 @@ fn a_paused_stash_lets_listing_and_restoring_go_on() {
     assert!(verify_store(&home).contains_key("base:3"));
 }
 
-/// A skopeo that waits, in its copy, for the test to let it go on: its
-/// path, and the files it makes when it waits and waits for.
-fn slow_skopeo(f: &Fixture) -> (PathBuf, PathBuf, PathBuf) {
-    let (started, go) = (f.tmp.path().join("copy-started"), f.tmp.path().join("copy-go"));
-    let skopeo = f.tmp.path().join("slow-skopeo");
+/// Starts `args` with `tool` (as its variable `env_var` names it) wrapped
+/// so that it waits, when its first argument is `when` (any call when
+/// `None`), for the test to let it go on; `env` is set too. Returns once the
+/// tool waits: the run, and the file whose creation lets it go on.
+fn start_slowed(
+    f: &Fixture,
+    home: &Path,
+    args: &[&OsStr],
+    (tool, env_var, when): (&str, &str, Option<&str>),
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
+    let (started, go) = (
+        f.tmp.path().join(format!("{tool}-started")),
+        f.tmp.path().join(format!("{tool}-go")),
+    );
+    let wrapper = f.tmp.path().join(format!("slow-{tool}"));
+    let condition = when.map_or("true".to_string(), |w| format!("[ \"$1\" = {w} ]"));
     fs::write(
-        &skopeo,
+        &wrapper,
         format!(
-            "#!/bin/sh\nif [ \"$1\" = copy ]; then\n  touch '{}'\n  while [ ! -e '{}' ]; do sleep 0.05; done\nfi\nexec skopeo \"$@\"\n",
+            "#!/bin/sh\nif {condition}; then\n  touch '{}'\n  while [ ! -e '{}' ]; do sleep 0.05; done\nfi\nexec {tool} \"$@\"\n",
             started.display(),
             go.display()
         ),
     )
     .unwrap();
-    fs::set_permissions(&skopeo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (skopeo, started, go)
-}
-
-/// Starts `args` with the slow skopeo and returns once its copy waits.
-fn start_slow_copy(f: &Fixture, home: &Path, args: &[&str]) -> (Child, PathBuf) {
-    let (skopeo, started, go) = slow_skopeo(f);
-    let child = cmd(home, &os(args))
-        .env("SKOPEO", &skopeo)
+    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = cmd(home, args)
+        .env(env_var, &wrapper)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -694,19 +701,22 @@ fn start_slow_copy(f: &Fixture, home: &Path, args: &[&str]) -> (Child, PathBuf) 
     while !started.exists() {
         assert!(
             waited.elapsed() < Duration::from_secs(60),
-            "{args:?} never started its copy"
+            "{args:?} never reached {tool}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, go)
 }
 
+/// A skopeo that waits in its copy.
+const SLOW_COPY: (&str, &str, Option<&str>) = ("skopeo", "SKOPEO", Some("copy"));
+
 #[test]
 fn a_slow_pull_lets_listing_restoring_and_stashing_go_on() {
     let f = Fixture::new();
     let source = source_layout(&f);
     let home = f.copy("slow-pull");
-    let (child, go) = start_slow_copy(&f, &home, &["pull", &source, "pulled:1"]);
+    let (child, go) = start_slowed(&f, &home, &os(&["pull", &source, "pulled:1"]), SLOW_COPY, &[]);
     assert_readers_go_on(&f, &home);
     // A writer's exclusive step does not wait for the copy either.
     run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
@@ -723,37 +733,12 @@ fn a_slow_pull_lets_listing_restoring_and_stashing_go_on() {
 fn a_slow_rebuild_lets_stashes_and_removals_go_on_and_unpacks_what_it_pinned() {
     let f = Fixture::new();
     let home = f.copy("slow-rebuild");
-    let (started, go) = (f.tmp.path().join("unpack-started"), f.tmp.path().join("unpack-go"));
-    // umoci that waits, before it unpacks, for the test to let it go on.
-    let umoci = f.tmp.path().join("slow-umoci");
-    fs::write(
-        &umoci,
-        format!(
-            "#!/bin/sh\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec umoci \"$@\"\n",
-            started.display(),
-            go.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&umoci, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let target = f.tmp.path().join("slow-rebuild-target");
     let mut args = os(&["rebuild", "--root", "base:2", "--", "--target-dir"]);
     args.push(target.as_os_str());
-    let child = cmd(&home, &args)
-        .env("UMOCI", &umoci)
-        .env("KIWI_STACKBUILD_UNPACKER", "umoci")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waited = Instant::now();
-    while !started.exists() {
-        assert!(
-            waited.elapsed() < Duration::from_secs(60),
-            "the rebuild never started its unpack"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // umoci waits before it unpacks.
+    let unpacker = [("KIWI_STACKBUILD_UNPACKER", "umoci")];
+    let (child, go) = start_slowed(&f, &home, &args, ("umoci", "UMOCI", None), &unpacker);
     run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
     run_within_a_minute(&home, &os(&["stash", "--rm", "base"]));
     fs::write(&go, "").unwrap();
@@ -769,7 +754,7 @@ fn a_slow_push_lets_stashes_and_removals_go_on_and_pushes_what_it_pinned() {
     let home = f.copy("slow-push");
     let out = f.tmp.path().join("pushed");
     let dest = format!("oci:{}:base", out.display());
-    let (child, go) = start_slow_copy(&f, &home, &["push", "base:2", &dest]);
+    let (child, go) = start_slowed(&f, &home, &os(&["push", "base:2", &dest]), SLOW_COPY, &[]);
     run_within_a_minute(&home, &stash_args(&f.root, "during", "1"));
     // Even the stash being pushed may go meanwhile: the push has it pinned.
     run_within_a_minute(&home, &os(&["stash", "--rm", "base"]));
