@@ -558,8 +558,7 @@ impl Store {
             return Err(eyre!("no stash {key} in {}", self.root().display())).suggestion("the store is empty");
         }
         let lock = self.lock_exclusive()?;
-        let index = self.index()?;
-        self.remove_keys(&lock, index, keys)
+        self.remove_keys(&lock, self.index_and_unreadable()?, keys)
     }
 
     /// Removes every tag of `name`, as [`Store::remove`] does; which tags
@@ -575,17 +574,23 @@ impl Store {
             return missing();
         }
         let lock = self.lock_exclusive()?;
-        let index = self.index()?;
-        let keys = self.tags_of(&index, name);
+        let read = self.index_and_unreadable()?;
+        let keys = self.tags_of(&read.0, name);
         if keys.is_empty() {
             return missing();
         }
-        let freed = self.remove_keys(&lock, index, &keys)?;
+        let freed = self.remove_keys(&lock, read, &keys)?;
         Ok((keys, freed))
     }
 
-    fn remove_keys(&self, lock: &Lock, mut index: ImageIndex, keys: &[String]) -> Result<usize> {
-        let unreadable = self.index_and_unreadable()?.1;
+    /// Removes `keys` from the index as read under `lock` (with the entries
+    /// it could not read), and frees what no ref needs then.
+    fn remove_keys(
+        &self,
+        lock: &Lock,
+        (mut index, unreadable): (ImageIndex, Vec<Unreadable>),
+        keys: &[String],
+    ) -> Result<usize> {
         let (dropped, unreadable): (Vec<Unreadable>, Vec<Unreadable>) =
             unreadable.into_iter().partition(|u| keys.contains(&u.name));
         let dropped: Vec<String> = dropped.into_iter().map(|u| u.name).collect();

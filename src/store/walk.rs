@@ -211,11 +211,7 @@ pub fn reach(layout: &Path, d: &Descriptor) -> Reach {
     };
     match d.sha256() {
         Ok(digest) => walk.json(&digest, Some(d.size()), role),
-        Err(_) => walk.reach.problems.push(Problem {
-            role,
-            digest: d.digest().to_string(),
-            fault: Fault::UnsupportedDigest,
-        }),
+        Err(_) => walk.problem(role, d.digest(), Fault::UnsupportedDigest),
     }
     walk.reach
 }
@@ -237,7 +233,9 @@ const MEMBERS: [(&str, Role); 5] = [
 ];
 
 impl Walk<'_> {
-    fn problem(&mut self, role: Role, digest: &Digest, fault: Fault) {
+    /// Notes that the blob `digest` (as its descriptor spells it) plays
+    /// `role` and has `fault`.
+    fn problem(&mut self, role: Role, digest: impl fmt::Display, fault: Fault) {
         self.reach.problems.push(Problem {
             role,
             digest: digest.to_string(),
@@ -323,7 +321,7 @@ impl Walk<'_> {
             if let Some(sum) = layer.get("blobSum").and_then(Value::as_str) {
                 match Digest::try_from(sum.to_string()) {
                     Ok(digest) => self.leaf(&digest, None, Role::Layer),
-                    Err(_) => self.problem_spelled(Role::Layer, sum, Fault::UnsupportedDigest),
+                    Err(_) => self.problem(Role::Layer, sum, Fault::UnsupportedDigest),
                 }
             }
         }
@@ -342,14 +340,6 @@ impl Walk<'_> {
         }
     }
 
-    fn problem_spelled(&mut self, role: Role, spelled: &str, fault: Fault) {
-        self.reach.problems.push(Problem {
-            role,
-            digest: spelled.to_string(),
-            fault,
-        });
-    }
-
     /// One descriptor of a manifest or index; an `optional` one (a
     /// referrer's subject, which may live elsewhere) is followed only when
     /// the store has it.
@@ -359,12 +349,7 @@ impl Walk<'_> {
         };
         let size = item.get("size").and_then(Value::as_u64);
         let Ok(digest) = Digest::try_from(spelled.to_string()) else {
-            self.reach.problems.push(Problem {
-                role,
-                digest: spelled.to_string(),
-                fault: Fault::UnsupportedDigest,
-            });
-            return;
+            return self.problem(role, spelled, Fault::UnsupportedDigest);
         };
         if optional && !oci::blob_path(self.layout, &digest).exists() {
             return;
