@@ -71,6 +71,23 @@ pub fn private_tempdir(parent: Option<&Path>, prefix: &str) -> Result<Scratch> {
     Ok(Scratch { dir, _lock: lock })
 }
 
+/// `path` locked by us, when no live run holds it (its owner was killed, or
+/// let it go): `None` when one does, or when it is gone. Temp files and
+/// dirs of the store and [`Scratch`] dirs are held so for as long as their
+/// run lives.
+pub fn claim_if_abandoned(path: &Path) -> std::io::Result<Option<fs::File>> {
+    let handle = match fs::File::open(path) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match handle.try_lock() {
+        Ok(()) => Ok(Some(handle)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// How long a scratch directory is left alone after its last change, even
 /// unlocked: its run may be between creating and locking it.
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -98,10 +115,9 @@ pub fn remove_stale(parent: Option<&Path>, prefix: &str) -> usize {
         if !meta.is_dir() || meta.uid() != me || idle.is_none_or(|d| d < STALE_AFTER) {
             continue;
         }
-        let Ok(handle) = fs::File::open(&path) else { continue };
-        if handle.try_lock().is_err() {
+        let Ok(Some(_claimed)) = claim_if_abandoned(&path) else {
             continue;
-        }
+        };
         match fs::remove_dir_all(&path) {
             Ok(()) => {
                 log::debug!("removed {}, left by an interrupted run", path.display());

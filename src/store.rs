@@ -15,7 +15,7 @@
 //! removes only those it can lock itself.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File, TryLockError};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -234,15 +234,10 @@ impl Store {
                     continue;
                 }
                 let path = entry.path();
-                // Its owner may just have dropped it.
-                let Ok(handle) = File::open(&path) else { continue };
-                match handle.try_lock() {
-                    Ok(()) => {}
-                    Err(TryLockError::WouldBlock) => continue,
-                    Err(TryLockError::Error(e)) => {
-                        return Err(e).wrap_err_with(|| format!("locking {}", path.display()));
-                    }
-                }
+                let claimed = crate::fsutil::claim_if_abandoned(&path);
+                let Some(_claimed) = claimed.wrap_err_with(|| format!("locking {}", path.display()))? else {
+                    continue;
+                };
                 let gone = if entry.file_type()?.is_dir() {
                     fs::remove_dir_all(&path)
                 } else {

@@ -2,7 +2,7 @@
 //! and every problem named; a repair removes only what no ref needs.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufReader};
 use std::path::PathBuf;
 
@@ -217,9 +217,8 @@ impl Store {
                 if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
                     continue;
                 }
-                let in_use = File::open(entry.path())
-                    .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)));
-                if !in_use {
+                // What cannot even be opened is reported too.
+                if !matches!(crate::fsutil::claim_if_abandoned(&entry.path()), Ok(None)) {
                     found.push(entry.path());
                 }
             }
