@@ -439,6 +439,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 /// before it) is read as `--`. A stash named kiwi after other stash names
 /// is written `kiwi:latest`.
 pub fn kiwi_word_as_separator(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // The command is built only where there is a `kiwi` to read.
+    if !args.iter().any(|a| a == "kiwi") {
+        return args;
+    }
     let cli = Cli::command();
     let stackbuild = cli.find_subcommand("stackbuild").cloned();
     let takes_value = |option: &str| {
