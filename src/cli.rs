@@ -211,9 +211,10 @@ pub struct RebuildArgs {
 /// `stash`.
 #[derive(Debug, Args)]
 #[command(
-    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check"])),
+    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash"])),
     override_usage = "kiwi-stackbuild stash [OPTIONS] --root DIR\n       kiwi-stackbuild stash --list [--json]\n       \
-                      kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --check [--repair]"
+                      kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --squash NAME[:TAG]\n       \
+                      kiwi-stackbuild stash --check [--repair]"
 )]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
@@ -234,6 +235,14 @@ pub struct StashArgs {
     /// Remove NAME:TAG, or every tag of NAME (all or none), free unused blobs
     #[arg(long, value_name = "NAME[:TAG]")]
     pub rm: Option<StashRef>,
+    /// Rewrite NAME:TAG as an image of one layer with the same tree
+    ///
+    /// Container runtimes refuse images past about 127 layers, and every
+    /// stash on top adds one. The new image keeps the labels and runtime
+    /// config; its history is one entry. Other tags of the image before keep
+    /// it. Needs root. An image of one layer is left as it is.
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub squash: Option<StashRef>,
     /// Verify every blob of the store and report each problem on a line
     ///
     /// Reports refs to missing blobs, blobs whose digest or size is wrong,
@@ -514,9 +523,12 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if a.check {
         return listing::check(store, a.repair);
     }
+    if let Some(r) = a.squash {
+        return workflow::squash(store, &r);
+    }
     let root = a
         .root
-        .ok_or_else(|| eyre!("stash needs --root, --list, --rm or --check"))?;
+        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check or --squash"))?;
     let done = workflow::stash(
         store,
         &root,

@@ -635,6 +635,43 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
     Ok(())
 }
 
+/// `stash --squash`: rewrites `NAME:TAG` as an image of one layer.
+pub fn squash(store: &Store, r: &StashRef) -> Result<()> {
+    let key = r.key();
+    if !crate::fsutil::can_set_owners() {
+        return Err(eyre!(
+            "stash --squash {key} needs root: the new layer must keep every owner and device node \
+             of the tree (run it as root, e.g. with sudo)"
+        ));
+    }
+    match stash::squash(store, &key)? {
+        stash::Squash::AlreadyOne { layers } => {
+            eprintln!(
+                "{key} has {layers} layer{} already: nothing to squash",
+                if layers == 1 { "" } else { "s" }
+            );
+        }
+        stash::Squash::Done {
+            layers_before,
+            layer,
+            kept_by,
+            freed,
+        } => {
+            let kept = if kept_by.is_empty() {
+                String::new()
+            } else {
+                format!(", {} keep the image before", kept_by.join(", "))
+            };
+            eprintln!(
+                "squashed {key}: {layers_before} layers into one of {}{kept} ({freed} unused blobs freed)",
+                human_size(layer.size)
+            );
+            crate::listing::line(&key)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
