@@ -111,7 +111,8 @@ pub enum Command {
     /// --target-dir T may also be given before --, as KIWI users write it.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
-    /// Store a KIWI root tree in the local store; list, remove or check stashes
+    /// Store a KIWI root tree in the local store; list, remove, squash or check
+    /// stashes
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
@@ -240,7 +241,8 @@ pub struct StashArgs {
     /// Container runtimes refuse images past about 127 layers, and every
     /// stash on top adds one. The new image keeps the labels and runtime
     /// config; its history is one entry. Other tags of the image before keep
-    /// it. Needs root. An image of one layer is left as it is.
+    /// it; blobs no stash uses any more are freed. Needs root. An image of
+    /// one layer is left as it is.
     #[arg(long, value_name = "NAME[:TAG]")]
     pub squash: Option<StashRef>,
     /// Verify every blob of the store and report each problem on a line

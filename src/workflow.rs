@@ -640,9 +640,9 @@ pub fn squash(store: &Store, r: &StashRef) -> Result<()> {
     let key = r.key();
     if !crate::fsutil::can_set_owners() {
         return Err(eyre!(
-            "stash --squash {key} needs root: the new layer must keep every owner and device node \
-             of the tree (run it as root, e.g. with sudo)"
-        ));
+            "stash --squash {key} needs root: its one new layer must keep every owner and device node of the tree"
+        ))
+        .suggestion("run it as root, e.g. with sudo");
     }
     match stash::squash(store, &key)? {
         stash::Squash::AlreadyOne { layers } => {

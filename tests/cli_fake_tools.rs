@@ -1811,6 +1811,10 @@ const BAD: &[(&[&str], &str)] = &[
     (&["stash", "--rm", "nosuch:1"], "no stash nosuch:1"),
     (&["stash", "--rm", "base:nosuch"], "no stash base:nosuch"),
     (&["stash", "--rm", "UPPER"], "invalid image name \"UPPER\", use \"upper\""),
+    (&["stash", "--squash", "nosuch:1"], "no stash nosuch:1"),
+    (&["stash", "--squash", "base:nosuch"], "no stash base:nosuch"),
+    (&["stash", "--squash", "UPPER"], "invalid image name \"UPPER\", use \"upper\""),
+    (&["stash", "--squash", "base:"], "invalid tag \"\", use \"latest\""),
     (&["rebuild", "--root", "base:", "--", "--target-dir", "@TARGET@"], "invalid tag \"\", use \"latest\""),
     (&["rebuild", "--root", "base:nosuch", "--", "--target-dir", "@TARGET@"], "no stash base:nosuch"),
     (&["rebuild", "--root", "nosuch", "--", "--target-dir", "@TARGET@"], "no stash nosuch:latest"),
@@ -1860,6 +1864,7 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
     (&["--creds", "user:", "pull", "docker://registry.example/x:1"], "--creds user has an empty password"),
     (&["stash", "--list", "--rm", "base:1"], "'--list' cannot be used with '--rm"),
+    (&["stash", "--squash", "base:1", "--rm", "base:1"], "'--squash <NAME[:TAG]>' cannot be used with '--rm"),
     (&["stash", "--tag", "t"], "required arguments were not provided:   <--root <DIR>|--list"),
     (&["completions", "nosh"], "invalid value 'nosh' for '<SHELL>'"),
 ];
@@ -1871,6 +1876,7 @@ const BAD: &[(&[&str], &str)] = &[
 const SUGGESTED: &[(&[&str], &str, &str)] = &[
     // A misspelled stash name: the closest ref of the store.
     (&["stash", "--rm", "basse:1"], "no stash basse:1", "Suggestion: did you mean base:1?"),
+    (&["stash", "--squash", "basse:1"], "no stash basse:1", "Suggestion: did you mean base:1?"),
     (&["rebuild", "--root", "basse:1", "--", "--target-dir", "@TARGET@"], "no stash basse:1", "Suggestion: did you mean base:1?"),
     (&["stackbuild", "--stash", "bas:1", "--target-dir", "@TARGET@"], "no stash bas:1", "Suggestion: did you mean base:1?"),
     (&["push", "bse:1", "oci:@EMPTY@/out:1"], "no stash bse:1", "Suggestion: did you mean base:1?"),

@@ -102,6 +102,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("remove a stash", "kiwi-stackbuild stash --rm NAME[:TAG]"),
     ("verify the store", "kiwi-stackbuild stash --check [--repair]"),
     (
+        "rewrite a stash as one layer (runtimes refuse images past about 127 layers)",
+        "kiwi-stackbuild stash --squash NAME[:TAG]",
+    ),
+    (
         "build from stashes, as kiwi-ng system stackbuild does",
         "kiwi-stackbuild stackbuild --stash NAME... --target-dir T [--description D] [--from-registry URI] \
          [-- ARGS | kiwi ARGS]",
