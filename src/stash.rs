@@ -494,6 +494,7 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
         progress.finish_and_clear();
         unpacked.wrap_err_with(|| format!("unpacking {key} to squash it"))?;
     }
+    crate::fault::point("squash-unpacked");
     let layer_file = store.temp_blob("layer")?;
     let scanned = tree::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
     let plan = write::plan(&scanned, &Tree::new());

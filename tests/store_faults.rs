@@ -303,7 +303,7 @@ fn a_removal_killed_at_any_point_leaves_every_other_tag() {
 #[test]
 fn a_squash_killed_at_any_point_leaves_every_tag() {
     let f = Fixture::new();
-    for point in ["squash-between-locks", "squash-before-index"] {
+    for point in ["squash-unpacked", "squash-between-locks", "squash-before-index"] {
         let home = f.copy(point);
         run_killed_at(&home, &os(&["stash", "--squash", "base:2"]), point);
         f.assert_survived(&home, point, &[]);
@@ -313,6 +313,40 @@ fn a_squash_killed_at_any_point_leaves_every_tag() {
         assert_ne!(refs["base:2"], f.refs["base:2"], "{point}: base:2 was not squashed");
         assert_eq!(refs["base:1"], f.refs["base:1"], "{point}: base:1 changed");
         assert_restores(&home, "base:2", &f.base2);
+    }
+}
+
+#[test]
+fn an_interrupted_squash_removes_its_unpacked_tree() {
+    let f = Fixture::new();
+    for signal in ["INT", "TERM", "HUP"] {
+        let home = f.copy(&format!("squash-{signal}"));
+        let child = stopped_at(&home, &os(&["stash", "--squash", "base:2"]), "squash-unpacked");
+        let unpacked: Vec<String> = leftovers(&home)
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp-squash-"))
+            .collect();
+        assert_eq!(
+            unpacked.len(),
+            1,
+            "{signal}: no unpacked tree in the store: {:?}",
+            leftovers(&home)
+        );
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        resume(&child);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.signal().is_some(),
+            "{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(leftovers(&home), Vec::<String>::new(), "{signal}: left behind");
+        assert_eq!(verify_store(&home), f.refs, "{signal}: the store changed");
     }
 }
 
