@@ -496,15 +496,16 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
     }
     crate::fault::point("squash-unpacked");
     let layer_file = store.temp_blob("layer")?;
-    let scanned = tree::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
-    let plan = write::plan(&scanned, &Tree::new());
-    let after = write::checked(&plan, &Tree::new(), &scanned).wrap_err_with(|| format!("squashing {key}"))?;
     let old_ids: Vec<Digest> = old.layers.iter().map(|l| l.diff_id.clone()).collect();
     let mut before = lower_tree(store, &old, &old_ids)?;
     if before.get(b"").is_none() {
         // Layers without a root entry: the unpacker's root is 0755 root:root.
-        before.insert(Vec::new(), after.get(b"").cloned().unwrap_or_else(default_root));
+        before.insert(Vec::new(), default_root());
     }
+    let mut scanned = tree::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
+    keep_policy_xattrs(&mut scanned, &before);
+    let plan = write::plan(&scanned, &Tree::new());
+    let after = write::checked(&plan, &Tree::new(), &scanned).wrap_err_with(|| format!("squashing {key}"))?;
     if let Some(path) = before.first_difference(&after) {
         return Err(eyre!(
             "squashing {key}: the unpacked tree differs from what its layers make at {}; nothing was changed",
@@ -556,6 +557,22 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
         kept_by,
         freed,
     })
+}
+
+/// The xattrs no unpacker restores (`security.selinux`, ...: the host's
+/// policy) as the layers had them, not as the host labelled the unpacked
+/// tree: the squashed layer carries what the old layers carried.
+fn keep_policy_xattrs(scanned: &mut [tree::Scanned], before: &Tree) {
+    let policy = |k: &[u8]| crate::layer::IGNORED_XATTRS.contains(&k);
+    for s in scanned {
+        s.meta.xattrs.retain(|(k, _)| !policy(k));
+        if let Some(m) = before.get(&s.path) {
+            s.meta
+                .xattrs
+                .extend(m.xattrs.iter().filter(|(k, _)| policy(k)).cloned());
+            s.meta.xattrs.sort();
+        }
+    }
 }
 
 fn default_root() -> crate::layer::Meta {

@@ -290,3 +290,32 @@ fn a_stash_past_100_layers_warns_once_and_a_squash_makes_it_one() {
     let said = stash(&home, &root, "tall", "latest");
     assert!(!said.contains(warning), "{said}");
 }
+
+#[test]
+fn a_squash_keeps_the_selinux_labels_the_layers_had() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, home) = (tmp.path().join("root"), tmp.path().join("store"));
+    tiny_root(&root);
+    let label = b"system_u:object_r:etc_t:s0";
+    fs::write(root.join("labelled"), "x\n").unwrap();
+    xattr::set(root.join("labelled"), "security.selinux", label).unwrap();
+    stash(&home, &root, "labels", "latest");
+    fs::write(root.join("n"), "2").unwrap();
+    stash(&home, &root, "labels", "latest");
+    // No unpacker restores security.selinux (it is the host's policy), so
+    // the unpacked tree lacks it; the squashed layer must carry it anyway.
+    run(&home, &["stash", "--squash", "labels"]);
+    let store = Store::new(&home);
+    let d = store.resolve("labels:latest").unwrap();
+    let manifest = store.manifest(&d.sha256().unwrap()).unwrap();
+    assert_eq!(manifest.layers().len(), 1);
+    let blob = fs::File::open(store.blob_path(&manifest.layers()[0].sha256().unwrap())).unwrap();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(blob).read_to_end(&mut tar).unwrap();
+    let record = [b"SCHILY.xattr.security.selinux=".as_slice(), label].concat();
+    assert!(
+        tar.windows(record.len()).any(|w| w == record.as_slice()),
+        "the squashed layer lost the label"
+    );
+}
