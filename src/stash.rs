@@ -528,8 +528,10 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
     match store.find(&index, key) {
         Some(now) if now.digest() == d.digest() => {}
         Some(_) => {
-            return Err(eyre!("{key} was stashed again while squashing it; nothing was changed"))
-                .suggestion(format!("run kiwi-stackbuild stash --squash {key} again"))
+            return Err(eyre!(
+                "{key} names another image now (stashed again, or squashed by another run); nothing was changed"
+            ))
+            .suggestion(format!("run kiwi-stackbuild stash --squash {key} again"))
         }
         None => return Err(eyre!("{key} was removed while squashing it; nothing was changed")),
     }

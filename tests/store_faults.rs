@@ -362,7 +362,7 @@ fn a_tag_removed_or_stashed_again_while_it_is_squashed_is_left_so() {
         (
             "restashed",
             stash_args(&f.root, "base", "2"),
-            "base:2 was stashed again while squashing it",
+            "base:2 names another image now (stashed again, or squashed by another run)",
         ),
     ];
     for (what, args, says) in meanwhile {
