@@ -9,9 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::images::restore;
+use common::images::{restore, restore_with};
 use common::tree::{assert_same_tree, make_special_tree, snapshot, snapshot_nanos};
 use kiwi_stackbuild::oci::DescriptorExt;
+use kiwi_stackbuild::restore::Unpacker;
 use kiwi_stackbuild::store::Store;
 
 fn kiwi_stackbuild(home: &Path, args: &[&str]) -> Output {
@@ -168,6 +169,10 @@ fn a_squashed_chain_restores_the_same_tree_and_other_tags_keep_theirs() {
     restore(&home, "chain:latest", &after);
     assert_same_tree(&snapshot_nanos(&before), &snapshot_nanos(&after));
     assert_eq!(root_dir(&before), root_dir(&after), "the root directory itself");
+    // umoci reads the squashed layer as our unpacker does.
+    let by_umoci = tmp.path().join("umoci");
+    restore_with(&home, "chain:latest", &by_umoci, Unpacker::Umoci);
+    assert_same_tree(&snapshot_nanos(&before), &snapshot_nanos(&by_umoci));
     assert_eq!(
         xattr::get(after.join("usr/bin/capable"), "security.capability")
             .unwrap()
