@@ -461,7 +461,7 @@ fn help_lists_global_options_under_their_own_heading() {
             "{command}: {own} not under Options:\n{}",
             run.stdout
         );
-        for global in ["--stash-home", "--profile", "--creds", "--compress-format"] {
+        for global in ["--stash-home", "--profile", "--creds", "--compression", "--jobs"] {
             assert!(globals.contains(global), "{command}: {global} not under Global options");
             assert!(!options.contains(global), "{command}: {global} under Options");
         }
@@ -544,7 +544,7 @@ fn bash_completes_commands_and_their_options() {
             "--list",
         ),
         ("kiwi-stackbuild completions ", "fish", "--list"),
-        ("kiwi-stackbuild pull --compress-format ", "zstd", "--list"),
+        ("kiwi-stackbuild pull --compression ", "zstd", "--list"),
     ] {
         let offered = bash_completes(&script, line);
         assert!(
@@ -1859,7 +1859,11 @@ const BAD: &[(&[&str], &str)] = &[
     // Our own options.
     (&["rebuild", "--", "--target-dir", "@TARGET@"], "nothing to build: no --root and no --description"),
     (&["--tls-verify=maybe", "stash", "--list"], "invalid value 'maybe' for '--tls-verify"),
-    (&["--compress-format", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compress-format"),
+    (&["--compression", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compression"),
+    (&["--compress-format", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compression"),
+    (&["--compression", "zstd", "--compression-level", "20", "stash", "--list"], "compression level 20 is not a zstd level: give 1 to 19"),
+    (&["--compression-level", "0", "stash", "--list"], "compression level 0 is not a gzip level: give 1 to 9"),
+    (&["--jobs", "0", "stash", "--list"], "invalid value '0' for '--jobs"),
     (&["--creds", ":secret", "pull", "docker://registry.example/x:1"], "--creds needs a user name before the colon"),
     (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
     (&["--creds", "user:", "pull", "docker://registry.example/x:1"], "--creds user has an empty password"),
