@@ -186,8 +186,12 @@ impl<W: Write> Write for Writer<W> {
     }
 }
 
-/// A block to compress and where its member goes.
-type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
+/// A block to compress, a buffer for its member, and where both go back
+/// (the member made, the block to be filled again).
+type Job = (Vec<u8>, Vec<u8>, SyncSender<Done>);
+
+/// A member made from a block, and that block.
+type Done = io::Result<(Vec<u8>, Vec<u8>)>;
 
 /// Blocks in flight per worker: enough to keep each busy while the
 /// writer waits on the oldest.
@@ -200,7 +204,10 @@ struct Gzip<W: Write> {
     /// Members written or queued: an empty stream still gets one.
     members: usize,
     /// The members being made, oldest first.
-    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    pending: VecDeque<Receiver<Done>>,
+    /// Buffers given back, for the next blocks and members: memory stays
+    /// at the blocks in flight, however long the stream.
+    spare: Vec<Vec<u8>>,
     queue: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -213,6 +220,7 @@ impl<W: Write> Gzip<W> {
             block: Vec::with_capacity(GZIP_BLOCK),
             members: 0,
             pending: VecDeque::new(),
+            spare: Vec::new(),
             queue: None,
             workers: Vec::new(),
         };
@@ -232,15 +240,19 @@ impl<W: Write> Gzip<W> {
 
     /// Hands the full (or last) block on.
     fn submit(&mut self) -> io::Result<()> {
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(GZIP_BLOCK));
+        let next = self.spare_buffer();
+        let block = std::mem::replace(&mut self.block, next);
         self.members += 1;
         let Some(queue) = &self.queue else {
-            let member = member(&block, self.level)?;
-            return self.out.write_all(&member);
+            let mut out = Vec::new();
+            member(&block, self.level, &mut out)?;
+            self.spare.push(block);
+            return self.out.write_all(&out);
         };
+        let out = self.spare.pop().unwrap_or_default();
         let (tx, rx) = sync_channel(1);
         queue
-            .send((block, tx))
+            .send((block, out, tx))
             .map_err(|_| io::Error::other("the gzip workers stopped"))?;
         self.pending.push_back(rx);
         while self.pending.len() >= self.limit() {
@@ -249,13 +261,21 @@ impl<W: Write> Gzip<W> {
         Ok(())
     }
 
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(GZIP_BLOCK));
+        b.clear();
+        b
+    }
+
     /// Waits for the oldest member and writes it.
     fn write_oldest(&mut self) -> io::Result<()> {
         let Some(rx) = self.pending.pop_front() else {
             return Ok(());
         };
-        let member = rx.recv().map_err(|_| io::Error::other("a gzip worker stopped"))??;
-        self.out.write_all(&member)
+        let (member, block) = rx.recv().map_err(|_| io::Error::other("a gzip worker stopped"))??;
+        self.out.write_all(&member)?;
+        self.spare.extend([member, block]);
+        Ok(())
     }
 
     fn finish(mut self) -> io::Result<W> {
@@ -304,22 +324,23 @@ fn spawn_worker(queue: Arc<Mutex<Receiver<Job>>>, level: u32) -> JoinHandle<()> 
     thread::spawn(move || loop {
         // The lock is held only to take a job, not while compressing it.
         let job = queue.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
-        let Ok((block, done)) = job else {
+        let Ok((block, mut out, done)) = job else {
             return;
         };
+        let made = member(&block, level, &mut out).map(|()| (out, block));
         // The writer may be gone (dropped unfinished): nothing to tell.
-        let _ = done.send(member(&block, level));
+        let _ = done.send(made);
     })
 }
 
-/// `block` as one gzip member (no name, no time: the same bytes always).
-fn member(block: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(block.len() / 2 + 64),
-        flate2::Compression::new(level),
-    );
+/// `block` as one gzip member (no name, no time: the same bytes always),
+/// into `out`, which is emptied first.
+fn member(block: &[u8], level: u32, out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    let mut gz = flate2::write::GzEncoder::new(std::mem::take(out), flate2::Compression::new(level));
     gz.write_all(block)?;
-    gz.finish()
+    *out = gz.finish()?;
+    Ok(())
 }
 
 #[cfg(test)]
