@@ -1999,3 +1999,45 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
         wrong.join("\n")
     );
 }
+
+/// A push sends the layers as stored unless a compression is asked for;
+/// then skopeo copies a layout we recompressed, every digest kept, and is
+/// never asked to compress itself. `--compress-format` is the same option.
+#[test]
+fn a_push_asks_skopeo_to_keep_digests_and_never_to_compress() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "base");
+    sandbox.stash(&root, &["--tag", "1"]);
+    let dest = format!("oci:{}:base", sandbox.path("out").display());
+    let store_source = format!("oci:{}:base:1", sandbox.store().display());
+    for (options, preserved, from_store) in [
+        (&[][..], false, true),
+        (&["--compression", "gzip"][..], true, true),
+        (&["--compression", "zstd"][..], true, false),
+        (&["--compress-format", "zstd", "--jobs", "1"][..], true, false),
+    ] {
+        let mut args = options.to_vec();
+        args.extend(["push", "base:1", &dest]);
+        let run = sandbox.run(&args);
+        run.assert_fails(1);
+        let calls = run.calls("skopeo");
+        assert_eq!(calls.len(), 1, "{options:?}: {calls:?}");
+        let argv = &calls[0];
+        assert!(!argv.iter().any(|a| a.contains("compress")), "{options:?}: {argv:?}");
+        assert_eq!(
+            argv.iter().any(|a| a == "--preserve-digests"),
+            preserved,
+            "{options:?}: {argv:?}"
+        );
+        let source = &argv[argv.len() - 2];
+        assert_eq!(argv.last().unwrap(), &dest);
+        // Pinned or not, a source in the store ends with the stash's name.
+        let recompressed = source.contains("kiwi-stackbuild-push-");
+        assert_eq!(
+            !recompressed, from_store,
+            "{options:?}: {source} (store {store_source})"
+        );
+        assert!(source.ends_with(":base:1"), "{options:?}: {source}");
+    }
+}
