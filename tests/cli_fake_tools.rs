@@ -1864,6 +1864,7 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--compression", "zstd", "--compression-level", "20", "stash", "--list"], "compression level 20 is not a zstd level: give 1 to 19"),
     (&["--compression-level", "0", "stash", "--list"], "compression level 0 is not a gzip level: give 1 to 9"),
     (&["--jobs", "0", "stash", "--list"], "invalid value '0' for '--jobs"),
+    (&["--jobs", "257", "stash", "--list"], "invalid value '257' for '--jobs"),
     (&["--creds", ":secret", "pull", "docker://registry.example/x:1"], "--creds needs a user name before the colon"),
     (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
     (&["--creds", "user:", "pull", "docker://registry.example/x:1"], "--creds user has an empty password"),

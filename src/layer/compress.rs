@@ -109,7 +109,7 @@ impl Settings {
             ));
         }
         let jobs = match jobs {
-            Some(0) => return Err(eyre!("--jobs 0: give at least 1 thread")),
+            Some(n) if !(1..=MAX_JOBS).contains(&n) => return Err(eyre!("--jobs {n}: give 1 to {MAX_JOBS} threads")),
             Some(n) => n,
             None => available_cores(),
         };
@@ -128,9 +128,13 @@ impl Default for Settings {
     }
 }
 
-/// The cores this process may run on (1 when that cannot be told).
+/// The most threads a layer is compressed on (libzstd's own limit).
+pub const MAX_JOBS: usize = 256;
+
+/// The cores this process may run on (1 when that cannot be told), at
+/// most [`MAX_JOBS`].
 pub fn available_cores() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
+    thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_JOBS)
 }
 
 /// A writer that compresses what is written into it, as `settings` say,
