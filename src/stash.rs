@@ -508,7 +508,7 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
             crate::layer::show(&path)
         ));
     }
-    let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
+    let layer = write::write(&plan, layer_file.file(), store.compression())?;
     drop(scratch);
     log::info!(
         "squashed {layers_before} layers of {key} ({} entries) into one {} layer in {:.2?}",
@@ -615,7 +615,7 @@ fn squashed_image(
         annotations.insert("org.opencontainers.image.created".into(), created);
     }
     let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
-    let layers = vec![Descriptor::new(MediaType::ImageLayerGzip, layer.size, &layer.digest)];
+    let layers = vec![Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest)];
     let manifest = oci::manifest(config_desc, layers, annotations)?;
     Ok((config, manifest))
 }
