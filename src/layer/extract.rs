@@ -4,11 +4,16 @@
 //! them with `O_NOFOLLOW` from the root's own descriptor: a symlink met on
 //! the way is an error, never followed, and nothing outside the root can be
 //! reached or created. It needs no `openat2`. Directory handles are kept in
-//! a small cache (a few dozen descriptors, whatever the tree's size), dropped
-//! whenever what they name is removed. Directory times are set last, since
-//! creating entries in a directory changes them.
+//! a small cache (a few dozen descriptors, whatever the tree's size, the
+//! least recently used one closed first), dropped whenever what they name is
+//! removed. Directory times are set last, since creating entries in a
+//! directory changes them.
+//!
+//! A directory this unpack created holds only what it put there since, so
+//! what is in it is known without asking the disk: a fresh root is written
+//! with no `stat` of the entries it creates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -27,7 +32,11 @@ use super::{is_within, join, show, split, Kind, Meta, StackedLayer, Time, IGNORE
 use crate::fsutil::kept_mode;
 
 /// Directory handles kept open at most; the rest are opened again on use.
-const HANDLES: usize = 32;
+const HANDLES: usize = 48;
+
+/// How much of a file's content one write hands the kernel at most: far
+/// fewer calls than `io::copy`'s 8 KiB, and as much as a decompressed chunk.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// Unpacks `layers`, lowest first, into `rootfs`, which must not exist.
 /// On any error nothing is left of `rootfs`.
@@ -72,8 +81,18 @@ fn unpack_into_filtered(
 /// A root directory on disk that layers are applied to.
 pub struct Disk {
     root: Rc<OwnedFd>,
-    handles: HashMap<Vec<u8>, Rc<OwnedFd>>,
+    /// Open directory handles and when each was last used.
+    handles: HashMap<Vec<u8>, (Rc<OwnedFd>, u64)>,
+    /// Counts uses of `handles`.
+    clock: u64,
     dir_times: BTreeMap<Vec<u8>, Time>,
+    /// Directories this unpack created (the root too, when it was empty):
+    /// everything in them is in `known`.
+    fresh: HashSet<Vec<u8>>,
+    /// What is at each path inside a fresh directory.
+    known: HashMap<Vec<u8>, Node>,
+    /// Carries file contents from the layer to the disk.
+    buffer: Vec<u8>,
     /// Whether owners can be set (we run as root); without that, setuid and
     /// setgid bits are dropped, since they would go to a new owner.
     owners: bool,
@@ -116,12 +135,31 @@ impl Disk {
         rfs::fchmod(&root, Mode::from_raw_mode(0o755))?;
         let mut dir_times = BTreeMap::new();
         dir_times.insert(Vec::new(), Time::default());
+        let mut fresh = HashSet::new();
+        if is_empty(&root)? {
+            fresh.insert(Vec::new());
+        }
         Ok(Disk {
             root: Rc::new(root),
             handles: HashMap::new(),
+            clock: 0,
             dir_times,
+            fresh,
+            known: HashMap::new(),
+            buffer: Vec::new(),
             owners,
         })
+    }
+
+    /// Notes that `path` is now `node`, when its parent is fresh; a new
+    /// directory is fresh itself.
+    fn created(&mut self, path: &[u8], node: Node) {
+        if node == Node::Dir {
+            self.fresh.insert(path.to_vec());
+        }
+        if self.fresh.contains(split(path).0) {
+            self.known.insert(path.to_vec(), node);
+        }
     }
 
     /// A handle on the directory `path`, walked from the nearest one known.
@@ -129,7 +167,9 @@ impl Disk {
         if path.is_empty() {
             return Ok(self.root.clone());
         }
-        if let Some(fd) = self.handles.get(path) {
+        self.clock += 1;
+        if let Some((fd, used)) = self.handles.get_mut(path) {
+            *used = self.clock;
             return Ok(fd.clone());
         }
         let (parent, name) = split(path);
@@ -140,15 +180,24 @@ impl Disk {
             Err(e) => return Err(e).wrap_err_with(|| format!("opening {}", show(path))),
         };
         if self.handles.len() >= HANDLES {
-            self.handles.clear();
+            let oldest = self
+                .handles
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.handles.remove(&k);
+            }
         }
-        self.handles.insert(path.to_vec(), fd.clone());
+        self.handles.insert(path.to_vec(), (fd.clone(), self.clock));
         Ok(fd)
     }
 
     /// Drops what is known of `path` and below: it is gone.
     fn forget(&mut self, path: &[u8]) {
         self.handles.retain(|k, _| !is_within(k, path));
+        self.fresh.retain(|k| !is_within(k, path));
+        self.known.retain(|k, _| !is_within(k, path));
         let doomed: Vec<Vec<u8>> = self
             .dir_times
             .range(path.to_vec()..)
@@ -230,6 +279,54 @@ impl Disk {
     }
 }
 
+/// What is at `name` in `parent`, asking the disk.
+fn disk_node(parent: &OwnedFd, name: &[u8]) -> Result<Option<Node>> {
+    let stat = match rfs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => s,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Directory => Node::Dir,
+        FileType::Symlink => Node::Symlink(rfs::readlinkat(parent, os(name), Vec::new())?.into_bytes()),
+        _ => Node::Other,
+    }))
+}
+
+fn is_empty(dir: &OwnedFd) -> Result<bool> {
+    let readable = rfs::openat(dir, ".", DIR_READ, Mode::empty())?;
+    for entry in rfs::Dir::read_from(&readable)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Copies all of `content` to `file` through `buffer`.
+fn copy(content: &mut dyn Read, file: &mut File, buffer: &mut Vec<u8>) -> io::Result<u64> {
+    buffer.resize(WRITE_BUFFER, 0);
+    let mut copied = 0;
+    loop {
+        // Fill the buffer as far as the content goes, then write it at once.
+        let mut n = 0;
+        while n < buffer.len() {
+            match content.read(&mut buffer[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Ok(copied);
+        }
+        file.write_all(&buffer[..n])?;
+        copied += n as u64;
+    }
+}
+
 fn restorable(meta: &Meta) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
     meta.xattrs
         .iter()
@@ -270,20 +367,11 @@ impl Target for Disk {
             return Ok(Some(Node::Dir));
         }
         let (parent, name) = split(path);
+        if self.fresh.contains(parent) {
+            return Ok(self.known.get(path).cloned());
+        }
         let parent = self.dir(parent)?;
-        let stat = match rfs::statat(&*parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(s) => s,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e).wrap_err_with(|| format!("looking at {}", show(path))),
-        };
-        Ok(Some(match FileType::from_raw_mode(stat.st_mode) {
-            FileType::Directory => Node::Dir,
-            FileType::Symlink => {
-                let target = rfs::readlinkat(&*parent, os(name), Vec::new())?;
-                Node::Symlink(target.into_bytes())
-            }
-            _ => Node::Other,
-        }))
+        disk_node(&parent, name).wrap_err_with(|| format!("looking at {}", show(path)))
     }
 
     fn children(&mut self, dir: &[u8]) -> Result<Vec<Vec<u8>>> {
@@ -326,6 +414,7 @@ impl Target for Disk {
         let fd = self.dir(parent)?;
         rfs::mkdirat(&*fd, os(name), Mode::from_raw_mode(0o755))
             .wrap_err_with(|| format!("creating {}", show(path)))?;
+        self.created(path, Node::Dir);
         Ok(())
     }
 
@@ -336,7 +425,7 @@ impl Target for Disk {
             Kind::File { size } => {
                 let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let mut file = File::from(rfs::openat(&*fd, os(name), flags, Mode::from_raw_mode(0o600))?);
-                let copied = io::copy(content, &mut file)?;
+                let copied = copy(content, &mut file, &mut self.buffer)?;
                 if copied != *size {
                     bail!("the layer holds {copied} of its {size} bytes");
                 }
@@ -363,6 +452,11 @@ impl Target for Disk {
             }
             Kind::Dir => unreachable!("directories are made by set_dir"),
         }
+        let node = match &meta.kind {
+            Kind::Symlink { target } => Node::Symlink(target.clone()),
+            _ => Node::Other,
+        };
+        self.created(path, node);
         Ok(())
     }
 
@@ -375,7 +469,11 @@ impl Target for Disk {
             if !exists {
                 rfs::mkdirat(&*fd, os(name), Mode::from_raw_mode(0o700))?;
             }
-            rfs::openat(&*fd, os(name), DIR_READ, Mode::empty())?
+            let dir = rfs::openat(&*fd, os(name), DIR_READ, Mode::empty())?;
+            if !exists {
+                self.created(path, Node::Dir);
+            }
+            dir
         };
         self.set_owner_mode_xattrs(&dir, meta, exists)?;
         self.dir_times.insert(path.to_vec(), meta.mtime);
@@ -389,6 +487,11 @@ impl Target for Disk {
         let fd = self.dir(parent)?;
         rfs::linkat(&*tfd, os(tname), &*fd, os(name), AtFlags::empty())
             .wrap_err_with(|| format!("linking to {}", show(target)))?;
+        if self.fresh.contains(parent) {
+            // A second name of whatever the target is (a symlink, too).
+            let node = disk_node(&fd, name)?.ok_or_else(|| eyre!("{} vanished", show(path)))?;
+            self.created(path, node);
+        }
         Ok(())
     }
 
