@@ -61,6 +61,11 @@ pub trait Target {
     /// Gives the symlink `path`, kept in place of a directory entry, that
     /// entry's owner and times.
     fn keep_dirlink(&mut self, path: &[u8], meta: &Meta) -> Result<()>;
+    /// Finishes what the target still does in the background for the
+    /// changes it was handed.
+    fn settle(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How many symlinks one path may go through (as securejoin allows).
@@ -91,6 +96,10 @@ pub fn apply_layers<T: Target>(
             true => applier.apply(&change, content),
             false => Ok(()),
         })?;
+        applier
+            .target
+            .settle()
+            .map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest()))?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
@@ -30,6 +30,8 @@ use super::apply::{self, Node, Target};
 use super::read::Change;
 use super::{is_within, join, show, split, Kind, Meta, StackedLayer, Time, IGNORED_XATTRS};
 use crate::fsutil::kept_mode;
+
+mod writer;
 
 /// Directory handles kept open at most; the rest are opened again on use.
 const HANDLES: usize = 48;
@@ -80,9 +82,9 @@ fn unpack_into_filtered(
 
 /// A root directory on disk that layers are applied to.
 pub struct Disk {
-    root: Rc<OwnedFd>,
+    root: Arc<OwnedFd>,
     /// Open directory handles and when each was last used.
-    handles: HashMap<Vec<u8>, (Rc<OwnedFd>, u64)>,
+    handles: HashMap<Vec<u8>, (Arc<OwnedFd>, u64)>,
     /// Counts uses of `handles`.
     clock: u64,
     dir_times: BTreeMap<Vec<u8>, Time>,
@@ -93,6 +95,8 @@ pub struct Disk {
     known: HashMap<Vec<u8>, Node>,
     /// Carries file contents from the layer to the disk.
     buffer: Vec<u8>,
+    /// Writes files no larger than its budget behind the applier.
+    writers: writer::Pool,
     /// Whether owners can be set (we run as root); without that, setuid and
     /// setgid bits are dropped, since they would go to a new owner.
     owners: bool,
@@ -140,13 +144,14 @@ impl Disk {
             fresh.insert(Vec::new());
         }
         Ok(Disk {
-            root: Rc::new(root),
+            root: Arc::new(root),
             handles: HashMap::new(),
             clock: 0,
             dir_times,
             fresh,
             known: HashMap::new(),
             buffer: Vec::new(),
+            writers: writer::Pool::new(),
             owners,
         })
     }
@@ -163,7 +168,7 @@ impl Disk {
     }
 
     /// A handle on the directory `path`, walked from the nearest one known.
-    fn dir(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>> {
+    fn dir(&mut self, path: &[u8]) -> Result<Arc<OwnedFd>> {
         if path.is_empty() {
             return Ok(self.root.clone());
         }
@@ -175,7 +180,7 @@ impl Disk {
         let (parent, name) = split(path);
         let parent = self.dir(parent)?;
         let fd = match rfs::openat(&*parent, os(name), DIR_PATH, Mode::empty()) {
-            Ok(fd) => Rc::new(fd),
+            Ok(fd) => Arc::new(fd),
             Err(Errno::LOOP | Errno::NOTDIR) => bail!("{} is not a directory", show(path)),
             Err(e) => return Err(e).wrap_err_with(|| format!("opening {}", show(path))),
         };
@@ -208,27 +213,6 @@ impl Disk {
         for k in doomed {
             self.dir_times.remove(&k);
         }
-    }
-
-    /// Owner first (chown clears setuid bits and security.capability), then
-    /// mode and xattrs, of an open file or directory.
-    fn set_owner_mode_xattrs<Fd: AsFd>(&self, fd: Fd, meta: &Meta, replace: bool) -> Result<()> {
-        if self.owners {
-            rfs::fchown(&fd, Some(uid(meta.uid)?), Some(gid(meta.gid)?))?;
-        }
-        rfs::fchmod(&fd, Mode::from_raw_mode(kept_mode(meta.mode, self.owners)))?;
-        if replace {
-            for name in list_xattrs(&fd)? {
-                if !IGNORED_XATTRS.contains(&name.as_slice()) && !meta.xattrs.iter().any(|(k, _)| *k == name) {
-                    rfs::fremovexattr(&fd, os(&name))?;
-                }
-            }
-        }
-        for (k, v) in restorable(meta) {
-            rfs::fsetxattr(&fd, os(k), v, rfs::XattrFlags::empty())
-                .wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k)))?;
-        }
-        Ok(())
     }
 
     /// Owner, mode (unless a symlink), xattrs and times of the entry `name`
@@ -264,6 +248,7 @@ impl Disk {
 
     /// Sets the times of every directory, now that nothing more is created.
     pub fn finish(mut self) -> Result<()> {
+        self.writers.settle()?;
         let dirs = std::mem::take(&mut self.dir_times);
         for (path, mtime) in dirs {
             if path.is_empty() {
@@ -277,6 +262,27 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Owner first (chown clears setuid bits and security.capability), then
+/// mode and xattrs, of an open file or directory.
+fn set_owner_mode_xattrs<Fd: AsFd>(fd: Fd, meta: &Meta, replace: bool, owners: bool) -> Result<()> {
+    if owners {
+        rfs::fchown(&fd, Some(uid(meta.uid)?), Some(gid(meta.gid)?))?;
+    }
+    rfs::fchmod(&fd, Mode::from_raw_mode(kept_mode(meta.mode, owners)))?;
+    if replace {
+        for name in list_xattrs(&fd)? {
+            if !IGNORED_XATTRS.contains(&name.as_slice()) && !meta.xattrs.iter().any(|(k, _)| *k == name) {
+                rfs::fremovexattr(&fd, os(&name))?;
+            }
+        }
+    }
+    for (k, v) in restorable(meta) {
+        rfs::fsetxattr(&fd, os(k), v, rfs::XattrFlags::empty())
+            .wrap_err_with(|| format!("setting xattr {}", String::from_utf8_lossy(k)))?;
+    }
+    Ok(())
 }
 
 /// What is at `name` in `parent`, asking the disk.
@@ -362,9 +368,16 @@ fn list_xattrs<Fd: AsFd>(fd: Fd) -> Result<Vec<Vec<u8>>> {
 }
 
 impl Target for Disk {
+    fn settle(&mut self) -> Result<()> {
+        self.writers.settle()
+    }
+
     fn node(&mut self, path: &[u8]) -> Result<Option<Node>> {
         if path.is_empty() {
             return Ok(Some(Node::Dir));
+        }
+        if self.writers.is_pending(path) {
+            return Ok(Some(Node::Other));
         }
         let (parent, name) = split(path);
         if self.fresh.contains(parent) {
@@ -375,6 +388,8 @@ impl Target for Disk {
     }
 
     fn children(&mut self, dir: &[u8]) -> Result<Vec<Vec<u8>>> {
+        // What is still being written must be on disk first.
+        self.writers.settle()?;
         let fd = self.dir(dir)?;
         let readable = rfs::openat(&*fd, ".", DIR_READ, Mode::empty())?;
         let mut names = Vec::new();
@@ -389,6 +404,8 @@ impl Target for Disk {
     }
 
     fn remove(&mut self, path: &[u8]) -> Result<()> {
+        // What is still being written must be on disk first.
+        self.writers.settle()?;
         let (parent, name) = split(path);
         let fd = self.dir(parent)?;
         match rfs::unlinkat(&*fd, os(name), AtFlags::empty()) {
@@ -422,6 +439,20 @@ impl Target for Disk {
         let (parent, name) = split(path);
         let fd = self.dir(parent)?;
         match &meta.kind {
+            Kind::File { size } if *size <= writer::BUDGET => {
+                let mut data = Vec::with_capacity(*size as usize);
+                let copied = content.take(*size).read_to_end(&mut data)? as u64;
+                if copied != *size {
+                    bail!("the layer holds {copied} of its {size} bytes");
+                }
+                self.writers.submit(writer::Job {
+                    parent: fd.clone(),
+                    path: path.to_vec(),
+                    meta: meta.clone(),
+                    data,
+                    owners: self.owners,
+                })?;
+            }
             Kind::File { size } => {
                 let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let mut file = File::from(rfs::openat(&*fd, os(name), flags, Mode::from_raw_mode(0o600))?);
@@ -430,7 +461,7 @@ impl Target for Disk {
                     bail!("the layer holds {copied} of its {size} bytes");
                 }
                 file.flush()?;
-                self.set_owner_mode_xattrs(&file, meta, false)?;
+                set_owner_mode_xattrs(&file, meta, false, self.owners)?;
                 rfs::futimens(&file, &times(meta.mtime))?;
             }
             Kind::Symlink { target } => {
@@ -475,12 +506,14 @@ impl Target for Disk {
             }
             dir
         };
-        self.set_owner_mode_xattrs(&dir, meta, exists)?;
+        set_owner_mode_xattrs(&dir, meta, exists, self.owners)?;
         self.dir_times.insert(path.to_vec(), meta.mtime);
         Ok(())
     }
 
     fn link(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        // What is still being written must be on disk first.
+        self.writers.settle()?;
         let (tparent, tname) = split(target);
         let tfd = self.dir(tparent)?;
         let (parent, name) = split(path);
@@ -496,6 +529,8 @@ impl Target for Disk {
     }
 
     fn keep_dirlink(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
+        // What is still being written must be on disk first.
+        self.writers.settle()?;
         let (parent, name) = split(path);
         let fd = self.dir(parent)?;
         if self.owners {
@@ -509,5 +544,84 @@ impl Target for Disk {
         }
         rfs::utimensat(&*fd, os(name), &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::layer::read::tests::{header, layer, pax, tar_of};
+
+    /// A link (`kind` 1 hard, 2 symbolic) `name` to `target`.
+    fn linked(name: &str, kind: u8, target: &str) -> Vec<u8> {
+        let mut h = header(name, kind, 0);
+        h[157..157 + target.len()].copy_from_slice(target.as_bytes());
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h.to_vec()
+    }
+
+    /// `tar_of(parts)` with `extra` (whole blocks) before its end marker.
+    fn with_blocks(parts: &[(&str, u8, &[u8])], extra: &[u8]) -> Vec<u8> {
+        let mut tar = tar_of(parts);
+        tar.truncate(tar.len() - 1024);
+        tar.extend_from_slice(extra);
+        tar.extend_from_slice(&[0u8; 1024]);
+        tar
+    }
+
+    #[test]
+    fn files_written_behind_the_applier_come_out_in_layer_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..writer::BUDGET as usize + 5000).map(|i| (i % 251) as u8).collect();
+        let many: Vec<(String, Vec<u8>)> = (0..600)
+            .map(|i| (format!("d/f{i}"), format!("{i}\n").into_bytes()))
+            .collect();
+        let mut parts: Vec<(&str, u8, &[u8])> = vec![
+            ("a", b'0', b"first"),
+            ("a", b'0', b"second"),
+            ("b", b'0', b"linked"),
+            ("big", b'0', &big),
+        ];
+        parts.extend(many.iter().map(|(n, d)| (n.as_str(), b'0', d.as_slice())));
+        // A later entry for a path still being written, and a hard link to one.
+        let tar = with_blocks(&parts, &[linked("d/f7", b'2', "f8"), linked("c", b'1', "b")].concat());
+        let l = layer(&tmp.path().join("layout"), &tar, |_| {});
+        let root = tmp.path().join("root");
+        unpack(&[l], &root).unwrap();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"second");
+        let (b, c) = (root.join("b").metadata().unwrap(), root.join("c").metadata().unwrap());
+        assert_eq!((b.ino(), b.nlink()), (c.ino(), 2));
+        assert_eq!(std::fs::read(root.join("c")).unwrap(), b"linked");
+        assert!(
+            std::fs::read(root.join("big")).unwrap() == big,
+            "the file larger than the budget differs"
+        );
+        for (name, data) in &many[8..] {
+            assert_eq!(&std::fs::read(root.join(name)).unwrap(), data, "{name}");
+        }
+        assert_eq!(std::fs::read_link(root.join("d/f7")).unwrap(), Path::new("f8"));
+        assert_eq!(root.join("a").metadata().unwrap().mode() & 0o7777, 0o644);
+    }
+
+    #[test]
+    fn a_file_that_fails_behind_the_applier_is_named_and_the_root_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = pax(&[("SCHILY.xattr.bogus.name", "v")]);
+        let tar = tar_of(&[
+            ("PaxHeader", b'x', &bad),
+            ("etc/bad", b'0', b"x"),
+            ("etc/good", b'0', b"y"),
+            ("usr", b'5', b""),
+        ]);
+        let l = layer(&tmp.path().join("layout"), &tar, |_| {});
+        let root = tmp.path().join("root");
+        let err = format!("{:#}", unpack(&[l], &root).unwrap_err());
+        assert!(err.contains("/etc/bad: setting xattr bogus.name"), "{err}");
+        assert!(!err.contains("good") && !err.contains("/usr"), "{err}");
+        assert!(!root.exists());
     }
 }

@@ -25,6 +25,19 @@ use std::path::PathBuf;
 
 use crate::oci::{Descriptor, Digest};
 
+/// An error that names its entry already, which may be an earlier one than
+/// the entry at hand (a file written behind the applier's back).
+#[derive(Debug)]
+pub struct EntryError(pub String);
+
+impl std::fmt::Display for EntryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EntryError {}
+
 /// Prefix of a whiteout entry's base name.
 pub const WHITEOUT: &[u8] = b".wh.";
 /// Base name of an opaque-directory marker.

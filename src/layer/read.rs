@@ -16,7 +16,7 @@ use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use sha2::{Digest as _, Sha256};
 
 use super::tarball::{Header, TarReader};
-use super::{clean_path, show, split, Kind, Meta, StackedLayer, OPAQUE, WHITEOUT};
+use super::{clean_path, show, split, EntryError, Kind, Meta, StackedLayer, OPAQUE, WHITEOUT};
 use crate::oci::{self, DescriptorExt, Digest};
 
 const CHUNK: usize = 1 << 20;
@@ -185,7 +185,10 @@ fn entries(chunks: ChunkReader, f: &mut dyn FnMut(Change, &mut dyn Read) -> Resu
         })?;
         let Some(header) = header else { break };
         let change = normalise(&header).map_err(|e| eyre!("entry {}: {e:#}", show(&header.name)))?;
-        f(change, &mut tar).map_err(|e| eyre!("{}: {e:#}", show(&clean_path(&header.name))))?;
+        f(change, &mut tar).map_err(|e| match e.downcast_ref::<EntryError>() {
+            Some(_) => e,
+            None => eyre!("{}: {e:#}", show(&clean_path(&header.name))),
+        })?;
         last = Some(header.name);
     }
     tar.finish()?;
@@ -257,7 +260,7 @@ fn normalise(h: &Header) -> Result<Change> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write as _;
 
     use super::*;
@@ -266,7 +269,7 @@ mod tests {
 
     /// A gzip layer of `tar` in a fresh layout; `tamper` may change the blob
     /// after its digest was taken.
-    fn layer(dir: &std::path::Path, tar: &[u8], tamper: impl FnOnce(&mut Vec<u8>)) -> StackedLayer {
+    pub(crate) fn layer(dir: &std::path::Path, tar: &[u8], tamper: impl FnOnce(&mut Vec<u8>)) -> StackedLayer {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(tar).unwrap();
         let mut blob = gz.finish().unwrap();
@@ -282,7 +285,7 @@ mod tests {
         }
     }
 
-    fn header(name: &str, kind: u8, size: usize) -> [u8; 512] {
+    pub(crate) fn header(name: &str, kind: u8, size: usize) -> [u8; 512] {
         let mut h = [0u8; 512];
         h[..name.len()].copy_from_slice(name.as_bytes());
         h[100..107].copy_from_slice(b"0000644");
@@ -299,7 +302,7 @@ mod tests {
         h
     }
 
-    fn tar_of(parts: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    pub(crate) fn tar_of(parts: &[(&str, u8, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, kind, data) in parts {
             out.extend_from_slice(&header(name, *kind, data.len()));
@@ -319,7 +322,7 @@ mod tests {
         Ok(out)
     }
 
-    fn pax(records: &[(&str, &str)]) -> Vec<u8> {
+    pub(crate) fn pax(records: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (k, v) in records {
             crate::layer::write::record(&mut out, k.as_bytes(), v.as_bytes());
