@@ -34,7 +34,7 @@ use crate::fsutil::kept_mode;
 mod writer;
 
 /// Directory handles kept open at most; the rest are opened again on use.
-const HANDLES: usize = 48;
+const HANDLES: usize = 32;
 
 /// How much of a file's content one write hands the kernel at most: far
 /// fewer calls than `io::copy`'s 8 KiB, and as much as a decompressed chunk.

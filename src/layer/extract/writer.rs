@@ -25,8 +25,10 @@ use crate::layer::{show, split, EntryError, Meta};
 
 /// Bytes of file content in flight at most.
 pub const BUDGET: u64 = 32 << 20;
-/// Files in flight at most (each holds its parent's handle).
-const JOBS: usize = 256;
+/// Files in flight at most. Each holds its parent's handle, which may be
+/// one the handle cache has let go: with the cache's 32 this keeps an unpack
+/// within an open-file limit of 64.
+const JOBS: usize = 16;
 /// Writer threads.
 const THREADS: usize = 2;
 
