@@ -212,10 +212,11 @@ pub struct RebuildArgs {
 /// `stash`.
 #[derive(Debug, Args)]
 #[command(
-    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash"])),
+    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash", "prune"])),
     override_usage = "kiwi-stackbuild stash [OPTIONS] --root DIR\n       kiwi-stackbuild stash --list [--json]\n       \
                       kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --squash NAME[:TAG]\n       \
-                      kiwi-stackbuild stash --check [--repair]"
+                      kiwi-stackbuild stash --check [--repair]\n       \
+                      kiwi-stackbuild stash --prune --older-than DURATION"
 )]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
@@ -260,6 +261,17 @@ pub struct StashArgs {
     /// re-stash it, or stash --rm). Exits with 3 when problems remain.
     #[arg(long, requires = "check")]
     pub repair: bool,
+    /// Remove fetched images (fetched/...) that no run used for a while
+    ///
+    /// Images a rebuild, stackbuild or merge fetched from elsewhere are kept
+    /// in the store as fetched/NAME:TAG, so the next run fetches nothing.
+    /// This removes those whose last use is older than --older-than, then
+    /// the blobs no remaining stash uses. Stashes of your own stay.
+    #[arg(long, requires = "older_than")]
+    pub prune: bool,
+    /// With --prune: how long unused, a number and s, m, h, d or w (30d)
+    #[arg(long, value_name = "DURATION", requires = "prune", value_parser = crate::store::fetched::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// `stackbuild`.
@@ -528,9 +540,12 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if let Some(r) = a.squash {
         return workflow::squash(store, &r);
     }
+    if let Some(age) = a.older_than.filter(|_| a.prune) {
+        return workflow::prune(store, age);
+    }
     let root = a
         .root
-        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check or --squash"))?;
+        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check, --squash or --prune"))?;
     let done = workflow::stash(
         store,
         &root,

@@ -40,6 +40,7 @@ use crate::store::Store;
 use crate::tools::kiwi::{self, Globals};
 use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
+use crate::transfer;
 pub use plan::{Plan, Workflow};
 
 /// The name of a rebuild's scratch directory (in the target, or the
@@ -220,19 +221,27 @@ struct Steps<'a> {
 
 impl Steps<'_> {
     /// Brings `roots` where they can be read, lowest first: stashes are
-    /// pinned ([`Store::pin`]) and other images copied into the scratch
-    /// dir, all without holding the store's lock, so stashes and removals
-    /// go on meanwhile. From a read-only store the shared lock is held
-    /// until [`Held::unpacked`].
+    /// pinned ([`Store::pin`]), other images fetched into the store (only
+    /// the blobs it lacks; see [`transfer::fetch_into_store`]) and pinned
+    /// too, all without holding the store's lock, so stashes and removals
+    /// go on meanwhile. A read-only store keeps nothing: other images are
+    /// copied into the scratch dir, and the shared lock is held until
+    /// [`Held::unpacked`].
     fn fetch(&self, roots: &[ImageReference]) -> Result<(Vec<Fetched>, Held)> {
         let mut layout = restore::FetchLayout::in_scratch(self.scratch);
         let mut held = Held::default();
         let mut images = Vec::new();
         for r in roots {
             let ImageReference::Stash(stash) = r else {
-                // Its layout links to the store's blobs, made under the
-                // lock: by hard links it needs the lock no more, by
-                // symlinks it keeps it until the unpack.
+                let resolved = crate::obs::resolve(r)?;
+                if let Some(kept) = transfer::fetch_into_store(self.store, r, &resolved, self.auth)? {
+                    images.push(restore::fetched_from(r, kept.pin.path().to_path_buf(), &kept.desc)?);
+                    held.pins.push(kept.pin);
+                    continue;
+                }
+                // A read-only store: a scratch copy. Its layout links to the
+                // store's blobs, made under the lock: by hard links it needs
+                // the lock no more, by symlinks it keeps it until the unpack.
                 let lock = self.store.lock_shared()?;
                 layout.prepare(self.store)?;
                 if layout.needs_the_lock() && held.lock.is_none() {
@@ -606,16 +615,27 @@ pub fn merge_preview(
         }
         crate::fsutil::remove_stale(None, SCRATCH_PREFIX);
         let scratch = crate::fsutil::private_tempdir(None, SCRATCH_PREFIX)?;
-        let _lock = store.lock_shared()?;
-        let image = restore::fetch(
-            store,
-            &reference,
-            &mut restore::FetchLayout::in_scratch(scratch.path()),
-            auth,
-        )
-        .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
+        let fetching = || format!("fetching the base {reference} of {}", file.display());
+        let kept = match &reference {
+            ImageReference::Stash(_) => None,
+            other => {
+                transfer::fetch_into_store(store, other, &crate::obs::resolve(other)?, auth).wrap_err_with(fetching)?
+            }
+        };
+        let (image, _held) = match kept {
+            Some(kept) => (
+                restore::fetched_from(&reference, kept.pin.path().to_path_buf(), &kept.desc)?,
+                (Some(kept.pin), None),
+            ),
+            None => {
+                let lock = store.lock_shared()?;
+                let mut layout = restore::FetchLayout::in_scratch(scratch.path());
+                let image = restore::fetch(store, &reference, &mut layout, auth).wrap_err_with(fetching)?;
+                (image, (None, lock))
+            }
+        };
         let stored = stored_description(&image, scratch.path())?;
-        drop(_lock);
+        drop(_held);
         derive::write_merged(&stored, &d, output)?;
     }
     log::info!("merged {} into its base: {}", file.display(), output.display());
@@ -632,6 +652,21 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         None => store.remove_all_of(r.name.as_str())?,
     };
     eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
+    Ok(())
+}
+
+/// `stash --prune --older-than AGE`: removes the fetched images no run
+/// used for `age`, and the blobs no remaining stash uses.
+pub fn prune(store: &Store, age: std::time::Duration) -> Result<()> {
+    let (keys, freed) = store.prune(age, std::time::SystemTime::now())?;
+    if keys.is_empty() {
+        eprintln!("no fetched image unused for that long: nothing removed");
+    } else {
+        eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
+        for key in &keys {
+            crate::listing::line(key)?;
+        }
+    }
     Ok(())
 }
 

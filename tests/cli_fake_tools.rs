@@ -19,7 +19,11 @@
 //!   `--description` to `$FAKE_ARGV_DIR/description`, fills
 //!   `TARGET/build/image-root` from `$FAKE_KIWI_ROOT` when set, and exits
 //!   with `$FAKE_KIWI_EXIT` (default 0);
-//! - `skopeo` prints `$FAKE_SKOPEO_STDERR` and exits 1.
+//! - `skopeo` prints `$FAKE_SKOPEO_STDERR` and exits 1; with
+//!   `$FAKE_SKOPEO_IMAGE` (a layout of one image, see `fake_registry_image`)
+//!   it serves that image instead: `inspect` prints its manifest, `copy`
+//!   copies the blobs an `oci:` destination lacks (noting each in
+//!   `skopeo-copied`) and names the image there.
 //!
 //! Needs root, as the binary does for `stash` and `rebuild` (CI runs as root).
 
@@ -93,6 +97,23 @@ fi
 const FAKE_SKOPEO: &str = r#"#!/bin/sh
 PATH=/usr/bin:/bin
 printf '%s\0' "$#" "$@" >> "$FAKE_ARGV_DIR/skopeo"
+if [ -n "$FAKE_SKOPEO_IMAGE" ]; then
+    for last; do :; done
+    case $1 in
+    inspect) exec cat "$FAKE_SKOPEO_IMAGE/manifest.json" ;;
+    copy)
+        dest=${last#oci:} && dir=${dest%%:*} && name=${dest#*:}
+        mkdir -p "$dir/blobs/sha256" || exit 3
+        for blob in "$FAKE_SKOPEO_IMAGE"/blobs/sha256/*; do
+            if [ ! -e "$dir/blobs/sha256/${blob##*/}" ]; then
+                cp "$blob" "$dir/blobs/sha256/" || exit 4
+                echo "${blob##*/}" >> "$FAKE_ARGV_DIR/skopeo-copied"
+            fi
+        done
+        sed "s|@NAME@|$name|" "$FAKE_SKOPEO_IMAGE/index.json.in" > "$dir/index.json"
+        exit ;;
+    esac
+fi
 echo "${FAKE_SKOPEO_STDERR:-fake skopeo: no registry here}" >&2
 exit 1
 "#;
@@ -1994,4 +2015,130 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
         BAD.len() + SUGGESTED.len(),
         wrong.join("\n")
     );
+}
+
+// ---------------------------------------------------------------- fetched images
+
+/// A stash `fake-base:latest` made in a store of its own, laid out as
+/// `$FAKE_SKOPEO_IMAGE` wants it: its blobs, its manifest, and an index
+/// naming it `@NAME@`. Returns the dir and the manifest's digest.
+fn fake_registry_image(sandbox: &Sandbox) -> (PathBuf, String) {
+    let root = sandbox.path("remote-root");
+    kiwi_tree(&root, "fake-base");
+    let home = sandbox.path("remote-store");
+    let run = sandbox.run_with(&["stash", "--root", root.to_str().unwrap()], |c| {
+        c.env("KIWI_STACKBUILD_HOME", &home);
+    });
+    run.assert_ok();
+    let index = read_json(&home.join("index.json"));
+    let mut desc = index["manifests"][0].clone();
+    desc["annotations"][REF_NAME] = "@NAME@".into();
+    let digest = desc["digest"].as_str().unwrap().to_string();
+    let image = sandbox.path("remote-image");
+    fs::create_dir(&image).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(home.join("blobs"))
+        .arg(&image)
+        .status();
+    assert!(copied.unwrap().success());
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    fs::copy(home.join("blobs/sha256").join(hex), image.join("manifest.json")).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+    fs::write(image.join("index.json.in"), index.to_string()).unwrap();
+    (image, digest)
+}
+
+/// A rebuild from a registry keeps the image in the store: the first copies
+/// every blob, by the digest it looked at; the second asks for the manifest
+/// only and copies nothing; `stash --list` names it and its source.
+#[test]
+fn a_second_rebuild_from_a_registry_copies_no_blob() {
+    let sandbox = Sandbox::new();
+    let (image, digest) = fake_registry_image(&sandbox);
+    let remote = "docker://registry.example/kiwi/base:1";
+    let rebuild = |target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        });
+        run.assert_ok();
+        let copied = fs::read_to_string(run.calls.join("skopeo-copied")).unwrap_or_default();
+        let copied: Vec<String> = copied.lines().map(str::to_string).collect();
+        (run, copied)
+    };
+    let (first, copied) = rebuild("t1");
+    let skopeo = first.calls("skopeo");
+    assert_eq!(skopeo.len(), 2, "{skopeo:?}");
+    assert_eq!(skopeo[0], strings(&["inspect", "--raw", remote]));
+    assert_eq!(skopeo[1][0], "copy");
+    let pinned = format!("docker://registry.example/kiwi/base@{digest}");
+    assert_eq!(skopeo[1][skopeo[1].len() - 2], pinned, "{skopeo:?}");
+    let all = fs::read_dir(image.join("blobs/sha256")).unwrap().count();
+    assert_eq!(copied.len(), all, "an empty store needs every blob: {copied:?}");
+
+    let (second, copied) = rebuild("t2");
+    assert_eq!(second.calls("skopeo"), vec![strings(&["inspect", "--raw", remote])]);
+    assert!(copied.is_empty(), "the second rebuild copied {copied:?}");
+    assert!(second.stderr.contains("nothing to fetch"), "{}", second.stderr);
+    // Both unpacked the image's layers.
+    let key = "fetched/registry-example/kiwi/base:1";
+    for run in [&first, &second] {
+        let layout = run.calls.join("umoci-layout");
+        let index = read_json(&layout.join("index.json"));
+        let unpacked = read_blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+        assert_eq!(unpacked["layers"], sandbox.manifest_of(key)["layers"]);
+    }
+
+    let list = sandbox.run(&["stash", "--list", "--json"]);
+    list.assert_ok();
+    let entries: Vec<Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["reference"], key);
+    assert_eq!(entries[0]["digest"], digest.as_str());
+    assert_eq!(entries[0]["fetched_from"], remote);
+    assert!(
+        entries[0]["last_used"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{entries:?}"
+    );
+    let table = sandbox.run(&["stash", "--list"]);
+    assert!(
+        table.stdout.contains(&format!("fetched from {remote}")),
+        "{}",
+        table.stdout
+    );
+}
+
+/// A fetch never replaces a stash of the user's that has the name a
+/// fetched image would get.
+#[test]
+fn a_fetch_does_not_replace_a_stash_of_that_name() {
+    let sandbox = Sandbox::new();
+    let (image, _) = fake_registry_image(&sandbox);
+    let root = sandbox.path("mine");
+    kiwi_tree(&root, "fake-base");
+    let key = sandbox.stash(
+        &root,
+        &["--container-name", "fetched/registry-example/kiwi/base", "--tag", "1"],
+    );
+    let before = sandbox.index();
+    let target = sandbox.arg("t");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--root",
+            "docker://registry.example/kiwi/base:1",
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        },
+    );
+    run.assert_fails(1);
+    run.assert_stderr_has(&[&format!("the store has a stash {key} of its own")]);
+    assert_eq!(sandbox.index(), before, "the store changed");
 }
