@@ -255,13 +255,32 @@ pub fn push(
     })
 }
 
-/// A fetched image kept in the store, pinned for the run that fetched it.
+/// A fetched image in the store, held readable for the run that fetched it.
 #[derive(Debug)]
 pub struct Kept {
     /// Its index entry.
     pub desc: Descriptor,
-    /// The pin that keeps its blobs readable without the lock.
-    pub pin: Scratch,
+    /// What keeps its blobs there.
+    pub hold: Hold,
+}
+
+/// What keeps a fetched image's blobs readable.
+#[derive(Debug)]
+pub enum Hold {
+    /// A pin ([`Store::pin`]): no lock is needed.
+    Pin(Scratch),
+    /// The store's shared lock (a read-only store, which cannot pin).
+    Lock(Lock),
+}
+
+impl Kept {
+    /// The layout that holds its blobs.
+    pub fn layout(&self, store: &Store) -> std::path::PathBuf {
+        match &self.hold {
+            Hold::Pin(pin) => pin.path().to_path_buf(),
+            Hold::Lock(_) => store.root().to_path_buf(),
+        }
+    }
 }
 
 /// The name a fetched image gets in the store: `fetched/` and the
@@ -392,6 +411,20 @@ pub fn fetch_into_store(
     {
         Ok((staging, _shared)) => staging,
         Err(e) if store_is_read_only(&e) => {
+            if let Some(lock) = store.lock_shared()? {
+                let index = store.index()?;
+                let known = fetched::find_by_source(&index, &source, &digest)
+                    .or_else(|| known_manifest(store, &digest))
+                    .filter(|d| complete(store, d));
+                if let Some(desc) = known {
+                    log::info!(
+                        "{src} is in the stash store {} ({}), which cannot be written: read from there, its use not recorded",
+                        store.root().display(),
+                        desc.sha256()?.short()
+                    );
+                    return Ok(Some(Kept { desc, hold: Hold::Lock(lock) }));
+                }
+            }
             log::info!(
                 "the stash store {} cannot be written ({e:#}): {src} is fetched into a scratch layout, and not kept",
                 store.root().display()
@@ -417,7 +450,7 @@ pub fn fetch_into_store(
                 desc.sha256()?.short()
             );
             let pin = pin_fetched(store, &key, &desc, &lock)?;
-            return Ok(Some(Kept { desc, pin }));
+            return Ok(Some(Kept { desc, hold: Hold::Pin(pin) }));
         }
     }
     let shared = store.lock_for_staging()?;
@@ -454,7 +487,7 @@ pub fn fetch_into_store(
         crate::listing::human_size(new_bytes)
     );
     let pin = pin_fetched(store, &key, &desc, &lock)?;
-    Ok(Some(Kept { desc, pin }))
+    Ok(Some(Kept { desc, hold: Hold::Pin(pin) }))
 }
 
 /// The fetched image `key` of `index`, if any; an error when `key` is a

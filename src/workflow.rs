@@ -235,8 +235,11 @@ impl Steps<'_> {
             let ImageReference::Stash(stash) = r else {
                 let resolved = crate::obs::resolve(r)?;
                 if let Some(kept) = transfer::fetch_into_store(self.store, r, &resolved, self.auth)? {
-                    images.push(restore::fetched_from(r, kept.pin.path().to_path_buf(), &kept.desc)?);
-                    held.pins.push(kept.pin);
+                    images.push(restore::fetched_from(r, kept.layout(self.store), &kept.desc)?);
+                    match kept.hold {
+                        transfer::Hold::Pin(pin) => held.pins.push(pin),
+                        transfer::Hold::Lock(lock) => held.lock = Some(lock),
+                    }
                     continue;
                 }
                 // A read-only store: a scratch copy. Its layout links to the
@@ -624,14 +627,14 @@ pub fn merge_preview(
         };
         let (image, _held) = match kept {
             Some(kept) => (
-                restore::fetched_from(&reference, kept.pin.path().to_path_buf(), &kept.desc)?,
-                (Some(kept.pin), None),
+                restore::fetched_from(&reference, kept.layout(store), &kept.desc)?,
+                Some(kept.hold),
             ),
             None => {
                 let lock = store.lock_shared()?;
                 let mut layout = restore::FetchLayout::in_scratch(scratch.path());
                 let image = restore::fetch(store, &reference, &mut layout, auth).wrap_err_with(fetching)?;
-                (image, (None, lock))
+                (image, lock.map(transfer::Hold::Lock))
             }
         };
         let stored = stored_description(&image, scratch.path())?;

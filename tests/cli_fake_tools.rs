@@ -2142,3 +2142,79 @@ fn a_fetch_does_not_replace_a_stash_of_that_name() {
     run.assert_stderr_has(&[&format!("the store has a stash {key} of its own")]);
     assert_eq!(sandbox.index(), before, "the store changed");
 }
+
+/// `stash --prune --older-than` drops the fetched images whose last use is
+/// older than that, and the blobs only they used; stashes of the user's
+/// stay however old; `--rm` removes a fetched image by its name.
+#[test]
+fn prune_drops_only_fetched_images_unused_for_that_long() {
+    let sandbox = Sandbox::new();
+    let (image, _) = fake_registry_image(&sandbox);
+    let fetch = |remote: &str, target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        });
+        run.assert_ok();
+        run
+    };
+    fetch("docker://registry.example/kiwi/base:1", "t1");
+    // The same image from elsewhere: the store has it, so it is only named.
+    let again = fetch("docker://mirror.example/base:1", "t2");
+    assert_eq!(again.calls("skopeo").len(), 1, "{:?}", again.calls("skopeo"));
+    let root = sandbox.path("mine");
+    kiwi_tree(&root, "mine");
+    let mine = sandbox.stash(&root, &[]);
+    let (old, recent) = ("fetched/registry-example/kiwi/base:1", "fetched/mirror-example/base:1");
+
+    // Set the old one's last use, and the user's stash's creation, 40 days back.
+    let mut index = sandbox.index();
+    for d in index["manifests"].as_array_mut().unwrap() {
+        let name = d["annotations"][REF_NAME].as_str().unwrap().to_string();
+        if name == old || name == mine {
+            d["annotations"]["io.kiwi-stackbuild.last-used"] = "2000-01-01T00:00:00Z".into();
+            d["annotations"]["io.kiwi-stackbuild.fetched-at"] = "2000-01-01T00:00:00Z".into();
+        }
+    }
+    fs::write(sandbox.store().join("index.json"), index.to_string()).unwrap();
+    let refs = |s: &Sandbox| -> Vec<String> {
+        let index = s.index();
+        let mut names: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["annotations"][REF_NAME].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let blobs = || fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().count();
+    let blobs_before = blobs();
+
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30d"]);
+    run.assert_ok();
+    assert_eq!(run.stdout.trim(), old, "{}", run.stderr);
+    let mut want = vec![mine.clone(), recent.to_string()];
+    want.sort();
+    assert_eq!(refs(&sandbox), want);
+    assert_eq!(blobs(), blobs_before, "a blob the recent fetch needs went");
+
+    // Nothing is old enough now; with 0s every fetched image is.
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30d"]);
+    run.assert_ok();
+    assert!(run.stdout.is_empty() && run.stderr.contains("nothing removed"), "{}", run.stderr);
+    let run = sandbox.run(&["stash", "--rm", recent]);
+    run.assert_ok();
+    assert_eq!(refs(&sandbox), vec![mine.clone()]);
+    assert!(blobs() < blobs_before, "the fetched image's blobs stayed");
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "0s"]);
+    run.assert_ok();
+    assert_eq!(refs(&sandbox), vec![mine], "prune removed a stash of the user's");
+
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30"]);
+    run.assert_fails(2);
+    run.assert_stderr_has(&["invalid duration \"30\""]);
+    let run = sandbox.run(&["stash", "--prune"]);
+    run.assert_fails(2);
+}
