@@ -111,8 +111,8 @@ pub enum Command {
     /// --target-dir T may also be given before --, as KIWI users write it.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
-    /// Store a KIWI root tree in the local store; list, remove, squash or check
-    /// stashes
+    /// Store a KIWI root tree in the local store; list, remove, squash, check
+    /// or prune stashes
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
@@ -186,6 +186,10 @@ pub struct PullArgs {
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
     /// Image to build on; repeat to stack several (lowest first)
+    ///
+    /// An image that is no stash is fetched into the store as
+    /// fetched/NAME:TAG, so the next rebuild from it fetches no blob again
+    /// (see stash --prune).
     #[arg(long, value_name = "REF")]
     pub root: Vec<ImageReference>,
     /// Description to build (W1)

@@ -422,7 +422,10 @@ pub fn fetch_into_store(
                         store.root().display(),
                         desc.sha256()?.short()
                     );
-                    return Ok(Some(Kept { desc, hold: Hold::Lock(lock) }));
+                    return Ok(Some(Kept {
+                        desc,
+                        hold: Hold::Lock(lock),
+                    }));
                 }
             }
             log::info!(
@@ -450,7 +453,10 @@ pub fn fetch_into_store(
                 desc.sha256()?.short()
             );
             let pin = pin_fetched(store, &key, &desc, &lock)?;
-            return Ok(Some(Kept { desc, hold: Hold::Pin(pin) }));
+            return Ok(Some(Kept {
+                desc,
+                hold: Hold::Pin(pin),
+            }));
         }
     }
     let shared = store.lock_for_staging()?;
@@ -487,7 +493,10 @@ pub fn fetch_into_store(
         crate::listing::human_size(new_bytes)
     );
     let pin = pin_fetched(store, &key, &desc, &lock)?;
-    Ok(Some(Kept { desc, hold: Hold::Pin(pin) }))
+    Ok(Some(Kept {
+        desc,
+        hold: Hold::Pin(pin),
+    }))
 }
 
 /// The fetched image `key` of `index`, if any; an error when `key` is a

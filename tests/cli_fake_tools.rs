@@ -2203,7 +2203,11 @@ fn prune_drops_only_fetched_images_unused_for_that_long() {
     // Nothing is old enough now; with 0s every fetched image is.
     let run = sandbox.run(&["stash", "--prune", "--older-than", "30d"]);
     run.assert_ok();
-    assert!(run.stdout.is_empty() && run.stderr.contains("nothing removed"), "{}", run.stderr);
+    assert!(
+        run.stdout.is_empty() && run.stderr.contains("nothing removed"),
+        "{}",
+        run.stderr
+    );
     let run = sandbox.run(&["stash", "--rm", recent]);
     run.assert_ok();
     assert_eq!(refs(&sandbox), vec![mine.clone()]);

@@ -969,7 +969,14 @@ fn a_second_rebuild_from_a_registry_fetches_no_blob() {
         let before = reg.access_log().len();
         let out = cmd(
             home,
-            &with_registry(&["rebuild", "--root", remote, "--", "--target-dir", target.to_str().unwrap()]),
+            &with_registry(&[
+                "rebuild",
+                "--root",
+                remote,
+                "--",
+                "--target-dir",
+                target.to_str().unwrap(),
+            ]),
         )
         .env("KIWI_NG", &kiwi)
         .env("XDG_CACHE_HOME", env.path("cache"))
@@ -990,7 +997,11 @@ fn a_second_rebuild_from_a_registry_fetches_no_blob() {
     assert_eq!(fetched.len(), layers.len() + 1, "a blob was fetched twice: {fetched:?}");
 
     let (out, log) = rebuild(&home, &remote, &root, "t2");
-    assert_eq!(blob_gets(&log, "ns/x"), Vec::<String>::new(), "the second rebuild fetched blobs");
+    assert_eq!(
+        blob_gets(&log, "ns/x"),
+        Vec::<String>::new(),
+        "the second rebuild fetched blobs"
+    );
     let manifests: Vec<&str> = log
         .iter()
         .filter_map(|l| request(l))
@@ -1029,11 +1040,18 @@ fn a_second_rebuild_from_a_registry_fetches_no_blob() {
     });
     let _ = Command::new("umount").arg(&ro).status();
     let ((held, log), (scratch, _)) = got.unwrap();
-    assert_eq!(blob_gets(&log, "ns/x"), Vec::<String>::new(), "a blob the store has was fetched");
+    assert_eq!(
+        blob_gets(&log, "ns/x"),
+        Vec::<String>::new(),
+        "a blob the store has was fetched"
+    );
     let stderr = String::from_utf8_lossy(&held.stderr);
     assert!(stderr.contains("cannot be written: read from there"), "{stderr}");
     let stderr = String::from_utf8_lossy(&scratch.stderr);
-    assert!(stderr.contains("cannot be written") && stderr.contains("not kept"), "{stderr}");
+    assert!(
+        stderr.contains("cannot be written") && stderr.contains("not kept"),
+        "{stderr}"
+    );
     assert_eq!(fs::read(home.join("index.json")).unwrap(), index);
 
     ok(&home, &["stash", "--rm", &key]);

@@ -106,6 +106,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "kiwi-stackbuild stash --squash NAME[:TAG]",
     ),
     (
+        "drop images fetched for rebuilds that no run used for 30 days",
+        "kiwi-stackbuild stash --prune --older-than 30d",
+    ),
+    (
         "build from stashes, as kiwi-ng system stackbuild does",
         "kiwi-stackbuild stackbuild --stash NAME... --target-dir T [--description D] [--from-registry URI] \
          [-- ARGS | kiwi ARGS]",
