@@ -296,12 +296,12 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     let lower = match base {
         Some(b) => {
             let tree = lower_tree(store, b, &base_ids)?;
+            // Taken even when the store has the blob now (a hard link from a
+            // pin costs nothing): a removal between the locks may free it.
             for l in b.layers.iter().filter(|l| l.layout != store.root()) {
                 let digest = l.layer.sha256()?;
-                if !store.blob_path(&digest).exists() {
-                    let file = store.temp_blob_from(&oci::blob_path(&l.layout, &digest))?;
-                    imports.push((digest, file));
-                }
+                let file = store.temp_blob_from(&oci::blob_path(&l.layout, &digest))?;
+                imports.push((digest, file));
             }
             tree
         }

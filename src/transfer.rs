@@ -179,6 +179,11 @@ fn move_in(
             .suggestion("run the pull again");
         }
     }
+    // What a source gave is checked before the store keeps it: a blob kept
+    // under a digest it does not have would stand in for the real one.
+    for digest in &new {
+        verify_blob(&oci::blob_path(staging, digest), digest, src)?;
+    }
     let mut bytes = 0;
     for (n, digest) in new.iter().enumerate() {
         let from = oci::blob_path(staging, digest);
@@ -189,6 +194,20 @@ fn move_in(
         }
     }
     Ok((new.len(), bytes))
+}
+
+/// Fails unless the file at `path` hashes to `digest`, over its whole length.
+fn verify_blob(path: &Path, digest: &Digest, src: &ImageReference) -> Result<()> {
+    let file = fs::File::open(path).wrap_err_with(|| format!("opening blob {digest}"))?;
+    let mut reader = oci::HashingReader::new(std::io::BufReader::new(file));
+    std::io::copy(&mut reader, &mut std::io::sink()).wrap_err_with(|| format!("reading blob {digest}"))?;
+    let got = reader.digest();
+    if got != *digest {
+        return Err(eyre!(
+            "the blob {digest} that {src} gave is corrupt: its content has the digest {got}"
+        ));
+    }
+    Ok(())
 }
 
 /// The name of a push's scratch layout starts so.

@@ -621,9 +621,8 @@ pub fn merge_preview(
         let fetching = || format!("fetching the base {reference} of {}", file.display());
         let kept = match &reference {
             ImageReference::Stash(_) => None,
-            other => {
-                transfer::fetch_into_store(store, other, &crate::obs::resolve(other)?, auth).wrap_err_with(fetching)?
-            }
+            // Its errors name the reference.
+            other => transfer::fetch_into_store(store, other, &crate::obs::resolve(other)?, auth)?,
         };
         let (image, _held) = match kept {
             Some(kept) => (

@@ -2222,3 +2222,48 @@ fn prune_drops_only_fetched_images_unused_for_that_long() {
     let run = sandbox.run(&["stash", "--prune"]);
     run.assert_fails(2);
 }
+
+/// A blob whose content is not what its digest says never enters the
+/// store: the fetch fails naming it, and no ref or blob is left.
+#[test]
+fn a_corrupt_blob_from_a_registry_is_not_kept() {
+    let sandbox = Sandbox::new();
+    let (image, digest) = fake_registry_image(&sandbox);
+    let manifest = read_json(&image.join("manifest.json"));
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let path = image.join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.push(0);
+    fs::write(&path, bytes).unwrap();
+    let target = sandbox.arg("t");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--root",
+            "docker://registry.example/kiwi/base:1",
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image);
+        },
+    );
+    run.assert_fails(1);
+    run.assert_stderr_has(&[&format!(
+        "the blob {layer} that docker://registry.example/kiwi/base:1 gave is corrupt"
+    )]);
+    assert_eq!(
+        sandbox.index()["manifests"],
+        serde_json::json!([]),
+        "{digest} got a ref"
+    );
+    let left: Vec<_> = fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().collect();
+    assert!(left.is_empty(), "blobs left: {left:?}");
+    let temps: Vec<String> = fs::read_dir(sandbox.store())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "left in the store: {temps:?}");
+}
