@@ -471,6 +471,7 @@ pub fn fetch_into_store(
                 "{src} is in the store as {key} ({}): nothing to fetch",
                 desc.sha256()?.short()
             );
+            free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
             let pin = pin_fetched(store, &key, &desc, &lock)?;
             return Ok(Some(Kept {
                 desc,
@@ -511,6 +512,7 @@ pub fn fetch_into_store(
         desc.sha256()?.short(),
         crate::listing::human_size(new_bytes)
     );
+    free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
     let pin = pin_fetched(store, &key, &desc, &lock)?;
     Ok(Some(Kept {
         desc,
@@ -529,6 +531,28 @@ fn refuse_a_stash(store: &Store, index: &ImageIndex, key: &str) -> Result<Option
             "rename or remove that stash (kiwi-stackbuild stash --rm {key})"
         )),
         found => Ok(found),
+    }
+}
+
+/// Frees the blobs that only the image `key` named `before` (another one
+/// than `desc`, its tag having moved at the source) used, so that a tag
+/// fetched again and again does not pile up images no ref names. Best
+/// effort: what stops the collection (a broken entry) is logged, and
+/// `stash --rm` or `--prune` frees them later.
+fn free_replaced(
+    store: &Store,
+    index: &ImageIndex,
+    key: &str,
+    before: Option<&Descriptor>,
+    desc: &Descriptor,
+    lock: &Lock,
+) {
+    if before.is_none_or(|b| b.digest() == desc.digest()) {
+        return;
+    }
+    match store.collect_garbage(index, lock) {
+        Ok(freed) => log::info!("{key} named another image before: {freed} blobs no ref uses any more freed"),
+        Err(e) => log::warn!("{key} named another image before, whose blobs stay: {e:#}"),
     }
 }
 

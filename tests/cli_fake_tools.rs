@@ -2023,9 +2023,15 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
 /// `$FAKE_SKOPEO_IMAGE` wants it: its blobs, its manifest, and an index
 /// naming it `@NAME@`. Returns the dir and the manifest's digest.
 fn fake_registry_image(sandbox: &Sandbox) -> (PathBuf, String) {
-    let root = sandbox.path("remote-root");
+    fake_registry_image_of(sandbox, "remote")
+}
+
+/// [`fake_registry_image`] of a tree of its own, `NAME-root`, in `NAME-image`.
+fn fake_registry_image_of(sandbox: &Sandbox, name: &str) -> (PathBuf, String) {
+    let root = sandbox.path(&format!("{name}-root"));
     kiwi_tree(&root, "fake-base");
-    let home = sandbox.path("remote-store");
+    fs::write(root.join("etc/image-name"), name).unwrap();
+    let home = sandbox.path(&format!("{name}-store"));
     let run = sandbox.run_with(&["stash", "--root", root.to_str().unwrap()], |c| {
         c.env("KIWI_STACKBUILD_HOME", &home);
     });
@@ -2034,7 +2040,7 @@ fn fake_registry_image(sandbox: &Sandbox) -> (PathBuf, String) {
     let mut desc = index["manifests"][0].clone();
     desc["annotations"][REF_NAME] = "@NAME@".into();
     let digest = desc["digest"].as_str().unwrap().to_string();
-    let image = sandbox.path("remote-image");
+    let image = sandbox.path(&format!("{name}-image"));
     fs::create_dir(&image).unwrap();
     let copied = Command::new("cp")
         .arg("-a")
@@ -2266,4 +2272,43 @@ fn a_corrupt_blob_from_a_registry_is_not_kept() {
         .filter(|n| n.starts_with(".tmp"))
         .collect();
     assert!(temps.is_empty(), "left in the store: {temps:?}");
+}
+
+/// When the tag names another image at the source, the next rebuild fetches
+/// that one under the same name and frees the blobs only the old one used.
+#[test]
+fn a_tag_that_moved_is_fetched_again_and_the_old_image_freed() {
+    let sandbox = Sandbox::new();
+    let (old, _) = fake_registry_image_of(&sandbox, "old");
+    let (new, new_digest) = fake_registry_image_of(&sandbox, "new");
+    let remote = "docker://registry.example/kiwi/base:1";
+    let rebuild = |image: &Path, target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("old-root"));
+        });
+        run.assert_ok();
+        run
+    };
+    rebuild(&old, "t1");
+    let names = |dir: &Path| -> std::collections::BTreeSet<String> {
+        fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let run = rebuild(&new, "t2");
+    assert_eq!(run.calls("skopeo").len(), 2, "the moved tag was not fetched again");
+    let key = "fetched/registry-example/kiwi/base:1";
+    let index = sandbox.index();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{index}");
+    assert_eq!(entries[0]["annotations"][REF_NAME], key);
+    assert_eq!(entries[0]["digest"], new_digest.as_str());
+    assert_eq!(
+        names(&sandbox.store()),
+        names(&new),
+        "the old image's blobs were not freed"
+    );
 }
