@@ -19,10 +19,6 @@ use crate::reference::{StashName, Tag};
 use crate::restore::{self, Fetched};
 use crate::store::{Store, TempBlob};
 
-/// gzip level of the layers we write: fast, since roots are large and
-/// registries care more about time than the last few percent.
-pub const GZIP_LEVEL: u32 = 1;
-
 /// What a stash run stored.
 #[derive(Debug, Clone)]
 pub struct Stashed {
@@ -311,7 +307,7 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     let scanned = tree::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
     let plan = write::plan(&scanned, &lower);
     let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
-    let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
+    let layer = write::write(&plan, layer_file.file(), store.compression())?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
         layer.entries - layer.whiteouts,
@@ -390,7 +386,7 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
     labels.retain(|k, _| !k.starts_with(crate::labels::PREFIX) && k != crate::labels::OBS_DISTURL);
     labels.extend(facts.labels());
     config.config.labels = Some(labels);
-    layers.push(Descriptor::new(MediaType::ImageLayerGzip, layer.size, &layer.digest));
+    layers.push(Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest));
     let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
     let base_name = base
         .and_then(|b| b.names.last())
@@ -512,7 +508,7 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
             crate::layer::show(&path)
         ));
     }
-    let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
+    let layer = write::write(&plan, layer_file.file(), store.compression())?;
     drop(scratch);
     log::info!(
         "squashed {layers_before} layers of {key} ({} entries) into one {} layer in {:.2?}",
@@ -619,7 +615,7 @@ fn squashed_image(
         annotations.insert("org.opencontainers.image.created".into(), created);
     }
     let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
-    let layers = vec![Descriptor::new(MediaType::ImageLayerGzip, layer.size, &layer.digest)];
+    let layers = vec![Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest)];
     let manifest = oci::manifest(config_desc, layers, annotations)?;
     Ok((config, manifest))
 }

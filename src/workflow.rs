@@ -31,6 +31,7 @@ use color_eyre::Section;
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
 use crate::labels;
+use crate::layer::compress::Settings;
 use crate::listing::human_size;
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::registry::RegistryAuth;
@@ -38,7 +39,6 @@ use crate::restore::{self, Fetched};
 use crate::stash::{self, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals};
-use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 use crate::transfer;
 pub use plan::{Plan, Workflow};
@@ -62,8 +62,9 @@ pub struct Rebuild {
     pub globals: Globals,
     /// The arguments after `--`.
     pub kiwi_args: Vec<OsString>,
-    /// How `--keep-root` compresses when it copies to a registry.
-    pub compression: Compression,
+    /// What `--keep-root` recompresses the layers to when it copies the
+    /// root out of the store (`None`: as they are).
+    pub compression: Option<Settings>,
 }
 
 /// Stores the KIWI root tree `root` in the local store, tagged `tag` and
@@ -342,7 +343,7 @@ impl Steps<'_> {
             return Ok(());
         };
         tools::require(&[Tool::Skopeo])?;
-        let staging = Store::new(self.scratch.join("keep"));
+        let staging = Store::new(self.scratch.join("keep")).with_compression(*self.store.compression());
         let done = stash(
             &staging,
             &root,
@@ -352,11 +353,13 @@ impl Steps<'_> {
             arch,
             base,
         )?;
-        let src = ImageReference::Oci {
-            dir: staging.root().to_string_lossy().into_owned(),
-            image: Some(done.key.clone()),
-        };
-        crate::tools::skopeo::copy(&src, dest, self.auth, self.job.compression)?;
+        crate::transfer::copy_out(
+            staging.root(),
+            &done.key,
+            dest,
+            self.auth,
+            self.job.compression.as_ref(),
+        )?;
         log::info!("kept the root as {dest} ({} layers)", done.layers);
         crate::listing::line(&dest.to_string())?;
         Ok(())

@@ -8,11 +8,13 @@
 //!   clobbering, symlinks resolved inside the root), over a [`apply::Target`];
 //! - [`extract`] is that target on disk (the confined unpacker), [`tree`] in
 //!   memory (deltas, the tree cache, replay) and the scan of a root on disk;
-//! - [`write`] writes a tree, or what changed since a lower one, as a layer;
+//! - [`write`] writes a tree, or what changed since a lower one, as a layer,
+//!   which [`compress`] compresses (gzip or zstd) on every core;
 //! - [`cache`] keeps the trees of stored images beside the store.
 
 pub(crate) mod apply;
 pub(crate) mod cache;
+pub mod compress;
 pub mod extract;
 pub(crate) mod read;
 pub(crate) mod tarball;
