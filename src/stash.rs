@@ -88,6 +88,7 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
         kiwi_version: None,
         bases: Vec::new(),
         disturl: crate::obs::disturl(),
+        inputs: None,
     })
 }
 
