@@ -98,16 +98,44 @@ pub enum Base {
 }
 
 impl Base {
-    /// A stash resolved in `store`; any other reference as it is written.
+    /// A stash resolved in `store`; any other reference as it is written
+    /// (resolving it would ask a registry).
     pub fn of(store: &Store, reference: &ImageReference) -> Result<Base> {
         Ok(match reference {
-            ImageReference::Stash(r) => Base::Resolved {
-                reference: r.key(),
-                digest: store.resolve(&r.key())?.sha256()?.to_string(),
-            },
+            ImageReference::Stash(r) => Base::resolved(reference, &store.resolve(&r.key())?.sha256()?.to_string()),
             other => Base::ByReference(other.to_string()),
         })
     }
+
+    /// `reference` at the manifest `digest` (a stash as `NAME:TAG`).
+    pub fn resolved(reference: &ImageReference, digest: &str) -> Base {
+        let reference = match reference {
+            ImageReference::Stash(r) => r.key(),
+            other => other.to_string(),
+        };
+        Base::Resolved {
+            reference,
+            digest: digest.to_string(),
+        }
+    }
+}
+
+/// The record of a build of the description in `dir` (none: the one
+/// stored in the root) with kiwi-ng's `globals`, the arguments after `--`
+/// (`--target-dir` and `--description` left out), on `bases`, with the
+/// installed kiwi-ng's version.
+pub fn of_build(dir: Option<&Path>, globals: &Globals, args: &[OsString], bases: Vec<Base>) -> Result<Record> {
+    let kiwi_version = Tool::KiwiNg
+        .locate()
+        .ok()
+        .and_then(|_| crate::tools::kiwi::version().ok());
+    Record::compute(&Request {
+        dir,
+        globals: Some(globals),
+        args,
+        bases,
+        kiwi_version,
+    })
 }
 
 /// The record and its hash.
