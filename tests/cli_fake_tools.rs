@@ -2042,3 +2042,101 @@ fn a_push_asks_skopeo_to_keep_digests_and_never_to_compress() {
         assert!(source.ends_with(":base:1"), "{options:?}: {source}");
     }
 }
+
+/// The hash `inputs --json` prints for `args`.
+fn inputs_json(sandbox: &Sandbox, args: &[&str]) -> Value {
+    let mut all = vec!["inputs", "--json"];
+    all.extend(args);
+    let run = sandbox.run(&all);
+    run.assert_ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn inputs_of_a_kept_root_are_stored_with_it_and_compared() {
+    let sandbox = Sandbox::new();
+    let (description, built) = sandbox.description_and_built_root();
+    fs::write(description.join("config.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    fs::create_dir_all(description.join("root/etc")).unwrap();
+    fs::write(description.join("root/etc/motd"), "hello\n").unwrap();
+    let desc = description.to_str().unwrap();
+    let before = inputs_json(&sandbox, &["--description", desc, "--", "--add-package", "vim"]);
+    let hash = before["hash"].as_str().unwrap().to_string();
+    assert!(hash.starts_with("sha256:"), "{before}");
+    assert_eq!(before["parts"]["kiwi-ng"], "9.9.9");
+    assert_eq!(before["parts"]["args"], serde_json::json!(["--add-package=vim"]));
+    assert_eq!(before["parts"]["config.sh"]["type"], "file");
+    assert_eq!(before["reusable"], true, "{before}");
+    // The table names the same hash and parts.
+    let table = sandbox.run(&["inputs", "--description", desc, "--", "--add-package", "vim"]);
+    table.assert_ok();
+    assert!(table.stdout.starts_with(&format!("inputs {hash}\n")), "{}", table.stdout);
+    assert!(table.stdout.contains("\nroot/etc/motd "), "{}", table.stdout);
+
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            desc,
+            "--keep-root",
+            "kept",
+            "--",
+            "--target-dir",
+            &target,
+            "--add-package",
+            "vim",
+        ],
+        |c| {
+            c.env("FAKE_KIWI_ROOT", &built);
+        },
+    );
+    run.assert_ok();
+    let manifest = sandbox.manifest_of("kept:latest");
+    let config = read_blob(&sandbox.store(), manifest["config"]["digest"].as_str().unwrap());
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["io.kiwi-stackbuild.inputs"], hash.as_str(), "{labels}");
+    let record: Value = serde_json::from_str(labels["io.kiwi-stackbuild.inputs.record"].as_str().unwrap()).unwrap();
+    assert_eq!(record["parts"], before["parts"]);
+
+    // The same inputs (the target does not count): status 0.
+    let same = sandbox.run(&[
+        "inputs",
+        "--description",
+        desc,
+        "--against",
+        "kept",
+        "--",
+        "--target-dir",
+        "/elsewhere",
+        "--add-package",
+        "vim",
+    ]);
+    same.assert_ok();
+    assert_eq!(same.stdout, format!("same inputs as kept: {hash}\n"));
+
+    // Each change named, status 1.
+    fs::write(description.join("config.sh"), "#!/bin/sh\nfalse\n").unwrap();
+    fs::write(description.join("root/etc/issue"), "x\n").unwrap();
+    let changed = sandbox.run(&[
+        "inputs",
+        "--profile",
+        "big",
+        "--description",
+        desc,
+        "--against",
+        "kept:1.2.3",
+    ]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        "args [\"--add-package=vim\"] -> []\nconfig.sh: content, size changed\nprofiles [] -> [\"big\"]\nroot/etc/issue added\n"
+    );
+    changed.assert_stderr_has(&["the inputs differ from those of kept:1.2.3 in 4 parts"]);
+
+    // A stash without a record is an error that says so.
+    let plain = sandbox.stash(&built, &["--container-name", "plain"]);
+    let none = sandbox.run(&["inputs", "--description", desc, "--against", &plain]);
+    none.assert_fails(1);
+    none.assert_stderr_has(&["carries no input record (label io.kiwi-stackbuild.inputs.record)"]);
+}
