@@ -507,9 +507,9 @@ impl Repository {
                 None
             }
             Err(e) => {
-                let reason = format!("{e:#}");
-                v.insert("unreadable".into(), json!(reason));
-                Some(reason)
+                // The reason (with curl's timings) stays out of the hash.
+                v.insert("unreadable".into(), json!(true));
+                Some(format!("{e:#}"))
             }
         };
         (self.name(), Value::Object(v), problem)
@@ -572,7 +572,15 @@ fn fetch(url: &str) -> Result<Vec<u8>> {
         "--",
         url,
     ]);
-    tools::run(Tool::Curl, &args, Output::Capture).wrap_err_with(|| format!("fetching {url}"))
+    // curl's one line (`curl: (7) Failed to connect ...`) is the reason kept.
+    let explain = |stderr: &str| {
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty())?;
+        Some((
+            last.trim().to_string(),
+            "check that the repository answers from this machine".to_string(),
+        ))
+    };
+    tools::run_explained(Tool::Curl, &args, Output::Capture, explain).wrap_err_with(|| format!("fetching {url}"))
 }
 
 /// `sha256:...` of a local repository's listing: every entry's escaped
