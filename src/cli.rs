@@ -7,14 +7,14 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result};
 use color_eyre::Section;
 
+use crate::description::{self, Document};
+use crate::inputs;
 use crate::layer::compress::{Format, Settings};
 use crate::listing;
 use crate::listing::human_size;
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::registry::{self, Credentials, RegistryAuth};
 use crate::store::{self, Store};
-use crate::description::{self, Document};
-use crate::inputs;
 use crate::tools::kiwi::{self, Globals};
 use crate::tools::{self, skopeo, Tool};
 use crate::transfer;
@@ -216,7 +216,12 @@ pub struct MergeArgs {
 
 /// `inputs`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["description", "root"])))]
+#[command(
+    group(clap::ArgGroup::new("what").required(true).multiple(true).args(["description", "root"])),
+    override_usage = "kiwi-stackbuild inputs [OPTIONS] --description DIR [--root REF]...\n       \
+                      [-- KIWI ARGS...]\n       \
+                      kiwi-stackbuild inputs [OPTIONS] --root REF... [-- KIWI ARGS...]"
+)]
 pub struct InputsArgs {
     /// The description to build (a derived one is merged into its base)
     #[arg(long, value_name = "DIR")]

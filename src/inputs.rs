@@ -26,8 +26,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::description::{self, Document};
 use crate::labels;
-use crate::reference::ImageReference;
 use crate::oci::DescriptorExt;
+use crate::reference::ImageReference;
 use crate::store::Store;
 use crate::tools::kiwi::Globals;
 use crate::tools::{self, Output, Tool};
@@ -45,7 +45,8 @@ const FETCH_TIMEOUT: &str = "30";
 
 /// kiwi-ng `system build` options that change the root, and whether each
 /// takes a value. Every other option (`--target-dir`, `--allow-existing-root`,
-/// `--clear-cache`, `--signing-key`, the container metadata options, ...)
+/// `--clear-cache`, `--signing-key`, `--set-container-tag`,
+/// `--add-container-label`)
 /// is recorded as not deciding.
 const DECIDING: &[&str] = &[
     "--add-bootstrap-package",
@@ -60,6 +61,8 @@ const DECIDING: &[&str] = &[
     "--set-release-version",
     "--set-repo",
     "--set-repo-credentials",
+    // The image a container type derives from is imported into the root.
+    "--set-container-derived-from",
     "--set-type-attr",
 ];
 
@@ -170,7 +173,10 @@ impl Record {
         let globals = request.globals.cloned().unwrap_or_default();
         parts.insert("profiles".into(), json!(globals.profiles));
         parts.insert("image type".into(), json!(globals.image_type));
-        let arch = globals.target_arch.clone().unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let arch = globals
+            .target_arch
+            .clone()
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
         parts.insert("architecture".into(), json!(arch));
         parts.insert("args".into(), json!(deciding));
         match &request.kiwi_version {
@@ -248,8 +254,8 @@ impl Record {
     /// computed again from its parts, so a label that was edited is caught.
     pub fn from_json(text: &str) -> Result<Record> {
         let v: Value = serde_json::from_str(text).wrap_err("the input record is no JSON")?;
-        let parts: BTreeMap<String, Value> = serde_json::from_value(v["parts"].clone())
-            .map_err(|_| eyre!("the input record has no parts"))?;
+        let parts: BTreeMap<String, Value> =
+            serde_json::from_value(v["parts"].clone()).map_err(|_| eyre!("the input record has no parts"))?;
         let strings = |key: &str| -> Vec<String> {
             v[key]
                 .as_array()
@@ -526,7 +532,9 @@ impl Repository {
             return Ok(("listing", listing_sha256(Path::new(dir))?));
         }
         if !(path.starts_with("http://") || path.starts_with("https://")) {
-            return Err(eyre!("a source {path} is not read: only http(s), dir:// and local paths are"));
+            return Err(eyre!(
+                "a source {path} is not read: only http(s), dir:// and local paths are"
+            ));
         }
         match self.kind.as_str() {
             "apt-deb" => {
@@ -702,7 +710,10 @@ pub fn stash_labels(store: &Store, key: &str) -> Result<BTreeMap<String, String>
 /// command's `--against`: what differs, or an error when it carries none.
 pub fn against(labels: &BTreeMap<String, String>, what: &str, now: &Record) -> Result<Vec<String>> {
     let Some(stored) = of_labels(labels).wrap_err_with(|| format!("reading the input record of {what}"))? else {
-        return Err(eyre!("{what} carries no input record (label {})", labels::INPUTS_RECORD));
+        return Err(eyre!(
+            "{what} carries no input record (label {})",
+            labels::INPUTS_RECORD
+        ));
     };
     Ok(differences(&stored, now))
 }
@@ -796,12 +807,15 @@ mod tests {
         assert!(differences(&a, &b).is_empty());
     }
 
+    /// A change, the record after it, and the line that names it.
+    type Case<'a> = (Box<dyn Fn() + 'a>, Box<dyn Fn() -> Record + 'a>, &'static str);
+
     #[test]
     fn each_change_is_named() {
         let f = Fixture::new();
         let before = plain(&f);
         let d = f.desc();
-        let cases: Vec<(Box<dyn Fn()>, Box<dyn Fn() -> Record>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|| std::fs::write(d.join("config.sh"), "#!/bin/sh\necho\n").unwrap()),
                 Box::new(|| plain(&f)),
@@ -879,9 +893,16 @@ mod tests {
     #[test]
     fn a_missing_repository_makes_it_not_reusable() {
         let f = Fixture::new();
-        let r = f.record(&Globals::default(), &["--add-repo", "dir:///nonexistent/repo,apt-deb,gone"]);
+        let r = f.record(
+            &Globals::default(),
+            &["--add-repo", "dir:///nonexistent/repo,apt-deb,gone"],
+        );
         assert!(!r.reusable());
-        assert!(r.not_reusable[0].starts_with("repository gone: "), "{:?}", r.not_reusable);
+        assert!(
+            r.not_reusable[0].starts_with("repository gone: "),
+            "{:?}",
+            r.not_reusable
+        );
         assert!(r.to_json()["reusable"] == json!(false));
     }
 

@@ -600,6 +600,7 @@ fn man_pages_have_the_sections_a_reader_looks_for() {
         "stash",
         "stackbuild",
         "merge",
+        "inputs",
         "push",
         "pull",
         "completions",
@@ -2070,7 +2071,11 @@ fn inputs_of_a_kept_root_are_stored_with_it_and_compared() {
     // The table names the same hash and parts.
     let table = sandbox.run(&["inputs", "--description", desc, "--", "--add-package", "vim"]);
     table.assert_ok();
-    assert!(table.stdout.starts_with(&format!("inputs {hash}\n")), "{}", table.stdout);
+    assert!(
+        table.stdout.starts_with(&format!("inputs {hash}\n")),
+        "{}",
+        table.stdout
+    );
     assert!(table.stdout.contains("\nroot/etc/motd "), "{}", table.stdout);
 
     let target = sandbox.arg("target");

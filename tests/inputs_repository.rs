@@ -65,7 +65,9 @@ fn serve(dir: &Path) -> (Server, String) {
         .spawn()
         .expect("python3 runs the test's HTTP server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
     let port = line
         .split_whitespace()
@@ -184,7 +186,11 @@ fn a_changed_suite_is_named_and_a_silent_one_is_not_reusable() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
     let part = &record["parts"]["repository bookworm"];
-    assert_eq!(part["InRelease"], sha256_of(&repo.join("dists/bookworm/InRelease")), "{record}");
+    assert_eq!(
+        part["InRelease"],
+        sha256_of(&repo.join("dists/bookworm/InRelease")),
+        "{record}"
+    );
     assert_eq!(part["source"], url.as_str());
     assert_eq!(record["reusable"], true, "{record}");
 
@@ -223,8 +229,19 @@ fn a_changed_suite_is_named_and_a_silent_one_is_not_reusable() {
     let out = sandbox.run(&["inputs", "--description", gone.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(stdout.contains("not reusable:\n  repository bookworm: fetching http://127.0.0.1:1/debian/dists/bookworm/InRelease"), "{stdout}");
-    assert!(stderr.contains("warn: repository bookworm: fetching http://127.0.0.1:1/"), "{stderr}");
+    assert!(
+        stdout.contains(
+            "not reusable:\n  repository bookworm: fetching http://127.0.0.1:1/debian/dists/bookworm/InRelease"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warn: repository bookworm: fetching http://127.0.0.1:1/"),
+        "{stderr}"
+    );
     assert!(stderr.contains("the record is not reusable"), "{stderr}");
-    assert!(stderr.contains("Failed to connect") || stderr.contains("Couldn't connect"), "{stderr}");
+    assert!(
+        stderr.contains("Failed to connect") || stderr.contains("Couldn't connect"),
+        "{stderr}"
+    );
 }
