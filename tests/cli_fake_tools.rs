@@ -237,6 +237,18 @@ impl Sandbox {
         read_json(&self.store().join("index.json"))
     }
 
+    /// The manifest digest of the stash `key`.
+    fn manifest_digest(&self, key: &str) -> String {
+        let index = self.index();
+        let desc = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["annotations"][REF_NAME] == key)
+            .unwrap_or_else(|| panic!("no {key} in the store: {index}"));
+        desc["digest"].as_str().unwrap().to_string()
+    }
+
     /// The manifest of the stash `key`.
     fn manifest_of(&self, key: &str) -> Value {
         let index = self.index();
@@ -2144,4 +2156,102 @@ fn inputs_of_a_kept_root_are_stored_with_it_and_compared() {
     let none = sandbox.run(&["inputs", "--description", desc, "--against", &plain]);
     none.assert_fails(1);
     none.assert_stderr_has(&["carries no input record (label io.kiwi-stackbuild.inputs.record)"]);
+}
+
+/// W3 and W4 store the record of what they built on: `inputs` with the
+/// same description (merged again for W4) and base says the same, and a
+/// new stash of the base is named.
+#[test]
+fn inputs_of_builds_on_a_stash_name_their_base() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    fs::write(root.join("image/config.sh"), "#!/bin/sh\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let derived = sandbox.path("derived");
+    fs::create_dir_all(derived.join("root/etc")).unwrap();
+    fs::write(
+        derived.join("config.xml"),
+        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+    )
+    .unwrap();
+    fs::write(derived.join("root/etc/motd"), "child\n").unwrap();
+    let (description, _) = sandbox.description_and_built_root();
+    let (d4, d3) = (derived.to_str().unwrap(), description.to_str().unwrap());
+    let seeded = |c: &mut Command| {
+        c.env("FAKE_UMOCI_SEED", &root);
+    };
+    let (t4, t3) = (sandbox.arg("t4"), sandbox.arg("t3"));
+    let w4 = [
+        "rebuild",
+        "--description",
+        d4,
+        "--keep-root",
+        "w4:1",
+        "--",
+        "--target-dir",
+        &t4,
+    ];
+    sandbox.run_with(&w4, seeded).assert_ok();
+    let w3 = [
+        "rebuild",
+        "--root",
+        "fake-base",
+        "--keep-root",
+        "w3:1",
+        "--",
+        "--description",
+        d3,
+        "--target-dir",
+        &t3,
+    ];
+    sandbox.run_with(&w3, seeded).assert_ok();
+
+    let record = inputs_json(&sandbox, &["--description", d4]);
+    // The merge: the base's config.sh and the derived root/ overlay.
+    assert_eq!(record["parts"]["config.sh"]["type"], "file", "{record}");
+    assert_eq!(record["parts"]["root/etc/motd"]["type"], "file", "{record}");
+    let base = sandbox.manifest_digest("fake-base:latest");
+    assert_eq!(
+        record["parts"]["base images"],
+        serde_json::json!([format!("fake-base:latest@{base}")])
+    );
+    for (args, kept) in [
+        (vec!["--description", d4], "w4:1"),
+        (vec!["--root", "fake-base", "--description", d3], "w3:1"),
+    ] {
+        let mut all = vec!["inputs"];
+        all.extend(&args);
+        all.extend(["--against", kept]);
+        let same = sandbox.run(&all);
+        same.assert_ok();
+        assert!(
+            same.stdout.starts_with(&format!("same inputs as {kept}: sha256:")),
+            "{}",
+            same.stdout
+        );
+    }
+
+    // A new stash of the base: both builds' base changed.
+    fs::write(root.join("etc/motd"), "new\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let new_base = sandbox.manifest_digest("fake-base:latest");
+    assert_ne!(new_base, base);
+    let changed = sandbox.run(&["inputs", "--description", d4, "--against", "w4:1"]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        format!("base images [\"fake-base:latest@{base}\"] -> [\"fake-base:latest@{new_base}\"]\n")
+    );
+    // A registry image is not resolved: the record is not reusable.
+    let by_ref = inputs_json(
+        &sandbox,
+        &["--root", "docker://example.invalid/base:1", "--description", d3],
+    );
+    assert_eq!(by_ref["reusable"], false);
+    assert_eq!(
+        by_ref["not reusable"],
+        serde_json::json!(["base image docker://example.invalid/base:1: by reference, not resolved"])
+    );
 }
