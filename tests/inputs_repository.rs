@@ -3,7 +3,8 @@
 //! `contrib/setup.sh` installs both), served by `python3 -m http.server`,
 //! fetched by the real curl. The suite's InRelease changes between two
 //! runs and `inputs --against` names it; a repository that does not answer
-//! makes the record not reusable, with the reason. kiwi-ng is a fake that
+//! makes the record not reusable, with the reason; a copy of the stash in
+//! an OCI layout is read with the real skopeo. kiwi-ng is a fake that
 //! prints its version and fills the root of a build. Needs root (rebuild
 //! --keep-root); never reaches beyond 127.0.0.1.
 
@@ -214,6 +215,15 @@ fn a_changed_suite_is_named_and_a_silent_one_is_not_reusable() {
     let changed = sandbox.run(&["inputs", "--description", d, "--against", "kept"]);
     assert_eq!(changed.status.code(), Some(1), "{}", text(&changed.stderr));
     assert_eq!(text(&changed.stdout), "repository bookworm: InRelease changed\n");
+    // An image elsewhere carries the record too: its labels are read
+    // with skopeo inspect --config.
+    let layout = sandbox.path("layout");
+    let dest = format!("oci:{}:kept", layout.display());
+    let pushed = sandbox.run(&["push", "kept", &dest]);
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    let there = sandbox.run(&["inputs", "--description", d, "--against", &dest]);
+    assert_eq!(there.status.code(), Some(1), "{}", text(&there.stderr));
+    assert_eq!(text(&there.stdout), "repository bookworm: InRelease changed\n");
 
     // Without InRelease, Release identifies the suite.
     fs::remove_file(repo.join("dists/bookworm/InRelease")).unwrap();
