@@ -310,7 +310,7 @@ fn summary(value: &Value) -> String {
             })
             .collect::<Vec<_>>()
             .join(" "),
-        other => other.to_string(),
+        other => plain(other),
     }
 }
 
@@ -379,6 +379,29 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// The names of the parts that are no file.
+const NAMED_PARTS: &[&str] = &[
+    "architecture",
+    "args",
+    "base images",
+    "description",
+    "image type",
+    "kiwi-ng",
+    "layer format",
+    "profiles",
+];
+
+/// The part name of a file at the escaped relative path `path`: the path,
+/// or `./path` where that would be the name of another part (a relative
+/// path never starts with `./`, so no two parts share a name).
+fn file_part(path: String) -> String {
+    if NAMED_PARTS.contains(&path.as_str()) || path.starts_with("repository ") {
+        format!("./{path}")
+    } else {
+        path
+    }
+}
+
 /// Every entry under `dir` (not `dir` itself), sorted by its escaped path:
 /// type, mode, owner, and the content's sha256 for a file, the target of a
 /// symlink (never followed), the device number of a device node.
@@ -388,7 +411,7 @@ fn files_of(dir: &Path) -> Result<Vec<(String, Value)>> {
     for entry in walk {
         let entry = entry.wrap_err_with(|| format!("reading the description directory {}", dir.display()))?;
         let rel = entry.path().strip_prefix(dir).expect("walkdir stays under its root");
-        let name = escape(rel.as_os_str().as_bytes());
+        let name = file_part(escape(rel.as_os_str().as_bytes()));
         let meta = entry
             .path()
             .symlink_metadata()
@@ -918,6 +941,12 @@ mod tests {
         assert_eq!(r.parts["root/out"]["type"], "symlink");
         assert_eq!(r.parts["root/out"]["target"], "/etc");
         assert!(!r.parts.keys().any(|k| k.starts_with("root/out/")));
+        std::fs::write(d.join("args"), "x").unwrap();
+        std::fs::write(d.join("repository bookworm"), "x").unwrap();
+        let r = plain(&f);
+        assert_eq!(r.parts["args"], json!([]));
+        assert_eq!(r.parts["./args"]["type"], "file");
+        assert_eq!(r.parts["./repository bookworm"]["type"], "file");
         assert_eq!(escape(b"\\x41"), "\\\\x41");
         assert_ne!(escape(b"\\xff"), escape(b"\xff"));
     }
