@@ -347,7 +347,14 @@ impl Steps<'_> {
         let root = image_root(&self.plan.pass.target_dir);
         let arch = self.job.globals.target_arch.as_deref();
         let mut facts = stash::facts_of_root(&root, arch)?;
-        facts.inputs = Some(self.input_record(images)?.labels());
+        // The build is done: a record that cannot be made costs it nothing.
+        facts.inputs = match self.input_record(images) {
+            Ok(record) => Some(record.labels()),
+            Err(e) => {
+                log::warn!("keeping the root without its input record: {e:#}");
+                None
+            }
+        };
         let Some(dest) = &keep.copy_to else {
             let name = Some(keep.name.as_str());
             let done = stash_facts(self.store, &root, Some(&keep.tag), &keep.also, name, facts, base)?;
