@@ -629,7 +629,8 @@ fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
         (d, p) => d.clone().or(p.clone()),
     };
     let mut roots = a.root.clone();
-    let scratch = crate::fsutil::private_tempdir(None, ".kiwi-stackbuild-inputs-")?;
+    // Where a derived description is merged, removed on the way out.
+    let mut scratch = None;
     let dir = match &given {
         None => None,
         Some(given) => {
@@ -645,7 +646,8 @@ fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
                         .suggestion("drop --root: derived_from names the base");
                     }
                     roots.push(base.parse::<ImageReference>()?);
-                    let merged = scratch.path().join("merged");
+                    let made = scratch.insert(crate::fsutil::private_tempdir(None, ".kiwi-stackbuild-inputs-")?);
+                    let merged = made.path().join("merged");
                     workflow::write_merge(store, given, &merged, None, &auth)?;
                     Some(merged)
                 }
