@@ -75,6 +75,11 @@ pub struct Applier<'t, T: Target> {
     /// Paths the current layer wrote, and their ancestors: its whiteouts do
     /// not remove them.
     upper: HashSet<Vec<u8>>,
+    /// Set when the caller's whiteouts all come before its entries, so that
+    /// `upper` is always empty when one comes and need not be kept.
+    whiteouts_first: bool,
+    /// Whether the current layer wrote anything yet.
+    wrote: bool,
 }
 
 /// Applies `layers`, lowest first, to `target`, each blob verified. `keep`
@@ -102,16 +107,32 @@ impl<'t, T: Target> Applier<'t, T> {
             target,
             resolved: HashMap::new(),
             upper: HashSet::new(),
+            whiteouts_first: false,
+            wrote: false,
         }
+    }
+
+    /// An applier for changes whose whiteouts and opaque markers all come
+    /// before any entry (as the layers we write have them): it keeps no set
+    /// of what the layer wrote, and refuses a whiteout after an entry.
+    pub fn whiteouts_first(mut self) -> Self {
+        self.whiteouts_first = true;
+        self
     }
 
     /// Starts a new layer: what earlier layers wrote is now lower.
     pub fn start_layer(&mut self) {
         self.upper.clear();
+        self.wrote = false;
     }
 
     /// Applies one change.
     pub fn apply(&mut self, change: &Change, content: &mut dyn Read) -> Result<()> {
+        let removes = matches!(change, Change::Whiteout(_) | Change::Opaque(_));
+        if self.whiteouts_first && removes && self.wrote {
+            bail!("a whiteout after an entry of the same layer");
+        }
+        self.wrote |= !removes;
         match change {
             Change::Put { path, meta } => self.put(path, meta, content),
             Change::Link { path, target } => self.link(path, target),
@@ -211,6 +232,9 @@ impl<'t, T: Target> Applier<'t, T> {
     }
 
     fn mark_upper(&mut self, path: &[u8]) {
+        if self.whiteouts_first {
+            return;
+        }
         let mut p = path;
         loop {
             if !self.upper.insert(p.to_vec()) {

@@ -1,0 +1,284 @@
+//! What a root on disk holds: one walk in a stable order, kept compact (the
+//! paths in one byte buffer, metadata packed), since a root may have a
+//! hundred thousand entries and more.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use color_eyre::eyre::{Result, WrapErr};
+
+use super::compact::Metas;
+use super::{Kind, Meta, Time};
+
+/// The entries found under a root, in walk order: parents before children,
+/// names sorted bytewise. An entry is named by its index.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    root: PathBuf,
+    /// Every path, one after another.
+    arena: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Entry `i`'s metadata is `metas` `i`.
+    metas: Metas,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    off: u64,
+    /// The inode number of a file with several names.
+    ino: u64,
+    len: u32,
+    flags: u8,
+}
+
+/// What a mount hides: no content is read.
+const HIDDEN: u8 = 1;
+/// The entry has several names (`ino` says which file).
+const LINKED: u8 = 2;
+
+impl Scan {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The clean path of entry `i` (the root is empty).
+    pub fn path(&self, i: u32) -> &[u8] {
+        let e = &self.entries[i as usize];
+        &self.arena[e.off as usize..e.off as usize + e.len as usize]
+    }
+
+    /// The metadata of entry `i`; every name of a hard-linked file has the file's.
+    pub fn meta(&self, i: u32) -> Meta {
+        self.metas.get(i)
+    }
+
+    /// Every entry's metadata, by entry index.
+    pub fn metas(&self) -> &Metas {
+        &self.metas
+    }
+
+    /// Where to read entry `i`'s content; `None` for what a mount hides.
+    pub fn source(&self, i: u32) -> Option<PathBuf> {
+        let e = &self.entries[i as usize];
+        if e.flags & HIDDEN != 0 {
+            return None;
+        }
+        let path = self.path(i);
+        Some(if path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(path))
+        })
+    }
+
+    /// Identifies the hard-link group of a file with several names.
+    pub fn link_group(&self, i: u32) -> Option<u64> {
+        let e = &self.entries[i as usize];
+        (e.flags & LINKED != 0).then_some(e.ino)
+    }
+
+    /// The entry indices in path order (bytewise, as a [`super::tree::Tree`] is).
+    pub fn sorted(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.entries.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| self.path(a).cmp(self.path(b)));
+        order
+    }
+
+    /// The names of every hard-link group with several names in the scan,
+    /// each list sorted.
+    pub fn link_groups(&self) -> HashMap<u64, Vec<&[u8]>> {
+        let mut out: HashMap<u64, Vec<&[u8]>> = HashMap::new();
+        for i in 0..self.entries.len() as u32 {
+            if let Some(g) = self.link_group(i) {
+                out.entry(g).or_default().push(self.path(i));
+            }
+        }
+        out.retain(|_, names| names.len() > 1);
+        for names in out.values_mut() {
+            names.sort_unstable();
+        }
+        out
+    }
+
+    fn push(&mut self, path: &[u8], meta: &Meta, hidden: bool, link: Option<u64>) {
+        let off = self.arena.len() as u64;
+        self.arena.extend_from_slice(path);
+        self.metas.push(meta);
+        self.entries.push(Entry {
+            off,
+            ino: link.unwrap_or(0),
+            len: path.len() as u32,
+            flags: if hidden { HIDDEN } else { 0 } | if link.is_some() { LINKED } else { 0 },
+        });
+    }
+}
+
+fn major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        // A file system without xattr support has none to keep.
+        Err(e) if e.raw_os_error() == Some(95) => return Ok(out),
+        Err(e) => return Err(e).wrap_err_with(|| format!("listing xattrs of {}", path.display())),
+    };
+    for name in names {
+        if let Some(value) =
+            xattr::get(path, &name).wrap_err_with(|| format!("reading xattrs of {}", path.display()))?
+        {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The mount points below `root` (relative, clean), from the kernel's table.
+fn mounts_below(root: &Path) -> HashSet<Vec<u8>> {
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return HashSet::new();
+    };
+    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = [root.as_os_str().as_bytes(), b"/"].concat();
+    table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(unescape_mount)
+        .filter_map(|m| m.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
+        .collect()
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash as
+/// `\ooo`.
+fn unescape_mount(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Walks `root` in a stable order (names sorted bytewise, parents before
+/// children), the root itself first. What is mounted inside it (proc, sys, a
+/// bind-mounted dev or cache, any mount) is left out, decided by the mount:
+/// the mount point is kept as it appears, a directory without its contents
+/// or a file without content. Sockets cannot be stored and are left out.
+/// Times are kept as they are (`SOURCE_DATE_EPOCH` sets only the times we
+/// write ourselves), so the tree comes back exactly.
+pub fn scan(root: &Path) -> Result<Scan> {
+    let mounts = mounts_below(root);
+    let root_dev = std::fs::symlink_metadata(root)
+        .wrap_err_with(|| format!("reading {}", root.display()))?
+        .dev();
+    let mut out = Scan {
+        root: root.to_path_buf(),
+        ..Scan::default()
+    };
+    let mut walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+        .into_iter();
+    while let Some(entry) = walker.next() {
+        let entry = entry.wrap_err_with(|| format!("walking {}", root.display()))?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(path).as_os_str().as_bytes();
+        let md = entry
+            .metadata()
+            .wrap_err_with(|| format!("reading {}", path.display()))?;
+        let mounted = md.dev() != root_dev || mounts.contains(rel);
+        let ft = md.file_type();
+        if mounted && ft.is_dir() {
+            walker.skip_current_dir();
+            log::debug!("leaving out what is mounted on {}", path.display());
+        }
+        // Any non-directory can have several names: files, symlinks, nodes.
+        let link_group = (!ft.is_dir() && md.nlink() > 1 && !mounted).then(|| md.ino());
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).wrap_err_with(|| format!("reading link {}", path.display()))?;
+            Kind::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            }
+        } else if ft.is_file() {
+            Kind::File {
+                size: if mounted { 0 } else { md.len() },
+            }
+        } else if ft.is_char_device() {
+            Kind::Char {
+                major: major(md.rdev()),
+                minor: minor(md.rdev()),
+            }
+        } else if ft.is_block_device() {
+            Kind::Block {
+                major: major(md.rdev()),
+                minor: minor(md.rdev()),
+            }
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            log::warn!("leaving out {}: a socket cannot be stored in a layer", path.display());
+            continue;
+        };
+        let mtime = Time {
+            sec: md.mtime(),
+            nsec: md.mtime_nsec() as u32,
+        };
+        let meta = Meta {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid().into(),
+            gid: md.gid().into(),
+            mtime,
+            xattrs: if mounted { Vec::new() } else { read_xattrs(path)? },
+        };
+        out.push(rel, &meta, mounted, link_group);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_read() {
+        assert_eq!(unescape_mount(br"/var/tmp/a\040b\134c"), b"/var/tmp/a b\\c");
+        assert_eq!(unescape_mount(b"/plain"), b"/plain");
+    }
+
+    #[test]
+    fn device_numbers_split_like_glibc() {
+        // glibc's makedev()
+        let makedev =
+            |ma: u64, mi: u64| ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
+        for (ma, mi) in [(8, 1), (259, 65536), (4095, 255), (4096, 256)] {
+            let dev = makedev(ma, mi);
+            assert_eq!((u64::from(major(dev)), u64::from(minor(dev))), (ma, mi));
+        }
+    }
+}
