@@ -324,9 +324,11 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         .flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone()))
         .collect();
     let mut imports = Vec::new();
+    let mut cached = false;
     let mut lower = match base {
         Some(b) => {
-            let tree = lower_tree(store, b, &base_ids)?;
+            let tree;
+            (tree, cached) = lower_tree(store, b, &base_ids)?;
             for l in b.layers.iter().filter(|l| l.layout != store.root()) {
                 let digest = l.layer.sha256()?;
                 if !store.blob_path(&digest).exists() {
@@ -350,6 +352,10 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
         facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
         if lower.first_difference_from(&scan).is_none() {
+            if !cached {
+                // Read from the layers: kept, so that the next stash need not.
+                remember_tree(store, &base_ids, cache::prepare(store.root(), &lower));
+            }
             let (image, base_name) = unchanged(&mut facts, b, epoch)?;
             return Ok(Staged {
                 layer: None,
@@ -377,7 +383,8 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         human_size(layer.size),
         started.elapsed()
     );
-    remember_tree(store, &base_ids, &layer.diff_id, pending);
+    let ids: Vec<Digest> = base_ids.iter().chain([&layer.diff_id]).cloned().collect();
+    remember_tree(store, &ids, pending);
     let (config, manifest, base_name) = image(&facts, base, &layer, epoch)?;
     Ok(Staged {
         layers: manifest.layers().len(),
@@ -415,10 +422,12 @@ fn unchanged(facts: &mut Facts, base: &Base, epoch: Option<i64>) -> Result<(Made
     Ok((image, base_name))
 }
 
-/// The tree of `base`: from the cache, else read from its layers.
-fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
+/// The tree of `base`, and whether it came from the cache (else it is read
+/// from its layers).
+fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<(Tree, bool)> {
     let started = Instant::now();
     let cached = cache::chain_id(base_ids).and_then(|c| cache::load(store.root(), &c));
+    let from_cache = cached.is_some();
     let tree = match cached {
         Some(tree) => tree,
         None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
@@ -429,7 +438,7 @@ fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
         b.names.join(" + "),
         started.elapsed()
     );
-    Ok(tree)
+    Ok((tree, from_cache))
 }
 
 /// An image config, its manifest, and the name and digest of the base the
@@ -487,14 +496,12 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
     Ok((config, manifest, base_name))
 }
 
-/// Names the cache file of the tree the new image's layers make (the lower
-/// tree with the new layer applied), written before the layer, so the next
-/// stash on top of it need not read its layers back. A cache that cannot be
-/// written only costs that time.
-fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, pending: Result<cache::Pending>) {
-    let mut ids = base_ids.to_vec();
-    ids.push(new_id.clone());
-    let Some(chain) = cache::chain_id(&ids) else { return };
+/// Names the cache file of the tree the layers with diff_ids `ids` make
+/// (for a new image, written before its layer), so the next stash on top of
+/// it need not read its layers back. A cache that cannot be written only
+/// costs that time.
+fn remember_tree(store: &Store, ids: &[Digest], pending: Result<cache::Pending>) {
+    let Some(chain) = cache::chain_id(ids) else { return };
     if let Err(e) = pending.and_then(|p| p.commit(store.root(), &chain)) {
         log::debug!("not caching the tree of {chain}: {e}");
     }

@@ -614,6 +614,11 @@ fn an_unchanged_restash_adds_no_layer_and_a_changed_one_adds_one() {
     stash_log(&home, &root, "u", "3", &[]);
     assert_eq!(image_of(&home, "u:3"), first);
     assert_eq!(blob_count(&home), blobs);
+    assert_eq!(
+        std::fs::read_dir(home.join(".kiwi-stackbuild-trees")).unwrap().count(),
+        1,
+        "the tree read from the layers was not cached again"
+    );
 
     // Other facts, the same tree: a new config with the same layers, and no
     // history entry that claims a layer.

@@ -446,6 +446,61 @@ impl<R: io::Read> io::Read for CountingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use crate::layer::scan;
+
+    /// The plan's items as words: `-path` whiteouts, `+path` entries,
+    /// `path=first` further names.
+    fn words(plan: &Plan<'_>) -> Vec<String> {
+        let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+        plan.items
+            .iter()
+            .map(|item| match item {
+                Planned::Whiteout(p) => format!("-{}", show(p)),
+                Planned::Entry(i) => format!("+{}", show(plan.scan.path(*i))),
+                Planned::Link(i, first) => format!("{}={}", show(plan.scan.path(*i)), show(plan.scan.path(*first))),
+            })
+            .collect()
+    }
+
+    /// Plans `root` over `lower`, checks the plan, and gives its words and
+    /// the tree it makes.
+    fn step(root: &std::path::Path, mut lower: Tree) -> (Vec<String>, Tree) {
+        let scanned = scan::scan(root).unwrap();
+        let plan = plan(&scanned, &lower);
+        checked(&plan, &mut lower).unwrap();
+        assert_eq!(lower.first_difference_from(&scanned), None);
+        (words(&plan), lower)
+    }
+
+    #[test]
+    fn a_plan_carries_what_changed_and_whiteouts_what_went() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        fs::write(root.join("d/sub/f"), "f").unwrap();
+        fs::write(root.join("a"), "a").unwrap();
+        fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        fs::write(root.join("a-c"), "").unwrap();
+        symlink("d", root.join("l")).unwrap();
+        let (first, tree) = step(&root, Tree::new());
+        // Walk order: a directory's names sorted, parents first.
+        assert_eq!(first, ["+", "+a", "+a-c", "b=a", "+d", "+d/sub", "+d/sub/f", "+l"]);
+        let (again, tree) = step(&root, tree);
+        assert!(again.is_empty(), "an unchanged tree needs nothing: {again:?}");
+
+        // A directory that became a file: one whiteout covers what was in it.
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d"), "now a file").unwrap();
+        let times = fs::File::options().write(true).open(root.join("a")).unwrap();
+        times.set_modified(std::time::UNIX_EPOCH).unwrap();
+        fs::remove_file(root.join("a-c")).unwrap();
+        let (words, _) = step(&root, tree);
+        // The root's mtime changed too; a hard-link group goes whole.
+        assert_eq!(words, ["-a-c", "-d", "+", "+a", "b=a", "+d"]);
+    }
 
     #[test]
     fn pax_records_count_their_own_length() {
