@@ -80,6 +80,8 @@ pub struct Applier<'t, T: Target> {
     whiteouts_first: bool,
     /// Whether the current layer wrote anything yet.
     wrote: bool,
+    /// Set when a whiteout came after an entry with `whiteouts_first`.
+    late_whiteout: bool,
 }
 
 /// Applies `layers`, lowest first, to `target`, each blob verified. `keep`
@@ -89,15 +91,7 @@ pub fn apply_layers<T: Target>(
     target: &mut T,
     keep: &mut dyn FnMut(&Change) -> Result<bool>,
 ) -> Result<()> {
-    let mut applier = Applier::new(target);
-    for l in layers {
-        applier.start_layer();
-        read::read(l, &mut |change, content| match keep(&change)? {
-            true => applier.apply(&change, content),
-            false => Ok(()),
-        })?;
-    }
-    Ok(())
+    Applier::new(target).apply_layers(layers, keep)
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -109,7 +103,31 @@ impl<'t, T: Target> Applier<'t, T> {
             upper: HashSet::new(),
             whiteouts_first: false,
             wrote: false,
+            late_whiteout: false,
         }
+    }
+
+    /// Applies `layers`, lowest first, each blob verified. `keep` may leave
+    /// changes out (and refuse some); it sees every change first.
+    pub fn apply_layers(
+        &mut self,
+        layers: &[StackedLayer],
+        keep: &mut dyn FnMut(&Change) -> Result<bool>,
+    ) -> Result<()> {
+        for l in layers {
+            self.start_layer();
+            read::read(l, &mut |change, content| match keep(&change)? {
+                true => self.apply(&change, content),
+                false => Ok(()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether a whiteout came after an entry of its layer, which an applier
+    /// made with [`Applier::whiteouts_first`] refuses.
+    pub fn saw_late_whiteout(&self) -> bool {
+        self.late_whiteout
     }
 
     /// An applier for changes whose whiteouts and opaque markers all come
@@ -130,6 +148,7 @@ impl<'t, T: Target> Applier<'t, T> {
     pub fn apply(&mut self, change: &Change, content: &mut dyn Read) -> Result<()> {
         let removes = matches!(change, Change::Whiteout(_) | Change::Opaque(_));
         if self.whiteouts_first && removes && self.wrote {
+            self.late_whiteout = true;
             bail!("a whiteout after an entry of the same layer");
         }
         self.wrote |= !removes;

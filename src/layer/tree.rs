@@ -9,7 +9,7 @@ use std::ops::Bound;
 
 use color_eyre::eyre::{eyre, Result};
 
-use super::apply::{self, Node, Target};
+use super::apply::{self, Applier, Node, Target};
 use super::compact::Metas;
 use super::scan::Scan;
 use super::{is_within, Kind, Meta, StackedLayer, Time};
@@ -30,6 +30,16 @@ impl Tree {
 
     /// The tree `layers` make, lowest first, every blob verified.
     pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
+        // Layers with their whiteouts first (ours among them) need no record
+        // of what each layer wrote, which costs as much as the tree; others
+        // are read again with it.
+        let mut tree = Tree::new();
+        let mut applier = Applier::new(&mut tree).whiteouts_first();
+        match applier.apply_layers(layers, &mut |_| Ok(true)) {
+            Ok(()) => return Ok(tree),
+            Err(_) if applier.saw_late_whiteout() => {}
+            Err(e) => return Err(e),
+        }
         let mut tree = Tree::new();
         apply::apply_layers(layers, &mut tree, &mut |_| Ok(true))?;
         Ok(tree)
