@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 
 use color_eyre::eyre::{Result, WrapErr};
 
@@ -198,67 +199,152 @@ pub fn scan(root: &Path) -> Result<Scan> {
         root: root.to_path_buf(),
         ..Scan::default()
     };
-    let mut walker = walkdir::WalkDir::new(root)
+    let at = Place {
+        root,
+        root_dev,
+        mounts: &mounts,
+    };
+    // One thread walks the directories, this one reads each entry's
+    // metadata and xattrs: the work of a scan in two halves, in walk order,
+    // so the first error in that order is the one reported.
+    std::thread::scope(|s| {
+        let (tx, rx) = sync_channel::<Vec<Result<Walked>>>(8);
+        s.spawn(move || walk(&at, &tx));
+        for batch in rx {
+            for walked in batch {
+                read_entry(&at, walked?, &mut out)?;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Where a scan runs.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    root: &'a Path,
+    root_dev: u64,
+    mounts: &'a HashSet<Vec<u8>>,
+}
+
+impl Place<'_> {
+    /// Whether the entry `rel` (with metadata `md`) is, or is on, a mount.
+    fn mounted(&self, rel: &[u8], md: &std::fs::Metadata) -> bool {
+        md.dev() != self.root_dev || self.mounts.contains(rel)
+    }
+}
+
+/// An entry the walk found: a directory's metadata is read by the walk,
+/// which must know whether to go into it.
+struct Walked {
+    path: PathBuf,
+    dir: Option<std::fs::Metadata>,
+}
+
+const BATCH: usize = 256;
+
+/// Walks `at.root` in a stable order (names sorted bytewise, parents
+/// before children) and sends what it finds in batches; a mounted
+/// directory is sent but not gone into.
+fn walk(at: &Place<'_>, tx: &SyncSender<Vec<Result<Walked>>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut walker = walkdir::WalkDir::new(at.root)
         .follow_links(false)
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
         .into_iter();
     while let Some(entry) = walker.next() {
-        let entry = entry.wrap_err_with(|| format!("walking {}", root.display()))?;
-        let path = entry.path();
-        let rel = path.strip_prefix(root).unwrap_or(path).as_os_str().as_bytes();
-        let md = entry
-            .metadata()
-            .wrap_err_with(|| format!("reading {}", path.display()))?;
-        let mounted = md.dev() != root_dev || mounts.contains(rel);
-        let ft = md.file_type();
-        if mounted && ft.is_dir() {
-            walker.skip_current_dir();
-            log::debug!("leaving out what is mounted on {}", path.display());
+        let walked = entry
+            .wrap_err_with(|| format!("walking {}", at.root.display()))
+            .and_then(|entry| {
+                if !entry.file_type().is_dir() {
+                    return Ok(Walked {
+                        path: entry.into_path(),
+                        dir: None,
+                    });
+                }
+                let md = entry
+                    .metadata()
+                    .wrap_err_with(|| format!("reading {}", entry.path().display()))?;
+                let path = entry.into_path();
+                let rel = path.strip_prefix(at.root).unwrap_or(&path).as_os_str().as_bytes();
+                if at.mounted(rel, &md) {
+                    walker.skip_current_dir();
+                }
+                Ok(Walked { path, dir: Some(md) })
+            });
+        let failed = walked.is_err();
+        batch.push(walked);
+        if failed || batch.len() == BATCH {
+            if tx
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .is_err()
+                || failed
+            {
+                return;
+            }
         }
-        // Any non-directory can have several names: files, symlinks, nodes.
-        let link_group = (!ft.is_dir() && md.nlink() > 1 && !mounted).then(|| md.ino());
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).wrap_err_with(|| format!("reading link {}", path.display()))?;
-            Kind::Symlink {
-                target: target.as_os_str().as_bytes().to_vec(),
-            }
-        } else if ft.is_file() {
-            Kind::File {
-                size: if mounted { 0 } else { md.len() },
-            }
-        } else if ft.is_char_device() {
-            Kind::Char {
-                major: major(md.rdev()),
-                minor: minor(md.rdev()),
-            }
-        } else if ft.is_block_device() {
-            Kind::Block {
-                major: major(md.rdev()),
-                minor: minor(md.rdev()),
-            }
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            log::warn!("leaving out {}: a socket cannot be stored in a layer", path.display());
-            continue;
-        };
-        let mtime = Time {
-            sec: md.mtime(),
-            nsec: md.mtime_nsec() as u32,
-        };
-        let meta = Meta {
-            kind,
-            mode: md.mode() & 0o7777,
-            uid: md.uid().into(),
-            gid: md.gid().into(),
-            mtime,
-            xattrs: if mounted { Vec::new() } else { read_xattrs(path)? },
-        };
-        out.push(rel, &meta, mounted, link_group);
     }
-    Ok(out)
+    let _ = tx.send(batch);
+}
+
+/// Reads one entry the walk found into `out`. What is mounted is kept as
+/// its mount point: a directory without its contents or a file without
+/// content. Sockets cannot be stored and are left out.
+fn read_entry(at: &Place<'_>, walked: Walked, out: &mut Scan) -> Result<()> {
+    let path = walked.path.as_path();
+    let rel = path.strip_prefix(at.root).unwrap_or(path).as_os_str().as_bytes();
+    let md = match walked.dir {
+        Some(md) => md,
+        None => std::fs::symlink_metadata(path).wrap_err_with(|| format!("reading {}", path.display()))?,
+    };
+    let mounted = at.mounted(rel, &md);
+    let ft = md.file_type();
+    if mounted && ft.is_dir() {
+        log::debug!("leaving out what is mounted on {}", path.display());
+    }
+    // Any non-directory can have several names: files, symlinks, nodes.
+    let link_group = (!ft.is_dir() && md.nlink() > 1 && !mounted).then(|| md.ino());
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(path).wrap_err_with(|| format!("reading link {}", path.display()))?;
+        Kind::Symlink {
+            target: target.as_os_str().as_bytes().to_vec(),
+        }
+    } else if ft.is_file() {
+        Kind::File {
+            size: if mounted { 0 } else { md.len() },
+        }
+    } else if ft.is_char_device() {
+        Kind::Char {
+            major: major(md.rdev()),
+            minor: minor(md.rdev()),
+        }
+    } else if ft.is_block_device() {
+        Kind::Block {
+            major: major(md.rdev()),
+            minor: minor(md.rdev()),
+        }
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else {
+        log::warn!("leaving out {}: a socket cannot be stored in a layer", path.display());
+        return Ok(());
+    };
+    let mtime = Time {
+        sec: md.mtime(),
+        nsec: md.mtime_nsec() as u32,
+    };
+    let meta = Meta {
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid().into(),
+        gid: md.gid().into(),
+        mtime,
+        xattrs: if mounted { Vec::new() } else { read_xattrs(path)? },
+    };
+    out.push(rel, &meta, mounted, link_group);
+    Ok(())
 }
 
 #[cfg(test)]
