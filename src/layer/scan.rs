@@ -275,11 +275,9 @@ fn walk(at: &Place<'_>, tx: &SyncSender<Vec<Result<Walked>>>) {
         let failed = walked.is_err();
         batch.push(walked);
         if failed || batch.len() == BATCH {
-            if tx
-                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .is_err()
-                || failed
-            {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            // After an error, or when the reader stopped, the walk ends.
+            if tx.send(full).is_err() || failed {
                 return;
             }
         }
