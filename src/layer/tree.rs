@@ -281,6 +281,55 @@ mod tests {
         assert_eq!(t.children(b"").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
     }
 
+    /// A gzip layer in the layout `dir` of the files `names` (a name ending
+    /// in `/` is a directory), in that order.
+    fn layer(dir: &std::path::Path, names: &[&str]) -> StackedLayer {
+        use crate::oci::{self, Descriptor, Digest, MediaType};
+        use std::io::Write as _;
+        let mut tar = tar::Builder::new(Vec::new());
+        for name in names {
+            let mut h = tar::Header::new_gnu();
+            let kind = if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            };
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, name, std::io::empty()).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let digest = Digest::of(&blob);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(oci::blob_path(dir, &digest), &blob).unwrap();
+        StackedLayer {
+            layout: dir.to_path_buf(),
+            layer: Descriptor::new(MediaType::ImageLayerGzip, blob.len() as u64, &digest),
+            diff_id: Digest::of(&tar),
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_what_a_layer_wrote_before_its_own_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = layer(dir.path(), &["d/", "d/old", "e/", "e/x", "gone"]);
+        // Whiteouts after entries, as other tools write them: what the
+        // same layer wrote stays.
+        let upper = layer(dir.path(), &["d/new", "d/.wh..wh..opq", "e/x", ".wh.e", ".wh.gone"]);
+        let tree = Tree::replay(&[lower.clone(), upper]).unwrap();
+        let paths: Vec<&[u8]> = tree.entries().map(|(p, _)| p).collect();
+        assert_eq!(paths, [&b"d"[..], b"d/new", b"e", b"e/x"]);
+        // Whiteouts first: the replay needs no second pass.
+        let first = layer(dir.path(), &[".wh.gone", "d/new"]);
+        let tree = Tree::replay(&[lower, first]).unwrap();
+        let paths: Vec<&[u8]> = tree.entries().map(|(p, _)| p).collect();
+        assert_eq!(paths, [&b"d"[..], b"d/new", b"d/old", b"e", b"e/x"]);
+    }
+
     #[test]
     fn differences_name_the_first_path_that_differs() {
         let mut a = Tree::new();
