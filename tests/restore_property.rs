@@ -284,10 +284,13 @@ fn run_case(steps: Steps<'_>, options: &Options, cache: Cache) -> Result<Run, St
         type_changes: Vec::new(),
     };
     let mut taken: Vec<Snapshot> = Vec::new();
+    // The root directory itself, which the snapshots leave out.
+    let mut roots = Vec::new();
     for step in 0..steps.len() {
         let tag = tag(step);
         let mut done = steps.run(&root, step, &options.avoid);
         let source = snapshot_nanos(&root);
+        roots.push(root_meta(&root));
         if let Some(path) = taken
             .last()
             .and_then(|before| chain::dirlink_became_dir(before, &source))
@@ -322,7 +325,7 @@ fn run_case(steps: Steps<'_>, options: &Options, cache: Cache) -> Result<Run, St
     // A stash adds a layer exactly when the tree differs from the one before.
     let mut expected = Vec::new();
     for (step, source) in taken.iter().enumerate() {
-        let grew = step == 0 || !tree_diff(&taken[step - 1], source).is_empty();
+        let grew = step == 0 || !tree_diff(&taken[step - 1], source).is_empty() || roots[step - 1] != roots[step];
         expected.push(expected.last().copied().unwrap_or(0) + usize::from(grew));
     }
     run.failures.extend(layer_count_failures(&home, &expected));
@@ -338,6 +341,13 @@ fn run_case(steps: Steps<'_>, options: &Options, cache: Cache) -> Result<Run, St
         }
     }
     Ok(run)
+}
+
+/// What a stash records of the root directory itself: mtime, mode, owner.
+fn root_meta(root: &Path) -> (i64, i64, u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(root).unwrap();
+    (m.mtime(), m.mtime_nsec(), m.mode(), m.uid(), m.gid())
 }
 
 /// Stashes `root` as `prop:TAG` with the built binary.

@@ -7,14 +7,15 @@ use super::{Kind, Meta, Time};
 /// No side-table entry.
 const NONE: u32 = u32::MAX;
 
-/// One entry's metadata, without its target and xattrs.
+/// One entry's metadata, without its target and xattrs, in 40 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rec {
     sec: i64,
     /// A file's size; a device's major (high half) and minor (low half).
     data: u64,
-    uid: u64,
-    gid: u64,
+    /// Owner and group; [`BIG_ID`] when they are in the side table.
+    uid: u32,
+    gid: u32,
     nsec: u32,
     mode: u32,
     /// Index into the side table, or [`NONE`].
@@ -22,12 +23,17 @@ struct Rec {
     kind: u8,
 }
 
-/// What only some entries have.
+/// What only some entries have: a symlink's target, xattrs, an owner or
+/// group beyond 32 bits (which a layer may carry, and no Linux file has).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Extra {
     target: Box<[u8]>,
     xattrs: Box<[(Vec<u8>, Vec<u8>)]>,
+    ids: Option<Box<(u64, u64)>>,
 }
+
+/// A `uid` or `gid` field whose value is in the side table.
+const BIG_ID: u32 = u32::MAX;
 
 const FILE: u8 = 0;
 const DIR: u8 = 1;
@@ -59,10 +65,17 @@ impl Metas {
             Kind::Block { major, minor } => (BLOCK, device(*major, *minor), b""),
             Kind::Fifo => (FIFO, 0, b""),
         };
-        let extra = if kind == SYMLINK || !meta.xattrs.is_empty() {
+        let small = |id: u64| u32::try_from(id).ok().filter(|&id| id != BIG_ID);
+        let (uid, gid) = match (small(meta.uid), small(meta.gid)) {
+            (Some(uid), Some(gid)) => (uid, gid),
+            _ => (BIG_ID, BIG_ID),
+        };
+        let big = uid == BIG_ID;
+        let extra = if kind == SYMLINK || !meta.xattrs.is_empty() || big {
             self.extras.push(Extra {
                 target: target.into(),
                 xattrs: meta.xattrs.clone().into_boxed_slice(),
+                ids: big.then(|| Box::new((meta.uid, meta.gid))),
             });
             (self.extras.len() - 1) as u32
         } else {
@@ -71,8 +84,8 @@ impl Metas {
         self.recs.push(Rec {
             sec: meta.mtime.sec,
             data,
-            uid: meta.uid,
-            gid: meta.gid,
+            uid,
+            gid,
             nsec: meta.mtime.nsec,
             mode: meta.mode,
             extra,
@@ -96,11 +109,12 @@ impl Metas {
             BLOCK => Kind::Block { major, minor },
             _ => Kind::Fifo,
         };
+        let (uid, gid) = self.ids(r);
         Meta {
             kind,
             mode: r.mode,
-            uid: r.uid,
-            gid: r.gid,
+            uid,
+            gid,
             mtime: Time {
                 sec: r.sec,
                 nsec: r.nsec,
@@ -111,6 +125,13 @@ impl Metas {
 
     fn extra(&self, r: &Rec) -> Option<&Extra> {
         (r.extra != NONE).then(|| &self.extras[r.extra as usize])
+    }
+
+    fn ids(&self, r: &Rec) -> (u64, u64) {
+        match self.extra(r).and_then(|e| e.ids.as_deref()) {
+            Some(&ids) => ids,
+            None => (r.uid.into(), r.gid.into()),
+        }
     }
 
     /// Whether entry `i` is a directory.
@@ -143,16 +164,18 @@ impl Metas {
     pub fn same(&self, i: u32, other: &Metas, j: u32) -> bool {
         let (a, b) = (&self.recs[i as usize], &other.recs[j as usize]);
         let fixed = |r: &Rec| (r.sec, r.data, r.uid, r.gid, r.nsec, r.mode, r.kind);
-        fixed(a) == fixed(b) && self.extra(a) == other.extra(b)
+        fixed(a) == fixed(b) && self.extra(a) == other.extra(b) && self.ids(a) == other.ids(b)
     }
 
     /// Gives entry `i` the owner and time of `meta` (a kept directory link).
     pub fn set_owner_and_time(&mut self, i: u32, meta: &Meta) {
-        let r = &mut self.recs[i as usize];
-        r.uid = meta.uid;
-        r.gid = meta.gid;
-        r.sec = meta.mtime.sec;
-        r.nsec = meta.mtime.nsec;
+        let mut now = self.get(i);
+        now.uid = meta.uid;
+        now.gid = meta.gid;
+        now.mtime = meta.mtime;
+        let j = self.push(&now);
+        self.recs[i as usize] = self.recs.pop().expect("just pushed");
+        debug_assert_eq!(j as usize, self.recs.len());
     }
 }
 
@@ -201,12 +224,30 @@ mod tests {
                 vec![],
             ),
             meta(Kind::Fifo, vec![]),
+            Meta {
+                uid: 3,
+                gid: u64::from(u32::MAX),
+                ..meta(Kind::Dir, vec![])
+            },
+            Meta {
+                uid: 3,
+                gid: 4,
+                ..meta(Kind::Dir, vec![])
+            },
         ];
         let mut metas = Metas::default();
         for m in &all {
             let i = metas.push(m);
             assert_eq!(&metas.get(i), m);
             assert!(metas.same(i, &metas.clone(), i));
+        }
+        // A kept directory link takes an owner of any size.
+        let link = metas.push(&all[3]);
+        for owner in [&all[0], &all[9]] {
+            metas.set_owner_and_time(link, owner);
+            let got = metas.get(link);
+            assert_eq!((got.uid, got.gid, got.mtime), (owner.uid, owner.gid, owner.mtime));
+            assert_eq!(got.kind, all[3].kind);
         }
         for (i, a) in all.iter().enumerate() {
             for (j, b) in all.iter().enumerate() {

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{eyre, Result, WrapErr};
 
 use super::compact::Metas;
 use super::{Kind, Meta, Time};
@@ -24,21 +24,17 @@ pub struct Scan {
     entries: Vec<Entry>,
     /// Entry `i`'s metadata is `metas` `i`.
     metas: Metas,
+    /// The inode numbers of files with several names, by entry.
+    links: HashMap<u32, u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    off: u64,
-    /// The inode number of a file with several names.
-    ino: u64,
+    off: u32,
     len: u32,
-    flags: u8,
+    /// What a mount hides: no content is read.
+    hidden: bool,
 }
-
-/// What a mount hides: no content is read.
-const HIDDEN: u8 = 1;
-/// The entry has several names (`ino` says which file).
-const LINKED: u8 = 2;
 
 impl Scan {
     /// Number of entries.
@@ -64,8 +60,7 @@ impl Scan {
 
     /// Where to read entry `i`'s content; `None` for what a mount hides.
     pub fn source(&self, i: u32) -> Option<PathBuf> {
-        let e = &self.entries[i as usize];
-        if e.flags & HIDDEN != 0 {
+        if self.entries[i as usize].hidden {
             return None;
         }
         let path = self.path(i);
@@ -78,8 +73,7 @@ impl Scan {
 
     /// Identifies the hard-link group of a file with several names.
     pub fn link_group(&self, i: u32) -> Option<u64> {
-        let e = &self.entries[i as usize];
-        (e.flags & LINKED != 0).then_some(e.ino)
+        self.links.get(&i).copied()
     }
 
     /// The entry indices in path order (bytewise, as a [`super::tree::Tree`] is).
@@ -93,10 +87,8 @@ impl Scan {
     /// each list sorted.
     pub fn link_groups(&self) -> HashMap<u64, Vec<&[u8]>> {
         let mut out: HashMap<u64, Vec<&[u8]>> = HashMap::new();
-        for i in 0..self.entries.len() as u32 {
-            if let Some(g) = self.link_group(i) {
-                out.entry(g).or_default().push(self.path(i));
-            }
+        for (&i, &g) in &self.links {
+            out.entry(g).or_default().push(self.path(i));
         }
         out.retain(|_, names| names.len() > 1);
         for names in out.values_mut() {
@@ -105,16 +97,18 @@ impl Scan {
         out
     }
 
-    fn push(&mut self, path: &[u8], meta: &Meta, hidden: bool, link: Option<u64>) {
-        let off = self.arena.len() as u64;
+    fn push(&mut self, path: &[u8], meta: &Meta, hidden: bool, link: Option<u64>) -> Result<()> {
+        let too_many = || eyre!("the root has more names than one scan can hold (4 GiB of paths)");
+        let off = u32::try_from(self.arena.len()).map_err(|_| too_many())?;
+        let len = u32::try_from(path.len()).map_err(|_| too_many())?;
+        off.checked_add(len).ok_or_else(too_many)?;
         self.arena.extend_from_slice(path);
-        self.metas.push(meta);
-        self.entries.push(Entry {
-            off,
-            ino: link.unwrap_or(0),
-            len: path.len() as u32,
-            flags: if hidden { HIDDEN } else { 0 } | if link.is_some() { LINKED } else { 0 },
-        });
+        let i = self.metas.push(meta);
+        if let Some(ino) = link {
+            self.links.insert(i, ino);
+        }
+        self.entries.push(Entry { off, len, hidden });
+        Ok(())
     }
 }
 
@@ -341,8 +335,7 @@ fn read_entry(at: &Place<'_>, walked: Walked, out: &mut Scan) -> Result<()> {
         mtime,
         xattrs: if mounted { Vec::new() } else { read_xattrs(path)? },
     };
-    out.push(rel, &meta, mounted, link_group);
-    Ok(())
+    out.push(rel, &meta, mounted, link_group)
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ use super::tree::Tree;
 use super::{show, split, Kind, Meta, WHITEOUT};
 use crate::oci::{Digest, HashingWriter};
 
-const CHUNK: usize = 1 << 20;
+/// Chunks handed between the threads: large enough that handing them over
+/// costs nothing measurable, small enough that the few in flight stay a
+/// small part of a stash's memory.
+const CHUNK: usize = 1 << 18;
 
 /// A layer blob as written.
 #[derive(Debug, Clone)]
