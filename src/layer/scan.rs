@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 
@@ -198,19 +197,8 @@ pub fn scan(root: &Path) -> Result<Scan> {
         root_dev,
         mounts: &mounts,
     };
-    // One thread walks the directories, this one reads each entry's
-    // metadata and xattrs: the work of a scan in two halves, in walk order,
-    // so the first error in that order is the one reported.
-    std::thread::scope(|s| {
-        let (tx, rx) = sync_channel::<Vec<Result<Walked>>>(8);
-        s.spawn(move || walk(&at, &tx));
-        for batch in rx {
-            for walked in batch {
-                read_entry(&at, walked?, &mut out)?;
-            }
-        }
-        Ok(out)
-    })
+    walk(&at, &mut |walked| read_entry(&at, walked, &mut out))?;
+    Ok(out)
 }
 
 /// Where a scan runs.
@@ -235,48 +223,34 @@ struct Walked {
     dir: Option<std::fs::Metadata>,
 }
 
-const BATCH: usize = 256;
-
 /// Walks `at.root` in a stable order (names sorted bytewise, parents
-/// before children) and sends what it finds in batches; a mounted
-/// directory is sent but not gone into.
-fn walk(at: &Place<'_>, tx: &SyncSender<Vec<Result<Walked>>>) {
-    let mut batch = Vec::with_capacity(BATCH);
+/// before children), handing each entry to `f`; a mounted directory is
+/// handed over but not gone into.
+fn walk(at: &Place<'_>, f: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
     let mut walker = walkdir::WalkDir::new(at.root)
         .follow_links(false)
         .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
         .into_iter();
     while let Some(entry) = walker.next() {
-        let walked = entry
-            .wrap_err_with(|| format!("walking {}", at.root.display()))
-            .and_then(|entry| {
-                if !entry.file_type().is_dir() {
-                    return Ok(Walked {
-                        path: entry.into_path(),
-                        dir: None,
-                    });
-                }
-                let md = entry
-                    .metadata()
-                    .wrap_err_with(|| format!("reading {}", entry.path().display()))?;
-                let path = entry.into_path();
-                let rel = path.strip_prefix(at.root).unwrap_or(&path).as_os_str().as_bytes();
-                if at.mounted(rel, &md) {
-                    walker.skip_current_dir();
-                }
-                Ok(Walked { path, dir: Some(md) })
-            });
-        let failed = walked.is_err();
-        batch.push(walked);
-        if failed || batch.len() == BATCH {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            // After an error, or when the reader stopped, the walk ends.
-            if tx.send(full).is_err() || failed {
-                return;
-            }
+        let entry = entry.wrap_err_with(|| format!("walking {}", at.root.display()))?;
+        if !entry.file_type().is_dir() {
+            f(Walked {
+                path: entry.into_path(),
+                dir: None,
+            })?;
+            continue;
         }
+        let md = entry
+            .metadata()
+            .wrap_err_with(|| format!("reading {}", entry.path().display()))?;
+        let path = entry.into_path();
+        let rel = path.strip_prefix(at.root).unwrap_or(&path).as_os_str().as_bytes();
+        if at.mounted(rel, &md) {
+            walker.skip_current_dir();
+        }
+        f(Walked { path, dir: Some(md) })?;
     }
-    let _ = tx.send(batch);
+    Ok(())
 }
 
 /// Reads one entry the walk found into `out`. What is mounted is kept as
