@@ -63,10 +63,10 @@
 # case its peak RSS and its CPU seconds (user+sys, children included).
 # A case whose option the binary lacks (--compression, --compression-level,
 # --jobs: `kiwi-stackbuild --help` decides) is reported as not measured.
-# On the big root kiwi_stash runs --slow-runs-big times only (default 1:
-# KIWI's stash of it takes minutes), ours_w2 and kiwi_w2 only with --big-w2
-# (then --slow-runs-big times: W2 bzip2s a tbz of the root), and
-# ours_stash_stub not at all.
+# On the big root kiwi_stash and floor_gzip run --slow-runs-big times only
+# (default 1: KIWI's stash of it takes minutes, gzip -1 one), ours_w2 and
+# kiwi_w2 only with --big-w2 (then --slow-runs-big times: W2 bzip2s a tbz of
+# the root), and ours_stash_stub not at all.
 #
 # KIWI keeps its stashes in /var/tmp/kiwi-stash (hard-coded) and loads them
 # into podman's storage. Every kiwi-ng run here is in its own mount
@@ -89,8 +89,8 @@
 #                when present (a root is only read; the etc/motd the
 #                re-stash case appends to is put back when the run ends)
 #   --prepare-only  prepare (or find) the roots, then stop
-#   --slow-runs-big N  runs of kiwi_stash, kiwi_w2 and ours_w2 on the big
-#                root (default 1)
+#   --slow-runs-big N  runs of kiwi_stash, floor_gzip, kiwi_w2 and ours_w2
+#                on the big root (default 1)
 #   --big-w2     run ours_w2 and kiwi_w2 on the big root too
 #   --json FILE  where the JSON goes (default WORK/bench.json, copied to
 #                /var/tmp/kiwi-stackbuild-bench.json when WORK is removed)
@@ -515,12 +515,12 @@ case_floor_unzstd() {
 cases=(ours_stash kiwi_stash floor_gzip ours_restash floor_tar ours_w2 floor_untar ours_stash_zstd
        floor_pigz ours_restore ours_stash_stub kiwi_w2 floor_zstd ours_restash_unchanged
        ours_stash_jobs1 floor_unzstd ours_restore_zstd)
-# On the big root: KIWI's cases and our full W2 run in the first
-# --slow-runs-big rounds only; both W2 cases (their kiwi-ng system create
+# On the big root: KIWI's cases, our full W2 and tar | gzip -1 (one core:
+# a minute) run in the first --slow-runs-big rounds only; both W2 cases (their kiwi-ng system create
 # bzip2s a tbz of 2.6 GB: minutes, the same work on both sides) only with
 # --big-w2; the kiwi-ng stub case not at all (kiwi-stackbuild starts no
 # kiwi-ng for stash: ours_stash measures the same).
-slow_cases=" kiwi_stash kiwi_w2 ours_w2 "
+slow_cases=" kiwi_stash kiwi_w2 ours_w2 floor_gzip "
 big_skip=" ours_stash_stub $([ -n "$big_w2" ] || echo ours_w2 kiwi_w2) "
 
 # bench_root LABEL: every case on root LABEL, --runs rounds; writes
