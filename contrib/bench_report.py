@@ -381,7 +381,7 @@ def root_line(label, meta):
     return (f"Root `{label}`: {meta.get('tree_entries')} entries, {size(number(meta.get('tree_bytes')))} "
             f"(du --apparent-size), prepared in {number(meta.get('prepare_us') or 0) / 1e6:.0f} s"
             + (" (an earlier run's, from --root-cache)" if meta.get("reused") == "1" else "")
-            + f"; its cases took {number(meta.get('bench_us') or 0) / 1e6:.0f} s. "
+            + f"; its rounds took {number(meta.get('bench_us') or 0) / 1e6:.0f} s (setup not counted). "
             f"Load average (1/5/15 min) at the start of each round: {loads}; after: {meta.get('load_after')}.")
 
 
