@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiwi-stackbuild and its tests need on this host, idempotently:
 # skopeo, umoci, rsync, podman, a container registry for tests, a Rust
-# toolchain's build needs, rpmbuild and rpm2archive (the RPM build test), and
+# toolchain's build needs, rpmbuild and rpm2archive (the RPM build test),
+# pigz (the parallel gzip floor the layer compression is measured against), and
 # kiwi-ng (11.1.6 in a venv when none is on PATH).
 #
 # Usage (as root): contrib/setup.sh   (or source it to keep its PATH)
@@ -26,7 +27,7 @@ install_debian() {
     local pkgs=(skopeo umoci rsync podman docker-registry xz-utils zstd
                 bzip2 gnupg debian-archive-keyring python3 python3-venv
                 python3-pip ca-certificates curl openssl apache2-utils attr acl
-                time tar gzip rpm rpm2cpio gcc libc6-dev)
+                time tar gzip pigz rpm rpm2cpio gcc libc6-dev)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \
@@ -47,12 +48,12 @@ install_debian() {
 install_suse() {
     zypper --non-interactive install --no-recommends skopeo umoci rsync podman \
         distribution-registry xz zstd bzip2 gpg2 python3 python3-pip curl openssl \
-        apache2-utils attr acl time tar gzip rpm-build gcc
+        apache2-utils attr acl time tar gzip pigz rpm-build gcc
 }
 
 install_fedora() {
     dnf install -y skopeo umoci rsync podman distribution xz zstd bzip2 gnupg2 \
-        python3 python3-pip curl openssl httpd-tools attr acl time tar gzip rpm-build gcc
+        python3 python3-pip curl openssl httpd-tools attr acl time tar gzip pigz rpm-build gcc
 }
 
 install_kiwi() {

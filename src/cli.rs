@@ -7,13 +7,13 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result};
 use color_eyre::Section;
 
+use crate::layer::compress::{Format, Settings};
 use crate::listing;
 use crate::listing::human_size;
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::registry::{self, Credentials, RegistryAuth};
 use crate::store::{self, Store};
 use crate::tools::kiwi::Globals;
-use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 use crate::transfer;
 use crate::workflow::{self, Rebuild};
@@ -79,18 +79,50 @@ pub struct GlobalArgs {
     /// Directory with the registry's CA certificate (*.crt)
     #[arg(long, global = true, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
-    /// Layer compression when pushing: gzip keeps the layers as stored
-    #[arg(long, global = true, value_name = "FORMAT", default_value = "gzip")]
-    pub compress_format: CompressFormat,
+    /// Layer compression of stash, rebuild --keep-root and push: gzip (the
+    /// default; KIWI's own derived_from import, skopeo with umoci 0.4, reads
+    /// only gzip) or zstd. push recompresses only the layers stored
+    /// otherwise; without this option it keeps them as stored
+    #[arg(
+        long,
+        global = true,
+        env = "KIWI_STACKBUILD_COMPRESSION",
+        value_name = "FORMAT",
+        alias = "compress-format"
+    )]
+    pub compression: Option<CompressFormat>,
+    /// Compression level: gzip 1-9 (default 1), zstd 1-19 (default 3)
+    #[arg(
+        long,
+        global = true,
+        env = "KIWI_STACKBUILD_COMPRESSION_LEVEL",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub compression_level: Option<i32>,
+    /// Threads that compress a layer, 1-256 (default: the available
+    /// cores); the layer is the same for any number
+    #[arg(long, global = true, env = "KIWI_STACKBUILD_JOBS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
 }
 
-/// `--compress-format`.
+/// `--compression`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompressFormat {
-    /// Keep the layers as stored (gzip).
+    /// gzip, read by every tool.
     Gzip,
-    /// Recompress the layers with zstd.
+    /// zstd: smaller and faster; podman, skopeo and containerd read it.
     Zstd,
+}
+
+impl From<CompressFormat> for Format {
+    fn from(f: CompressFormat) -> Format {
+        match f {
+            CompressFormat::Gzip => Format::Gzip,
+            CompressFormat::Zstd => Format::Zstd,
+        }
+    }
 }
 
 /// The commands.
@@ -111,7 +143,8 @@ pub enum Command {
     /// --target-dir T may also be given before --, as KIWI users write it.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
-    /// Store a KIWI root tree in the local store; list, remove or check stashes
+    /// Store a KIWI root tree in the local store; list, remove, squash or check
+    /// stashes
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
@@ -211,9 +244,10 @@ pub struct RebuildArgs {
 /// `stash`.
 #[derive(Debug, Args)]
 #[command(
-    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check"])),
+    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash"])),
     override_usage = "kiwi-stackbuild stash [OPTIONS] --root DIR\n       kiwi-stackbuild stash --list [--json]\n       \
-                      kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --check [--repair]"
+                      kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --squash NAME[:TAG]\n       \
+                      kiwi-stackbuild stash --check [--repair]"
 )]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
@@ -234,6 +268,15 @@ pub struct StashArgs {
     /// Remove NAME:TAG, or every tag of NAME (all or none), free unused blobs
     #[arg(long, value_name = "NAME[:TAG]")]
     pub rm: Option<StashRef>,
+    /// Rewrite NAME:TAG as an image of one layer with the same tree
+    ///
+    /// Container runtimes refuse images past about 127 layers, and every
+    /// stash on top adds one. The new image keeps the labels and runtime
+    /// config; its history is one entry. Other tags of the image before keep
+    /// it; blobs no stash uses any more are freed. Needs root. An image of
+    /// one layer is left as it is.
+    #[arg(long, value_name = "NAME[:TAG]")]
+    pub squash: Option<StashRef>,
     /// Verify every blob of the store and report each problem on a line
     ///
     /// Reports refs to missing blobs, blobs whose digest or size is wrong,
@@ -318,11 +361,18 @@ impl GlobalArgs {
         }
     }
 
-    fn compression(&self) -> Compression {
-        match self.compress_format {
-            CompressFormat::Gzip => Compression::Keep,
-            CompressFormat::Zstd => Compression::Zstd,
-        }
+    /// How the layers we write are compressed: `--compression` (gzip when
+    /// not given) at `--compression-level` on `--jobs` threads.
+    fn layer_compression(&self) -> Result<Settings> {
+        let format = self.compression.map_or(Format::Gzip, Format::from);
+        Settings::new(format, self.compression_level, self.jobs.map(usize::from))
+            .suggestion("give --compression-level (or KIWI_STACKBUILD_COMPRESSION_LEVEL) within that range")
+    }
+
+    /// What a copy out of the store recompresses its layers to: nothing
+    /// without `--compression`, so that they go as stored.
+    fn copy_compression(&self) -> Result<Option<Settings>> {
+        self.compression.map(|_| self.layer_compression()).transpose()
     }
 
     fn registry(&self) -> Result<RegistryAuth> {
@@ -350,7 +400,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         _ => {}
     }
     store::check_home(&cli.global.stash_home)?;
-    let store = Store::new(&cli.global.stash_home);
+    let store = Store::new(&cli.global.stash_home).with_compression(cli.global.layer_compression()?);
     match cli.command {
         Command::Rebuild(a) => {
             let auth = cli.global.registry()?;
@@ -362,7 +412,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 force: a.force,
                 globals: cli.global.kiwi(),
                 kiwi_args,
-                compression: cli.global.compression(),
+                compression: cli.global.copy_compression()?,
             };
             workflow::rebuild(&store, &job, &auth)
         }
@@ -383,7 +433,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 force: a.force,
                 globals: cli.global.kiwi(),
                 kiwi_args,
-                compression: cli.global.compression(),
+                compression: cli.global.copy_compression()?,
             };
             workflow::rebuild(&store, &job, &auth)
         }
@@ -405,7 +455,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             }
             tools::require(&[Tool::Skopeo])?;
             let auth = cli.global.registry()?;
-            transfer::push(&store, &a.stash.key(), &a.destination, &auth, cli.global.compression())?;
+            transfer::push(
+                &store,
+                &a.stash.key(),
+                &a.destination,
+                &auth,
+                cli.global.copy_compression()?,
+            )?;
             eprintln!("pushed {} to {}", a.stash.key(), a.destination);
             Ok(())
         }
@@ -514,9 +570,12 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if a.check {
         return listing::check(store, a.repair);
     }
+    if let Some(r) = a.squash {
+        return workflow::squash(store, &r);
+    }
     let root = a
         .root
-        .ok_or_else(|| eyre!("stash needs --root, --list, --rm or --check"))?;
+        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check or --squash"))?;
     let done = workflow::stash(
         store,
         &root,

@@ -19,10 +19,6 @@ use crate::reference::{StashName, Tag};
 use crate::restore::{self, Fetched};
 use crate::store::{Store, TempBlob};
 
-/// gzip level of the layers we write: fast, since roots are large and
-/// registries care more about time than the last few percent.
-pub const GZIP_LEVEL: u32 = 1;
-
 /// What a stash run stored.
 #[derive(Debug, Clone)]
 pub struct Stashed {
@@ -111,6 +107,11 @@ pub struct Base {
 impl Base {
     /// The stash `d` of `store` as a base.
     pub fn from_store(store: &Store, d: &Descriptor) -> Result<Base> {
+        Base::read(store, d, "the stash to add a layer to")
+    }
+
+    /// The stash `d` of `store`, read as `what` (for the error).
+    fn read(store: &Store, d: &Descriptor, what: &str) -> Result<Base> {
         let name = ref_name(d);
         let read = || -> Result<(ImageManifest, ImageConfig)> {
             let m = store.manifest(&d.sha256()?)?;
@@ -118,7 +119,7 @@ impl Base {
             Ok((m, config))
         };
         let (m, config) = read()
-            .wrap_err_with(|| format!("reading {name}, the stash to add a layer to"))
+            .wrap_err_with(|| format!("reading {name}, {what}"))
             .suggestion(format!(
                 "see kiwi-stackbuild stash --check; remove the broken stash with \
                  kiwi-stackbuild stash --rm {name}, or stash under another --container-name"
@@ -283,6 +284,9 @@ pub fn stash(
         let since = base_name.as_ref().map_or("its base", |(n, _)| n.as_str());
         log::info!("{key} is unchanged since {since}: tagged, no layer added");
     }
+    if let Some(warning) = many_layers_warning(&key, layers) {
+        log::warn!("{warning}");
+    }
     Ok(Stashed {
         key,
         also,
@@ -373,7 +377,7 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     // layer is compressed; it is named once the layer's diff_id is known.
     let pending = cache::prepare(store.root(), &lower);
     drop(lower);
-    let layer = write::write(&plan, layer_file.file(), GZIP_LEVEL)?;
+    let layer = write::write(&plan, layer_file.file(), store.compression())?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
         layer.entries - layer.whiteouts,
@@ -488,7 +492,7 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
         ),
         empty_layer: false,
     });
-    layers.push(Descriptor::new(MediaType::ImageLayerGzip, layer.size, &layer.digest));
+    layers.push(Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest));
     let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
     let base_name = base_name(base);
     let annotations = facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str())));
@@ -524,4 +528,203 @@ fn new_config() -> ImageConfig {
 
 fn ref_name(d: &Descriptor) -> String {
     d.ref_name().map_or_else(|| d.digest().to_string(), str::to_string)
+}
+
+/// Images with more layers than this get a warning when stashed: container
+/// runtimes refuse images past about 127 layers (overlayfs's limit).
+pub const MANY_LAYERS: usize = 100;
+
+/// The warning for an image `key` of `layers` layers, when it has more
+/// than [`MANY_LAYERS`].
+pub fn many_layers_warning(key: &str, layers: usize) -> Option<String> {
+    (layers > MANY_LAYERS).then(|| {
+        format!(
+            "{key} has {layers} layers; container runtimes refuse images past about 127: \
+             run `kiwi-stackbuild stash --squash {key}`"
+        )
+    })
+}
+
+/// What `stash --squash` did.
+#[derive(Debug, Clone)]
+pub enum Squash {
+    /// The image has one layer (or none) already: nothing was changed.
+    AlreadyOne {
+        /// Its layers.
+        layers: usize,
+    },
+    /// `key` now names a new image of one layer.
+    Done {
+        /// The layers of the image before.
+        layers_before: usize,
+        /// The one new layer.
+        layer: write::Layer,
+        /// The other tags that still name the image before.
+        kept_by: Vec<String>,
+        /// Blobs no stash used any more, freed.
+        freed: usize,
+    },
+}
+
+/// Rewrites the stash `key` (`name:tag`) as an image of one layer that holds
+/// the same tree, and points `key` at it; other tags of the image before
+/// keep it. The config keeps everything but its history (one entry now) and
+/// diff_ids. The tree is unpacked by the confined extractor into a scratch
+/// directory of the store, scanned, written as a first layer, and that
+/// layer's tree must equal the tree the old layers make, entry for entry.
+/// Needs root, for owners and device nodes. Locks as [`stash`] does; when
+/// `key` changes meanwhile (removed, stashed again), nothing is changed.
+pub fn squash(store: &Store, key: &str) -> Result<Squash> {
+    let epoch = source_date_epoch()?;
+    let shared = store.lock_shared()?;
+    let d = store.resolve(key)?;
+    let old = Base::read(store, &d, "the stash to squash")?;
+    let layers_before = old.layers.len();
+    if layers_before <= 1 {
+        return Ok(Squash::AlreadyOne { layers: layers_before });
+    }
+    let started = Instant::now();
+    let scratch = store.temp_dir("squash")?;
+    let rootfs = scratch.path().join("rootfs");
+    {
+        let progress = crate::progress::spinner(&format!("unpacking {layers_before} layers of {key}"));
+        let unpacked = crate::layer::extract::unpack(&old.layers, &rootfs);
+        progress.finish_and_clear();
+        unpacked.wrap_err_with(|| format!("unpacking {key} to squash it"))?;
+    }
+    crate::fault::point("squash-unpacked");
+    let layer_file = store.temp_blob("layer")?;
+    let old_ids: Vec<Digest> = old.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let (mut before, _) = lower_tree(store, &old, &old_ids)?;
+    if before.get(b"").is_none() {
+        // Layers without a root entry: the unpacker's root is 0755 root:root.
+        before.insert(b"", &default_root());
+    }
+    let mut scanned = scan::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
+    keep_policy_xattrs(&mut scanned, &before);
+    let plan = write::plan(&scanned, &Tree::new());
+    let mut after = Tree::new();
+    write::checked(&plan, &mut after).wrap_err_with(|| format!("squashing {key}"))?;
+    if let Some(path) = before.first_difference(&after) {
+        return Err(eyre!(
+            "squashing {key}: the unpacked tree differs from what its layers make at {}; nothing was changed",
+            crate::layer::show(&path)
+        ));
+    }
+    drop(before);
+    let pending = cache::prepare(store.root(), &after);
+    drop(after);
+    let layer = write::write(&plan, layer_file.file(), store.compression())?;
+    drop(scratch);
+    log::info!(
+        "squashed {layers_before} layers of {key} ({} entries) into one {} layer in {:.2?}",
+        scanned.len(),
+        human_size(layer.size),
+        started.elapsed()
+    );
+    let (config, manifest) = squashed_image(store, &d, old.config, layers_before, &layer, epoch)?;
+    drop(shared);
+    crate::fault::point("squash-between-locks");
+    let lock = store.lock_exclusive()?;
+    let mut index = store.index()?;
+    match store.find(&index, key) {
+        Some(now) if now.digest() == d.digest() => {}
+        Some(_) => {
+            return Err(eyre!(
+                "{key} names another image now (stashed again, or squashed by another run); nothing was changed"
+            ))
+            .suggestion(format!("run kiwi-stackbuild stash --squash {key} again"))
+        }
+        None => return Err(eyre!("{key} was removed while squashing it; nothing was changed")),
+    }
+    layer_file.store_as(store, &layer.digest, &lock)?;
+    store.put_json(&config, MediaType::ImageConfig)?;
+    let manifest_desc = store.put_json(&manifest, MediaType::ImageManifest)?;
+    Store::set_ref(&mut index, key, manifest_desc);
+    crate::fault::point("squash-before-index");
+    store.write_index(&index, &lock)?;
+    let kept_by: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter(|m| m.digest() == d.digest())
+        .filter_map(|m| m.ref_name().map(str::to_string))
+        .collect();
+    remember_tree(store, std::slice::from_ref(&layer.diff_id), pending);
+    // The index is written: the squash is done, whatever the cleanup finds.
+    let freed = store.collect_garbage(&index, &lock).unwrap_or_else(|e| {
+        log::warn!("{key} is squashed, but unused blobs were not freed: {e:#} (see kiwi-stackbuild stash --check)");
+        0
+    });
+    Ok(Squash::Done {
+        layers_before,
+        layer,
+        kept_by,
+        freed,
+    })
+}
+
+/// The xattrs no unpacker restores (`security.selinux`, ...: the host's
+/// policy) as the layers had them, not as the host labelled the unpacked
+/// tree: the squashed layer carries what the old layers carried.
+fn keep_policy_xattrs(scanned: &mut scan::Scan, before: &Tree) {
+    let policy = |k: &[u8]| crate::layer::IGNORED_XATTRS.contains(&k);
+    for i in 0..scanned.len() as u32 {
+        let mut meta = scanned.meta(i);
+        let mut xattrs: Vec<_> = meta.xattrs.iter().filter(|(k, _)| !policy(k)).cloned().collect();
+        if let Some(m) = before.get(scanned.path(i)) {
+            xattrs.extend(m.xattrs.iter().filter(|(k, _)| policy(k)).cloned());
+            xattrs.sort();
+        }
+        if xattrs != meta.xattrs {
+            meta.xattrs = xattrs;
+            scanned.set_meta(i, &meta);
+        }
+    }
+}
+
+fn default_root() -> crate::layer::Meta {
+    crate::layer::Meta {
+        kind: crate::layer::Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: crate::layer::Time::default(),
+        xattrs: Vec::new(),
+    }
+}
+
+/// The config and manifest of the squash of the image `d` (whose config is
+/// `config`, of `layers_before` layers) into `layer`: labels, runtime
+/// config, architecture and author as they were, one history entry, one
+/// diff_id; the manifest's annotations as they were, with a new creation
+/// time.
+fn squashed_image(
+    store: &Store,
+    d: &Descriptor,
+    mut config: ImageConfig,
+    layers_before: usize,
+    layer: &write::Layer,
+    epoch: Option<i64>,
+) -> Result<(ImageConfig, ImageManifest)> {
+    let created = oci::rfc3339(now(epoch));
+    config.created = Some(created.clone());
+    config.rootfs.kind = "layers".into();
+    config.rootfs.diff_ids = vec![layer.diff_id.clone()];
+    config.history = vec![History {
+        created: Some(created.clone()),
+        created_by: Some(format!("kiwi-stackbuild {} stash --squash", env!("CARGO_PKG_VERSION"))),
+        author: config.author.clone(),
+        comment: Some(format!("squash of {layers_before} layers ({})", d.digest())),
+        empty_layer: false,
+    }];
+    let old = store.manifest(&d.sha256()?)?;
+    let mut annotations: std::collections::BTreeMap<String, String> =
+        old.annotations().clone().unwrap_or_default().into_iter().collect();
+    if annotations.contains_key("org.opencontainers.image.created") {
+        annotations.insert("org.opencontainers.image.created".into(), created);
+    }
+    let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
+    let layers = vec![Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest)];
+    let manifest = oci::manifest(config_desc, layers, annotations)?;
+    Ok((config, manifest))
 }

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tempfile::NamedTempFile;
 
 use crate::fsutil::Scratch;
+use crate::layer::compress::Settings;
 use crate::oci::layout::{readable, Layout};
 use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageConfig, ImageIndex, ImageManifest, MediaType};
 
@@ -45,6 +46,7 @@ pub const DEFAULT_HOME: &str = "/var/lib/kiwi-stackbuild/stash";
 #[derive(Debug, Clone)]
 pub struct Store {
     layout: Layout,
+    compression: Settings,
 }
 
 /// A held lock on the store; released when dropped.
@@ -112,7 +114,20 @@ impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Store {
         Store {
             layout: Layout::new(root),
+            compression: Settings::default(),
         }
+    }
+
+    /// The store, writing new layers as `settings` say (gzip level 1 on
+    /// every core when not told).
+    pub fn with_compression(mut self, settings: Settings) -> Store {
+        self.compression = settings;
+        self
+    }
+
+    /// How new layers are compressed.
+    pub fn compression(&self) -> &Settings {
+        &self.compression
     }
 
     /// The layout directory.

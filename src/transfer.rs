@@ -2,11 +2,13 @@
 //! transport) and the local store, fetching only blobs the store lacks.
 
 use std::fs;
+use std::io::{self, BufReader, BufWriter};
 use std::path::Path;
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
+use crate::layer::compress::{self, Settings};
 use crate::oci::layout::Layout;
 use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MediaType, REF_NAME};
 use crate::reference::ImageReference;
@@ -192,21 +194,156 @@ fn move_in(
 /// The name of a push's scratch layout starts so.
 const PUSH_PREFIX: &str = "kiwi-stackbuild-push-";
 
-/// Pushes `src` to a registry with zstd layers. skopeo 1.9 would reuse gzip
-/// layers the registry already holds instead of recompressing them, so the
-/// layers are recompressed into a scratch layout first and pushed from there
-/// with their digests preserved.
-fn push_recompressed(src: &ImageReference, key: &str, dst: &ImageReference, auth: &RegistryAuth) -> Result<()> {
+/// Copies the image `key` of the layout at `layout` to `dst`. With
+/// `recompress`, its layers in another compression are recompressed in
+/// this process into a scratch layout first (layers already so are linked,
+/// the config stays as it is, since the diff_ids do), which skopeo then
+/// copies with every digest kept: skopeo 1.9 would otherwise reuse a layer
+/// a registry holds in the other compression. Without it the layers go as
+/// stored.
+pub fn copy_out(
+    layout: &Path,
+    key: &str,
+    dst: &ImageReference,
+    auth: &RegistryAuth,
+    recompress: Option<&Settings>,
+) -> Result<()> {
+    let src = ImageReference::Oci {
+        dir: layout.to_string_lossy().into_owned(),
+        image: Some(key.to_string()),
+    };
+    let Some(settings) = recompress else {
+        return skopeo::copy(&src, dst, auth, Compression::Keep);
+    };
+    let index = Layout::new(layout).read_index()?;
+    let d = index
+        .manifests()
+        .iter()
+        .find(|d| d.ref_name() == Some(key))
+        .cloned()
+        .ok_or_else(|| eyre!("no image {key} in {}", layout.display()))?;
+    let manifest: ImageManifest = Layout::new(layout).read_json_blob(&d.sha256()?, "manifest")?;
+    let all_so = manifest
+        .layers()
+        .iter()
+        .all(|l| oci::LayerCompression::of(l.media_type()).is_ok_and(|c| settings.format.is(c)));
+    if all_so {
+        return skopeo::copy(&src, dst, auth, kept(dst));
+    }
     crate::fsutil::remove_stale(None, PUSH_PREFIX);
     let scratch = crate::fsutil::private_tempdir(None, PUSH_PREFIX).wrap_err("creating a scratch layout")?;
-    let zstd = ImageReference::Oci {
+    recompressed_layout(layout, key, &manifest, settings, scratch.path())?;
+    crate::fault::point("push-between-copies");
+    let from = ImageReference::Oci {
         dir: scratch.path().to_string_lossy().into_owned(),
         image: Some(key.to_string()),
     };
-    skopeo::copy(src, &zstd, auth, Compression::Zstd)?;
-    crate::fault::point("push-between-copies");
-    skopeo::copy(&zstd, dst, auth, Compression::Exact)
+    skopeo::copy(&from, dst, auth, kept(dst))
 }
+
+/// How skopeo copies layers that are as they should be: every digest
+/// kept, where the destination stores the manifest as it is.
+fn kept(dst: &ImageReference) -> Compression {
+    match dst {
+        ImageReference::Docker(_)
+        | ImageReference::Oci { .. }
+        | ImageReference::OciArchive { .. }
+        | ImageReference::Dir(_) => Compression::Exact,
+        _ => Compression::Keep,
+    }
+}
+
+/// Writes into `scratch` a layout whose image `key` is `manifest` of
+/// `layout` with every layer in `settings`' compression.
+fn recompressed_layout(
+    layout: &Path,
+    key: &str,
+    manifest: &ImageManifest,
+    settings: &Settings,
+    scratch: &Path,
+) -> Result<()> {
+    let out = Layout::new(scratch);
+    out.init()?;
+    let config_digest = manifest.config().sha256()?;
+    let config: oci::ImageConfig = Layout::new(layout).read_json_blob(&config_digest, "config")?;
+    let diff_ids = &config.rootfs.diff_ids;
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(eyre!(
+            "{key} has {} layers but its config {} diff_ids",
+            manifest.layers().len(),
+            diff_ids.len()
+        ));
+    }
+    link_blob(layout, &out, &config_digest)?;
+    let mut layers = Vec::new();
+    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let compression = oci::LayerCompression::of(l.media_type())?;
+        if settings.format.is(compression) {
+            link_blob(layout, &out, &l.sha256()?)?;
+            layers.push(l.clone());
+        } else {
+            layers.push(recompress(layout, l, compression, diff_id, &out, settings)?);
+        }
+    }
+    let mut manifest = manifest.clone();
+    manifest.set_layers(layers);
+    let mut index = oci::empty_index();
+    Store::set_ref(&mut index, key, out.put_json(&manifest, MediaType::ImageManifest)?);
+    out.write_index(&index)
+}
+
+/// Hard-links the blob `digest` of `layout` into `out`, or copies it.
+fn link_blob(layout: &Path, out: &Layout, digest: &Digest) -> Result<()> {
+    let from = oci::blob_path(layout, digest);
+    let to = out.blob_path(digest);
+    if fs::hard_link(&from, &to).is_err() {
+        fs::copy(&from, &to).wrap_err_with(|| format!("copying blob {digest}"))?;
+    }
+    Ok(())
+}
+
+/// Writes layer `l` of `layout` (in `compression`) into `out` as
+/// `settings` say, checking its digest and size, and that it decompresses
+/// to `diff_id`, over its whole length; returns the new layer's descriptor.
+fn recompress(
+    layout: &Path,
+    l: &Descriptor,
+    compression: oci::LayerCompression,
+    diff_id: &Digest,
+    out: &Layout,
+    settings: &Settings,
+) -> Result<Descriptor> {
+    let digest = l.sha256()?;
+    let file = fs::File::open(oci::blob_path(layout, &digest)).wrap_err_with(|| format!("opening layer {digest}"))?;
+    let mut source = BufReader::with_capacity(BUFFER, oci::HashingReader::new(file));
+    let mut writer = compress::Writer::new(BufWriter::with_capacity(BUFFER, out.blob_writer()?), settings)?;
+    let (plain_id, _) = {
+        let mut plain = oci::HashingReader::new(oci::decompress(&mut source, compression)?);
+        io::copy(&mut plain, &mut writer).wrap_err_with(|| format!("recompressing layer {digest}"))?;
+        plain.finish()
+    };
+    let trailing = io::copy(&mut source, &mut io::sink()).wrap_err_with(|| format!("reading layer {digest}"))?;
+    let (read, size) = source.into_inner().finish();
+    if read != digest || size != l.size() {
+        return Err(eyre!(
+            "layer {digest} is corrupt: it is {read} of {size} bytes, not {} bytes",
+            l.size()
+        ));
+    }
+    if trailing != 0 || plain_id != *diff_id {
+        return Err(eyre!(
+            "layer {digest} is corrupt: it does not decompress to its diff_id {diff_id}"
+        ));
+    }
+    let writer = writer.finish()?.into_inner().map_err(|e| e.into_error())?;
+    let (new, new_size) = writer.commit(None)?;
+    let mut desc = Descriptor::new(settings.format.media_type(), new_size, new);
+    desc.set_annotations(l.annotations().clone());
+    Ok(desc)
+}
+
+/// Read and write buffers of a recompression.
+const BUFFER: usize = 1 << 20;
 
 /// Copies the stash `key` to `dst`; a registry gets only the blobs it lacks.
 /// The stash is pinned first ([`Store::pin`]), so the copy holds no lock
@@ -217,7 +354,7 @@ pub fn push(
     key: &str,
     dst: &ImageReference,
     auth: &RegistryAuth,
-    compression: Compression,
+    recompress: Option<Settings>,
 ) -> Result<()> {
     let lock = store
         .lock_shared()?
@@ -232,17 +369,9 @@ pub fn push(
         }
         None => (store.root(), Some(lock)),
     };
-    let src = ImageReference::Oci {
-        dir: layout.to_string_lossy().into_owned(),
-        image: Some(key.to_string()),
-    };
     crate::fault::point("push-before-copy");
     let progress = crate::progress::spinner(&format!("pushing {key} to {dst}"));
-    let copied = if compression == Compression::Zstd && matches!(dst, ImageReference::Docker(_)) {
-        push_recompressed(&src, key, dst, auth)
-    } else {
-        skopeo::copy(&src, dst, auth, compression)
-    };
+    let copied = copy_out(layout, key, dst, auth, recompress.as_ref());
     progress.finish_and_clear();
     copied.wrap_err_with(|| format!("pushing {key}")).map_err(|e| {
         if matches!(dst, ImageReference::ContainersStorage(_)) {

@@ -31,6 +31,7 @@ use color_eyre::Section;
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
 use crate::labels;
+use crate::layer::compress::Settings;
 use crate::listing::human_size;
 use crate::reference::{ImageReference, StashName, StashRef, Tag};
 use crate::registry::RegistryAuth;
@@ -38,7 +39,6 @@ use crate::restore::{self, Fetched};
 use crate::stash::{self, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals};
-use crate::tools::skopeo::Compression;
 use crate::tools::{self, Tool};
 pub use plan::{Plan, Workflow};
 
@@ -61,8 +61,9 @@ pub struct Rebuild {
     pub globals: Globals,
     /// The arguments after `--`.
     pub kiwi_args: Vec<OsString>,
-    /// How `--keep-root` compresses when it copies to a registry.
-    pub compression: Compression,
+    /// What `--keep-root` recompresses the layers to when it copies the
+    /// root out of the store (`None`: as they are).
+    pub compression: Option<Settings>,
 }
 
 /// Stores the KIWI root tree `root` in the local store, tagged `tag` and
@@ -333,7 +334,7 @@ impl Steps<'_> {
             return Ok(());
         };
         tools::require(&[Tool::Skopeo])?;
-        let staging = Store::new(self.scratch.join("keep"));
+        let staging = Store::new(self.scratch.join("keep")).with_compression(*self.store.compression());
         let done = stash(
             &staging,
             &root,
@@ -343,11 +344,13 @@ impl Steps<'_> {
             arch,
             base,
         )?;
-        let src = ImageReference::Oci {
-            dir: staging.root().to_string_lossy().into_owned(),
-            image: Some(done.key.clone()),
-        };
-        crate::tools::skopeo::copy(&src, dest, self.auth, self.job.compression)?;
+        crate::transfer::copy_out(
+            staging.root(),
+            &done.key,
+            dest,
+            self.auth,
+            self.job.compression.as_ref(),
+        )?;
         log::info!("kept the root as {dest} ({} layers)", done.layers);
         crate::listing::line(&dest.to_string())?;
         Ok(())
@@ -635,6 +638,43 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         None => store.remove_all_of(r.name.as_str())?,
     };
     eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
+    Ok(())
+}
+
+/// `stash --squash`: rewrites `NAME:TAG` as an image of one layer.
+pub fn squash(store: &Store, r: &StashRef) -> Result<()> {
+    let key = r.key();
+    if !crate::fsutil::can_set_owners() {
+        return Err(eyre!(
+            "stash --squash {key} needs root: its one new layer must keep every owner and device node of the tree"
+        ))
+        .suggestion("run it as root, e.g. with sudo");
+    }
+    match stash::squash(store, &key)? {
+        stash::Squash::AlreadyOne { layers } => {
+            eprintln!(
+                "{key} has {layers} layer{} already: nothing to squash",
+                if layers == 1 { "" } else { "s" }
+            );
+        }
+        stash::Squash::Done {
+            layers_before,
+            layer,
+            kept_by,
+            freed,
+        } => {
+            let kept = if kept_by.is_empty() {
+                String::new()
+            } else {
+                format!(", {} keep the image before", kept_by.join(", "))
+            };
+            eprintln!(
+                "squashed {key}: {layers_before} layers into one of {}{kept} ({freed} unused blobs freed)",
+                human_size(layer.size)
+            );
+            crate::listing::line(&key)?;
+        }
+    }
     Ok(())
 }
 

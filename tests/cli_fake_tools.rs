@@ -461,7 +461,7 @@ fn help_lists_global_options_under_their_own_heading() {
             "{command}: {own} not under Options:\n{}",
             run.stdout
         );
-        for global in ["--stash-home", "--profile", "--creds", "--compress-format"] {
+        for global in ["--stash-home", "--profile", "--creds", "--compression", "--jobs"] {
             assert!(globals.contains(global), "{command}: {global} not under Global options");
             assert!(!options.contains(global), "{command}: {global} under Options");
         }
@@ -544,7 +544,7 @@ fn bash_completes_commands_and_their_options() {
             "--list",
         ),
         ("kiwi-stackbuild completions ", "fish", "--list"),
-        ("kiwi-stackbuild pull --compress-format ", "zstd", "--list"),
+        ("kiwi-stackbuild pull --compression ", "zstd", "--list"),
     ] {
         let offered = bash_completes(&script, line);
         assert!(
@@ -1811,6 +1811,10 @@ const BAD: &[(&[&str], &str)] = &[
     (&["stash", "--rm", "nosuch:1"], "no stash nosuch:1"),
     (&["stash", "--rm", "base:nosuch"], "no stash base:nosuch"),
     (&["stash", "--rm", "UPPER"], "invalid image name \"UPPER\", use \"upper\""),
+    (&["stash", "--squash", "nosuch:1"], "no stash nosuch:1"),
+    (&["stash", "--squash", "base:nosuch"], "no stash base:nosuch"),
+    (&["stash", "--squash", "UPPER"], "invalid image name \"UPPER\", use \"upper\""),
+    (&["stash", "--squash", "base:"], "invalid tag \"\", use \"latest\""),
     (&["rebuild", "--root", "base:", "--", "--target-dir", "@TARGET@"], "invalid tag \"\", use \"latest\""),
     (&["rebuild", "--root", "base:nosuch", "--", "--target-dir", "@TARGET@"], "no stash base:nosuch"),
     (&["rebuild", "--root", "nosuch", "--", "--target-dir", "@TARGET@"], "no stash nosuch:latest"),
@@ -1855,11 +1859,17 @@ const BAD: &[(&[&str], &str)] = &[
     // Our own options.
     (&["rebuild", "--", "--target-dir", "@TARGET@"], "nothing to build: no --root and no --description"),
     (&["--tls-verify=maybe", "stash", "--list"], "invalid value 'maybe' for '--tls-verify"),
-    (&["--compress-format", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compress-format"),
+    (&["--compression", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compression"),
+    (&["--compress-format", "lz4", "stash", "--list"], "invalid value 'lz4' for '--compression"),
+    (&["--compression", "zstd", "--compression-level", "20", "stash", "--list"], "compression level 20 is not a zstd level: give 1 to 19"),
+    (&["--compression-level", "0", "stash", "--list"], "compression level 0 is not a gzip level: give 1 to 9"),
+    (&["--jobs", "0", "stash", "--list"], "invalid value '0' for '--jobs"),
+    (&["--jobs", "257", "stash", "--list"], "invalid value '257' for '--jobs"),
     (&["--creds", ":secret", "pull", "docker://registry.example/x:1"], "--creds needs a user name before the colon"),
     (&["--creds", "user", "pull", "docker://registry.example/x:1"], "has no password"),
     (&["--creds", "user:", "pull", "docker://registry.example/x:1"], "--creds user has an empty password"),
     (&["stash", "--list", "--rm", "base:1"], "'--list' cannot be used with '--rm"),
+    (&["stash", "--squash", "base:1", "--rm", "base:1"], "'--squash <NAME[:TAG]>' cannot be used with '--rm"),
     (&["stash", "--tag", "t"], "required arguments were not provided:   <--root <DIR>|--list"),
     (&["completions", "nosh"], "invalid value 'nosh' for '<SHELL>'"),
 ];
@@ -1871,6 +1881,7 @@ const BAD: &[(&[&str], &str)] = &[
 const SUGGESTED: &[(&[&str], &str, &str)] = &[
     // A misspelled stash name: the closest ref of the store.
     (&["stash", "--rm", "basse:1"], "no stash basse:1", "Suggestion: did you mean base:1?"),
+    (&["stash", "--squash", "basse:1"], "no stash basse:1", "Suggestion: did you mean base:1?"),
     (&["rebuild", "--root", "basse:1", "--", "--target-dir", "@TARGET@"], "no stash basse:1", "Suggestion: did you mean base:1?"),
     (&["stackbuild", "--stash", "bas:1", "--target-dir", "@TARGET@"], "no stash bas:1", "Suggestion: did you mean base:1?"),
     (&["push", "bse:1", "oci:@EMPTY@/out:1"], "no stash bse:1", "Suggestion: did you mean base:1?"),
@@ -1988,4 +1999,46 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
         BAD.len() + SUGGESTED.len(),
         wrong.join("\n")
     );
+}
+
+/// A push sends the layers as stored unless a compression is asked for;
+/// then skopeo copies a layout we recompressed, every digest kept, and is
+/// never asked to compress itself. `--compress-format` is the same option.
+#[test]
+fn a_push_asks_skopeo_to_keep_digests_and_never_to_compress() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "base");
+    sandbox.stash(&root, &["--tag", "1"]);
+    let dest = format!("oci:{}:base", sandbox.path("out").display());
+    let store_source = format!("oci:{}:base:1", sandbox.store().display());
+    for (options, preserved, from_store) in [
+        (&[][..], false, true),
+        (&["--compression", "gzip"][..], true, true),
+        (&["--compression", "zstd"][..], true, false),
+        (&["--compress-format", "zstd", "--jobs", "1"][..], true, false),
+    ] {
+        let mut args = options.to_vec();
+        args.extend(["push", "base:1", &dest]);
+        let run = sandbox.run(&args);
+        run.assert_fails(1);
+        let calls = run.calls("skopeo");
+        assert_eq!(calls.len(), 1, "{options:?}: {calls:?}");
+        let argv = &calls[0];
+        assert!(!argv.iter().any(|a| a.contains("compress")), "{options:?}: {argv:?}");
+        assert_eq!(
+            argv.iter().any(|a| a == "--preserve-digests"),
+            preserved,
+            "{options:?}: {argv:?}"
+        );
+        let source = &argv[argv.len() - 2];
+        assert_eq!(argv.last().unwrap(), &dest);
+        // Pinned or not, a source in the store ends with the stash's name.
+        let recompressed = source.contains("kiwi-stackbuild-push-");
+        assert_eq!(
+            !recompressed, from_store,
+            "{options:?}: {source} (store {store_source})"
+        );
+        assert!(source.ends_with(":base:1"), "{options:?}: {source}");
+    }
 }

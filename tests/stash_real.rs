@@ -644,3 +644,141 @@ fn an_unchanged_restash_adds_no_layer_and_a_changed_one_adds_one() {
     restore(&home, "u:4", &out);
     assert_same_tree(&snapshot(&root), &snapshot(&out));
 }
+
+/// The layer blob of the one-layer stash `key`, and its media type.
+fn only_layer(home: &Path, key: &str) -> (PathBuf, String) {
+    let store = Store::new(home);
+    let d = store.find(&store.index().unwrap(), key).unwrap();
+    let manifest = store.manifest(&d.sha256().unwrap()).unwrap();
+    assert_eq!(manifest.layers().len(), 1, "{key}");
+    let layer = &manifest.layers()[0];
+    (
+        store.blob_path(&layer.sha256().unwrap()),
+        layer.media_type().to_string(),
+    )
+}
+
+/// gzip on one thread, gzip on two and zstd each restore the tree exactly;
+/// gzip gives the same layer whatever the number of threads, and what it
+/// writes (one gzip member per block) is read by gzip itself and by umoci.
+#[test]
+fn every_compression_and_number_of_jobs_restores_the_tree_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    make_special_tree(&root);
+    // Several compression blocks of the layer, not all of them alike.
+    write_noise(&root.join("var/noise"), 3, 1 << 20);
+    std::fs::write(root.join("var/zeros"), vec![0u8; 5 << 20]).unwrap();
+    let want = snapshot(&root);
+    let mut layers = Vec::new();
+    for (n, args) in [
+        ["--compression", "gzip", "--jobs", "1"],
+        ["--compression", "gzip", "--jobs", "2"],
+        ["--compression", "zstd", "--jobs", "2"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let home = tmp.path().join(format!("store{n}"));
+        let out = stash_cmd(&home, &root, "c", "1")
+            .args(args.as_slice())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (blob, media_type) = only_layer(&home, "c:1");
+        let format = args[1];
+        assert_eq!(media_type, format!("application/vnd.oci.image.layer.v1.tar+{format}"));
+        let restored = tmp.path().join(format!("restored{n}"));
+        restore(&home, "c:1", &restored);
+        assert_same_tree(&want, &snapshot(&restored));
+        layers.push((home, blob));
+    }
+    assert_eq!(
+        std::fs::read(&layers[0].1).unwrap(),
+        std::fs::read(&layers[1].1).unwrap(),
+        "gzip --jobs 1 and --jobs 2 wrote different layers"
+    );
+    let gzip = &layers[1].1;
+    let tested = Command::new("gzip").arg("-t").arg(gzip).status().unwrap();
+    assert!(tested.success(), "gzip -t refuses the layer");
+    let plain = Command::new("gzip").arg("-dc").arg(gzip).output().unwrap();
+    assert!(plain.status.success());
+    let mut listing = Command::new("tar")
+        .args(["-tf", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = listing.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &plain.stdout));
+    let listed = listing.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(listed.status.success(), "tar -t refuses the layer");
+    let names = String::from_utf8_lossy(&listed.stdout);
+    assert!(names.lines().any(|l| l == "var/zeros"), "{names}");
+    let by_umoci = tmp.path().join("by-umoci");
+    restore_with(&layers[1].0, "c:1", &by_umoci, Unpacker::Umoci);
+    assert_same_tree(&want, &snapshot(&by_umoci));
+}
+
+/// The manifest of the image `name` in the OCI layout `dir`, its layer
+/// descriptors (media type, digest) and its config's diff_ids.
+fn layout_image(dir: &Path, name: &str) -> (Vec<(String, String)>, Vec<String>) {
+    use kiwi_stackbuild::oci::{self, ImageConfig, ImageIndex, ImageManifest};
+    let index: ImageIndex = oci::read_json(&dir.join("index.json")).unwrap();
+    let d = index.manifests().iter().find(|d| d.ref_name() == Some(name)).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(&oci::read_blob(dir, &d.sha256().unwrap()).unwrap()).unwrap();
+    let config: ImageConfig =
+        serde_json::from_slice(&oci::read_blob(dir, &manifest.config().sha256().unwrap()).unwrap()).unwrap();
+    let layers = manifest
+        .layers()
+        .iter()
+        .map(|l| (l.media_type().to_string(), l.digest().to_string()))
+        .collect();
+    (layers, config.rootfs.diff_ids.iter().map(|d| d.to_string()).collect())
+}
+
+/// A push with --compression zstd of a gzip stash gives zstd layers that
+/// decompress to the config's diff_ids, and they are the very blobs a zstd
+/// stash of the same tree has: compressed by us, not again by skopeo.
+#[test]
+fn a_zstd_push_to_a_layout_gives_our_zstd_layers_with_the_same_diff_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    make_special_tree(&root);
+    write_noise(&root.join("var/noise"), 2, 1 << 20);
+    let (gz, zst) = (tmp.path().join("gz"), tmp.path().join("zst"));
+    stash(&gz, &root, "p", "1");
+    let out = stash_cmd(&zst, &root, "p", "1")
+        .args(["--compression", "zstd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pushed = tmp.path().join("pushed");
+    let dest = format!("oci:{}:p", pushed.display());
+    run(&gz, &["--compression", "zstd", "--jobs", "1", "push", "p:1", &dest]);
+    let (layers, diff_ids) = layout_image(&pushed, "p");
+    let (stashed, stashed_ids) = layout_image(&zst, "p:1");
+    assert_eq!(layers, stashed, "the pushed layers are not the zstd stash's");
+    assert_eq!(diff_ids, stashed_ids);
+    let (gz_layers, gz_ids) = layout_image(&gz, "p:1");
+    assert_eq!(gz_ids, diff_ids, "the config changed");
+    assert!(gz_layers[0].0.ends_with("+gzip"), "{gz_layers:?}");
+    for ((media_type, digest), diff_id) in layers.iter().zip(&diff_ids) {
+        assert_eq!(media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
+        let blob = pushed
+            .join("blobs/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap());
+        let plain = Command::new("zstd").arg("-dc").arg(&blob).output().unwrap();
+        assert!(plain.status.success());
+        assert_eq!(kiwi_stackbuild::oci::Digest::of(&plain.stdout).to_string(), *diff_id);
+    }
+    // Pushed again with the layers as stored, they stay gzip.
+    let kept = tmp.path().join("kept");
+    run(&gz, &["push", "p:1", &format!("oci:{}:p", kept.display())]);
+    assert_eq!(layout_image(&kept, "p").0, gz_layers);
+}

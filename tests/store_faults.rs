@@ -300,6 +300,92 @@ fn a_removal_killed_at_any_point_leaves_every_other_tag() {
     }
 }
 
+#[test]
+fn a_squash_killed_at_any_point_leaves_every_tag() {
+    let f = Fixture::new();
+    for point in ["squash-unpacked", "squash-between-locks", "squash-before-index"] {
+        let home = f.copy(point);
+        run_killed_at(&home, &os(&["stash", "--squash", "base:2"]), point);
+        f.assert_survived(&home, point, &[]);
+        // The next squash does it.
+        run(&home, &os(&["stash", "--squash", "base:2"]));
+        let refs = verify_store(&home);
+        assert_ne!(refs["base:2"], f.refs["base:2"], "{point}: base:2 was not squashed");
+        assert_eq!(refs["base:1"], f.refs["base:1"], "{point}: base:1 changed");
+        assert_restores(&home, "base:2", &f.base2);
+    }
+}
+
+#[test]
+fn an_interrupted_squash_removes_its_unpacked_tree() {
+    let f = Fixture::new();
+    for signal in ["INT", "TERM", "HUP"] {
+        let home = f.copy(&format!("squash-{signal}"));
+        let child = stopped_at(&home, &os(&["stash", "--squash", "base:2"]), "squash-unpacked");
+        let unpacked: Vec<String> = leftovers(&home)
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp-squash-"))
+            .collect();
+        assert_eq!(
+            unpacked.len(),
+            1,
+            "{signal}: no unpacked tree in the store: {:?}",
+            leftovers(&home)
+        );
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        resume(&child);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.signal().is_some(),
+            "{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(leftovers(&home), Vec::<String>::new(), "{signal}: left behind");
+        assert_eq!(verify_store(&home), f.refs, "{signal}: the store changed");
+    }
+}
+
+#[test]
+fn a_tag_removed_or_stashed_again_while_it_is_squashed_is_left_so() {
+    let f = Fixture::new();
+    let meanwhile: [(&str, Vec<&OsStr>, &str); 2] = [
+        (
+            "removed",
+            os(&["stash", "--rm", "base:2"]),
+            "base:2 was removed while squashing it",
+        ),
+        (
+            "restashed",
+            stash_args(&f.root, "base", "2"),
+            "base:2 names another image now (stashed again, or squashed by another run)",
+        ),
+    ];
+    for (what, args, says) in meanwhile {
+        let home = f.copy(what);
+        let child = stopped_at(&home, &os(&["stash", "--squash", "base:2"]), "squash-between-locks");
+        run_within_a_minute(&home, &args);
+        let after_change = verify_store(&home);
+        resume(&child);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert_eq!(
+            verify_store(&home),
+            after_change,
+            "{what}: the squash changed the store"
+        );
+        assert_no_torn_blob(&home, what);
+        stash(&home, &f.spare, "next", "1");
+        assert_eq!(leftovers(&home), Vec::<String>::new(), "{what}: left behind");
+    }
+}
+
 /// The blobs of the store no ref reaches.
 fn unreferenced(home: &Path) -> Vec<String> {
     let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();

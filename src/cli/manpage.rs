@@ -20,6 +20,16 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ("UMOCI", "The umoci to run, instead of the one on PATH."),
     ("KIWI_STACKBUILD_HOME", "The local stash store, as --stash-home."),
     (
+        "KIWI_STACKBUILD_COMPRESSION",
+        "The layer compression, gzip or zstd, as --compression: stash and rebuild --keep-root write it, \
+         and push recompresses to it.",
+    ),
+    (
+        "KIWI_STACKBUILD_COMPRESSION_LEVEL",
+        "The compression level, as --compression-level.",
+    ),
+    ("KIWI_STACKBUILD_JOBS", "Threads that compress a layer, as --jobs."),
+    (
         "KIWI_STACKBUILD_PASSWORD",
         "The registry password of --creds USER given without one and without --password-stdin.",
     ),
@@ -101,6 +111,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("list the stashes", "kiwi-stackbuild stash --list [--json]"),
     ("remove a stash", "kiwi-stackbuild stash --rm NAME[:TAG]"),
     ("verify the store", "kiwi-stackbuild stash --check [--repair]"),
+    (
+        "rewrite a stash as one layer (runtimes refuse images past about 127 layers)",
+        "kiwi-stackbuild stash --squash NAME[:TAG]",
+    ),
     (
         "build from stashes, as kiwi-ng system stackbuild does",
         "kiwi-stackbuild stackbuild --stash NAME... --target-dir T [--description D] [--from-registry URI] \
@@ -410,6 +424,21 @@ mod tests {
         let readme = include_str!("../../README.md");
         for (_, line) in EXAMPLES {
             assert!(readme.contains(line), "README.md lacks {line:?}");
+        }
+    }
+
+    #[test]
+    fn every_variable_an_option_reads_is_in_the_environment_section() {
+        let vars: Vec<String> = super::super::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|v| v.to_string_lossy().into_owned()))
+            .collect();
+        assert!(vars.iter().any(|v| v == "KIWI_STACKBUILD_JOBS"), "{vars:?}");
+        for var in vars {
+            assert!(
+                ENVIRONMENT.iter().any(|(name, _)| *name == var),
+                "ENVIRONMENT lacks {var}"
+            );
         }
     }
 

@@ -173,7 +173,12 @@ impl Metas {
         now.uid = meta.uid;
         now.gid = meta.gid;
         now.mtime = meta.mtime;
-        let j = self.push(&now);
+        self.replace(i, &now);
+    }
+
+    /// Makes entry `i` say `meta`.
+    pub fn replace(&mut self, i: u32, meta: &Meta) {
+        let j = self.push(meta);
         self.recs[i as usize] = self.recs.pop().expect("just pushed");
         debug_assert_eq!(j as usize, self.recs.len());
     }

@@ -57,6 +57,11 @@ impl Scan {
         &self.metas
     }
 
+    /// Makes entry `i` say `meta` instead of what was read.
+    pub fn set_meta(&mut self, i: u32, meta: &Meta) {
+        self.metas.replace(i, meta);
+    }
+
     /// Where to read entry `i`'s content; `None` for what a mount hides.
     pub fn source(&self, i: u32) -> Option<PathBuf> {
         if self.entries[i as usize].hidden {

@@ -51,7 +51,6 @@ impl Tree {
     }
 
     /// The entry at `path`.
-    #[cfg(test)]
     pub fn get(&self, path: &[u8]) -> Option<Meta> {
         self.inode(path).map(|i| self.metas.get(i))
     }

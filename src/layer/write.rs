@@ -1,8 +1,9 @@
 //! Writes a root tree, or what changed in it since a lower tree, as one
-//! gzip-compressed tar layer blob, in one pass over the files.
+//! compressed tar layer blob, in one pass over the files.
 //!
 //! The tar stream is built and hashed on this thread while a second thread
-//! compresses, hashes and writes it, so reading and compressing overlap.
+//! hands it to the compressor ([`super::compress`], on every core), and
+//! hashes and writes what comes out, so reading and compressing overlap.
 //! Times keep their nanoseconds (PAX `mtime`), xattrs their raw names
 //! (`SCHILY.xattr.*`), and the root directory is an entry (`./`) of its own.
 
@@ -14,10 +15,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
-use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
 use super::apply::Applier;
+use super::compress::{self, Settings};
 use super::read::Change;
 use super::scan::Scan;
 use super::tree::Tree;
@@ -38,6 +39,8 @@ pub struct Layer {
     pub diff_id: Digest,
     /// Size of the compressed blob.
     pub size: u64,
+    /// Its media type (the compression it was written with).
+    pub media_type: crate::oci::MediaType,
     /// Entries written (whiteouts included).
     pub entries: usize,
     /// Whiteouts written.
@@ -196,10 +199,11 @@ pub fn checked(plan: &Plan<'_>, lower: &mut Tree) -> Result<()> {
 
 /// Writes the planned layer into `out` (an empty file, synced when done);
 /// the caller moves it where its digest says.
-pub fn write(plan: &Plan<'_>, out: &File, level: u32) -> Result<Layer> {
+pub fn write(plan: &Plan<'_>, out: &File, settings: &Settings) -> Result<Layer> {
     let file = out.try_clone().wrap_err("opening the new layer")?;
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
-    let compressor = thread::spawn(move || compress(rx, file, level));
+    let settings = *settings;
+    let compressor = thread::spawn(move || compress(rx, file, &settings));
     let total: u64 = plan
         .items
         .iter()
@@ -227,6 +231,7 @@ pub fn write(plan: &Plan<'_>, out: &File, level: u32) -> Result<Layer> {
         digest,
         diff_id,
         size,
+        media_type: settings.format.media_type(),
         entries: plan.items.len(),
         whiteouts: plan.whiteouts(),
     })
@@ -276,13 +281,13 @@ impl Write for ChunkSink {
     }
 }
 
-fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(Digest, u64)> {
+fn compress(rx: Receiver<Vec<u8>>, file: File, settings: &Settings) -> Result<(Digest, u64)> {
     let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
-    let mut gz = GzEncoder::new(out, flate2::Compression::new(level));
+    let mut z = compress::Writer::new(out, settings)?;
     for chunk in rx {
-        gz.write_all(&chunk)?;
+        z.write_all(&chunk)?;
     }
-    let (file, digest, size) = gz.finish()?.finish()?;
+    let (file, digest, size) = z.finish()?.finish()?;
     file.get_ref().sync_all()?;
     Ok((digest, size))
 }

@@ -11,11 +11,9 @@ use crate::registry::{explain_skopeo, RegistryAuth};
 /// How a copy writes its destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compression {
-    /// Keep the layers as they are (gzip).
+    /// Keep the layers as they are.
     #[default]
     Keep,
-    /// Recompress the layers with zstd.
-    Zstd,
     /// Keep every blob and digest exactly (`--preserve-digests`): the
     /// destination gets these very blobs, never a copy it holds in another
     /// compression.
@@ -34,7 +32,6 @@ pub fn copy_args(
     out.extend(auth.args("dest-", dst)?);
     match compression {
         Compression::Keep => {}
-        Compression::Zstd => out.extend(["--dest-compress-format".into(), "zstd".into()]),
         Compression::Exact => out.push("--preserve-digests".into()),
     }
     out.extend([src.to_string().into(), dst.to_string().into()]);
@@ -90,12 +87,11 @@ mod tests {
             "--dest-authfile",
             "/run/auth.json",
             "--dest-tls-verify=false",
-            "--dest-compress-format",
-            "zstd",
+            "--preserve-digests",
             "oci:/store:base:1",
             "docker://localhost:5000/ns/base:1",
         ]);
-        assert_eq!(copy_args(&src, &dst, &auth, Compression::Zstd).unwrap(), want);
+        assert_eq!(copy_args(&src, &dst, &auth, Compression::Exact).unwrap(), want);
         let plain = args([
             "copy",
             "--quiet",
