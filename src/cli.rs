@@ -728,12 +728,15 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         target_arch,
         None,
     )?;
+    let added = done.layer.as_ref().map_or_else(
+        || "no new layer".to_string(),
+        |l| format!("new layer {}", human_size(l.size)),
+    );
     eprintln!(
-        "stashed {} as {} ({} layers, new layer {}{})",
+        "stashed {} as {} ({} layers, {added}{})",
         root.display(),
         done.key,
         done.layers,
-        human_size(done.layer.size),
         done.base.as_ref().map(|b| format!(", on {b}")).unwrap_or_default()
     );
     crate::listing::line(&done.key)?;

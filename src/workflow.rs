@@ -362,11 +362,14 @@ impl Steps<'_> {
                 .chain(&done.also)
                 .map(String::as_str)
                 .collect();
+            let added = done.layer.as_ref().map_or_else(
+                || "no new layer".to_string(),
+                |l| format!("new layer {}", human_size(l.size)),
+            );
             log::info!(
-                "kept the root as {} ({} layers, new layer {})",
+                "kept the root as {} ({} layers, {added})",
                 keys.join(" and "),
-                done.layers,
-                human_size(done.layer.size)
+                done.layers
             );
             for key in keys {
                 crate::listing::line(key)?;
