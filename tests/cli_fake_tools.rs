@@ -258,6 +258,18 @@ impl Sandbox {
         read_json(&self.store().join("index.json"))
     }
 
+    /// The manifest digest of the stash `key`.
+    fn manifest_digest(&self, key: &str) -> String {
+        let index = self.index();
+        let desc = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["annotations"][REF_NAME] == key)
+            .unwrap_or_else(|| panic!("no {key} in the store: {index}"));
+        desc["digest"].as_str().unwrap().to_string()
+    }
+
     /// The manifest of the stash `key`.
     fn manifest_of(&self, key: &str) -> Value {
         let index = self.index();
@@ -621,6 +633,7 @@ fn man_pages_have_the_sections_a_reader_looks_for() {
         "stash",
         "stackbuild",
         "merge",
+        "inputs",
         "push",
         "pull",
         "completions",
@@ -2358,4 +2371,204 @@ fn a_push_asks_skopeo_to_keep_digests_and_never_to_compress() {
         );
         assert!(source.ends_with(":base:1"), "{options:?}: {source}");
     }
+}
+
+/// The hash `inputs --json` prints for `args`.
+fn inputs_json(sandbox: &Sandbox, args: &[&str]) -> Value {
+    let mut all = vec!["inputs", "--json"];
+    all.extend(args);
+    let run = sandbox.run(&all);
+    run.assert_ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn inputs_of_a_kept_root_are_stored_with_it_and_compared() {
+    let sandbox = Sandbox::new();
+    let (description, built) = sandbox.description_and_built_root();
+    fs::write(description.join("config.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    fs::create_dir_all(description.join("root/etc")).unwrap();
+    fs::write(description.join("root/etc/motd"), "hello\n").unwrap();
+    let desc = description.to_str().unwrap();
+    let before = inputs_json(&sandbox, &["--description", desc, "--", "--add-package", "vim"]);
+    let hash = before["hash"].as_str().unwrap().to_string();
+    assert!(hash.starts_with("sha256:"), "{before}");
+    assert_eq!(before["parts"]["kiwi-ng"], "9.9.9");
+    assert_eq!(before["parts"]["args"], serde_json::json!(["--add-package=vim"]));
+    assert_eq!(before["parts"]["config.sh"]["type"], "file");
+    assert_eq!(before["reusable"], true, "{before}");
+    // The table names the same hash and parts.
+    let table = sandbox.run(&["inputs", "--description", desc, "--", "--add-package", "vim"]);
+    table.assert_ok();
+    assert!(
+        table.stdout.starts_with(&format!("inputs {hash}\n")),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("\nroot/etc/motd "), "{}", table.stdout);
+
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            desc,
+            "--keep-root",
+            "kept",
+            "--",
+            "--target-dir",
+            &target,
+            "--add-package",
+            "vim",
+        ],
+        |c| {
+            c.env("FAKE_KIWI_ROOT", &built);
+        },
+    );
+    run.assert_ok();
+    let manifest = sandbox.manifest_of("kept:latest");
+    let config = read_blob(&sandbox.store(), manifest["config"]["digest"].as_str().unwrap());
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["io.kiwi-stackbuild.inputs"], hash.as_str(), "{labels}");
+    let record: Value = serde_json::from_str(labels["io.kiwi-stackbuild.inputs.record"].as_str().unwrap()).unwrap();
+    assert_eq!(record["parts"], before["parts"]);
+
+    // The same inputs (the target does not count): status 0.
+    let same = sandbox.run(&[
+        "inputs",
+        "--description",
+        desc,
+        "--against",
+        "kept",
+        "--",
+        "--target-dir",
+        "/elsewhere",
+        "--add-package",
+        "vim",
+    ]);
+    same.assert_ok();
+    assert_eq!(same.stdout, format!("same inputs as kept: {hash}\n"));
+
+    // Each change named, status 1.
+    fs::write(description.join("config.sh"), "#!/bin/sh\nfalse\n").unwrap();
+    fs::write(description.join("root/etc/issue"), "x\n").unwrap();
+    let changed = sandbox.run(&[
+        "inputs",
+        "--profile",
+        "big",
+        "--description",
+        desc,
+        "--against",
+        "kept:1.2.3",
+    ]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        "args [\"--add-package=vim\"] -> []\nconfig.sh: content, size changed\nprofiles [] -> [\"big\"]\nroot/etc/issue added\n"
+    );
+    changed.assert_stderr_has(&["the inputs differ from those of kept:1.2.3 in 4 parts"]);
+
+    // A stash without a record is an error that says so.
+    let plain = sandbox.stash(&built, &["--container-name", "plain"]);
+    let none = sandbox.run(&["inputs", "--description", desc, "--against", &plain]);
+    none.assert_fails(1);
+    none.assert_stderr_has(&["carries no input record (label io.kiwi-stackbuild.inputs.record)"]);
+}
+
+/// W3 and W4 store the record of what they built on: `inputs` with the
+/// same description (merged again for W4) and base says the same, and a
+/// new stash of the base is named.
+#[test]
+fn inputs_of_builds_on_a_stash_name_their_base() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    fs::write(root.join("image/config.sh"), "#!/bin/sh\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let derived = sandbox.path("derived");
+    fs::create_dir_all(derived.join("root/etc")).unwrap();
+    fs::write(
+        derived.join("config.xml"),
+        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+    )
+    .unwrap();
+    fs::write(derived.join("root/etc/motd"), "child\n").unwrap();
+    let (description, _) = sandbox.description_and_built_root();
+    let (d4, d3) = (derived.to_str().unwrap(), description.to_str().unwrap());
+    let seeded = |c: &mut Command| {
+        c.env("FAKE_UMOCI_SEED", &root);
+    };
+    let (t4, t3) = (sandbox.arg("t4"), sandbox.arg("t3"));
+    let w4 = [
+        "rebuild",
+        "--description",
+        d4,
+        "--keep-root",
+        "w4:1",
+        "--",
+        "--target-dir",
+        &t4,
+    ];
+    sandbox.run_with(&w4, seeded).assert_ok();
+    let w3 = [
+        "rebuild",
+        "--root",
+        "fake-base",
+        "--keep-root",
+        "w3:1",
+        "--",
+        "--description",
+        d3,
+        "--target-dir",
+        &t3,
+    ];
+    sandbox.run_with(&w3, seeded).assert_ok();
+
+    let record = inputs_json(&sandbox, &["--description", d4]);
+    // The merge: the base's config.sh and the derived root/ overlay.
+    assert_eq!(record["parts"]["config.sh"]["type"], "file", "{record}");
+    assert_eq!(record["parts"]["root/etc/motd"]["type"], "file", "{record}");
+    let base = sandbox.manifest_digest("fake-base:latest");
+    assert_eq!(
+        record["parts"]["base images"],
+        serde_json::json!([format!("fake-base:latest@{base}")])
+    );
+    for (args, kept) in [
+        (vec!["--description", d4], "w4:1"),
+        (vec!["--root", "fake-base", "--description", d3], "w3:1"),
+    ] {
+        let mut all = vec!["inputs"];
+        all.extend(&args);
+        all.extend(["--against", kept]);
+        let same = sandbox.run(&all);
+        same.assert_ok();
+        assert!(
+            same.stdout.starts_with(&format!("same inputs as {kept}: sha256:")),
+            "{}",
+            same.stdout
+        );
+    }
+
+    // A new stash of the base: both builds' base changed.
+    fs::write(root.join("etc/motd"), "new\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let new_base = sandbox.manifest_digest("fake-base:latest");
+    assert_ne!(new_base, base);
+    let changed = sandbox.run(&["inputs", "--description", d4, "--against", "w4:1"]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        format!("base images [\"fake-base:latest@{base}\"] -> [\"fake-base:latest@{new_base}\"]\n")
+    );
+    // A registry image is not resolved: the record is not reusable.
+    let by_ref = inputs_json(
+        &sandbox,
+        &["--root", "docker://example.invalid/base:1", "--description", d3],
+    );
+    assert_eq!(by_ref["reusable"], false);
+    assert_eq!(
+        by_ref["not reusable"],
+        serde_json::json!(["base image docker://example.invalid/base:1: by reference, not resolved"])
+    );
 }

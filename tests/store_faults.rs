@@ -476,8 +476,8 @@ fn a_kept_root_on_a_foreign_image_imports_its_layers_even_after_a_kill() {
     assert_eq!(out.status.signal(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
     let left = leftovers(&home);
     assert!(
-        left.iter().any(|n| n.starts_with(".tmp-layer-")) && left.iter().any(|n| n.starts_with(".tmp-import-")),
-        "the delta layer and the source's layer were not staged: {left:?}"
+        left.iter().any(|n| n.starts_with(".tmp-import-")),
+        "the source's layer was not staged for import: {left:?}"
     );
     let listed = |home: &Path| -> Vec<serde_json::Value> {
         serde_json::from_slice(&run(home, &os(&["stash", "--list", "--json"])).stdout).unwrap()
@@ -498,7 +498,9 @@ fn a_kept_root_on_a_foreign_image_imports_its_layers_even_after_a_kill() {
     let refs = verify_store(&home);
     assert!(refs.contains_key("kept:1") && !refs.contains_key(&fetched), "{refs:?}");
     let kept = listed(&home).into_iter().find(|e| e["reference"] == "kept:1").unwrap();
-    assert_eq!(kept["layers"], 2, "the source's layer and a delta: {kept}");
+    // The fake kiwi-ng changes nothing: the kept image is the source's
+    // layer, imported, and no delta.
+    assert_eq!(kept["layers"], 1, "the source's layer alone: {kept}");
     assert_restores(&home, "kept:1", &snapshot(&second.join("build/image-root")));
     assert_eq!(leftovers(&home), Vec::<String>::new());
 }
