@@ -8,9 +8,9 @@
 #      on disk, 164 MB of data, ~7,250 entries; --large adds locales, perl,
 #      python3-minimal, vim-tiny and systemd: ~228 MB of data, ~9,800
 #      entries) and with --big also the `big` root: the same description
-#      with compilers, clang/LLVM, Go, Python with numpy and scipy, Perl, a
-#      headless JDK, Boost headers and documentation added (big_packages
-#      below);
+#      with compilers, clang, gdb, Python with numpy and scipy, Perl, Boost
+#      headers, git, vim, locales and documentation added (big_packages
+#      below: 1.5 GB on disk, ~45,000 entries);
 #   2. builds target/release/kiwi-stackbuild (cargo build --release --locked);
 #   3. per root, times each case --runs times, round-robin (one run of every
 #      case per round, the order rotated each round), with `sync` before
