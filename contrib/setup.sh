@@ -27,7 +27,7 @@ install_debian() {
     local pkgs=(skopeo umoci rsync podman docker-registry xz-utils zstd
                 bzip2 gnupg debian-archive-keyring python3 python3-venv
                 python3-pip ca-certificates curl openssl apache2-utils attr acl
-                time tar gzip pigz rpm rpm2cpio gcc libc6-dev)
+                time tar gzip pigz rpm rpm2cpio gcc libc6-dev apt-utils dpkg)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' \

@@ -7,14 +7,16 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use color_eyre::eyre::{eyre, Result};
 use color_eyre::Section;
 
+use crate::description::{self, Document};
+use crate::inputs;
 use crate::layer::compress::{Format, Settings};
 use crate::listing;
 use crate::listing::human_size;
 use crate::reference::{ImageReference, StashRef, Tag};
 use crate::registry::{self, Credentials, RegistryAuth};
 use crate::store::{self, Store};
-use crate::tools::kiwi::Globals;
-use crate::tools::{self, Tool};
+use crate::tools::kiwi::{self, Globals};
+use crate::tools::{self, skopeo, Tool};
 use crate::transfer;
 use crate::workflow::{self, Rebuild};
 
@@ -143,8 +145,8 @@ pub enum Command {
     /// --target-dir T may also be given before --, as KIWI users write it.
     #[command(verbatim_doc_comment)]
     Rebuild(RebuildArgs),
-    /// Store a KIWI root tree in the local store; list, remove, squash or check
-    /// stashes
+    /// Store a KIWI root tree in the local store; list, remove, squash, check
+    /// or prune stashes
     Stash(StashArgs),
     /// Build from stashes, as kiwi-ng system stackbuild does
     Stackbuild(StackbuildArgs),
@@ -164,6 +166,26 @@ pub enum Command {
     /// Blobs the store has are not fetched again. Without NAME[:TAG], the
     /// stash is named after the reference's last path component and tag.
     Pull(PullArgs),
+    /// Print the input record and hash of a build; compare with a stored root
+    ///
+    /// The record holds what decides the root a build prepares: the
+    /// description and every file beside it (path, type, mode, owner, link
+    /// target, content sha256), the profiles, type and architecture, the
+    /// arguments after -- that change the root, kiwi-ng's version, the
+    /// layer format, each repository's current metadata (apt InRelease,
+    /// rpm-md repomd.xml, a local directory's listing) and the base images.
+    /// A derived description is merged into its base first. A repository
+    /// that cannot be read, or a base that is not a stash (not resolved),
+    /// makes the record not reusable, with the reason.
+    ///
+    /// rebuild --keep-root stores the record on the image, as the labels
+    /// io.kiwi-stackbuild.inputs (the hash) and
+    /// io.kiwi-stackbuild.inputs.record (the JSON). --against REF reads
+    /// them (a stash from the store, any other reference with skopeo
+    /// inspect --config) and prints each part that differs. Exit status
+    /// with --against: 0 when the inputs are the same, 1 when they differ
+    /// (or on an error, which says so).
+    Inputs(InputsArgs),
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions {
         /// The shell
@@ -192,6 +214,33 @@ pub struct MergeArgs {
     pub base: Option<String>,
 }
 
+/// `inputs`.
+#[derive(Debug, Args)]
+#[command(
+    group(clap::ArgGroup::new("what").required(true).multiple(true).args(["description", "root"])),
+    override_usage = "kiwi-stackbuild inputs [OPTIONS] --description DIR [--root REF]...\n       \
+                      [-- KIWI ARGS...]\n       \
+                      kiwi-stackbuild inputs [OPTIONS] --root REF... [-- KIWI ARGS...]"
+)]
+pub struct InputsArgs {
+    /// The description to build (a derived one is merged into its base)
+    #[arg(long, value_name = "DIR")]
+    pub description: Option<PathBuf>,
+    /// Image built on; repeat for a stack (lowest first)
+    #[arg(long, value_name = "REF")]
+    pub root: Vec<ImageReference>,
+    /// Print the record as JSON (with --against: the differences)
+    #[arg(long)]
+    pub json: bool,
+    /// Compare with the record stored on REF (a stash name or image
+    /// reference); exit status 1 when they differ
+    #[arg(long, value_name = "REF")]
+    pub against: Option<ImageReference>,
+    /// The arguments for kiwi-ng system build, as rebuild takes them
+    #[arg(last = true, value_name = "KIWI ARGS")]
+    pub kiwi_args: Vec<OsString>,
+}
+
 /// `push`.
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -218,6 +267,10 @@ pub struct PullArgs {
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
     /// Image to build on; repeat to stack several (lowest first)
+    ///
+    /// An image that is no stash is fetched into the store as
+    /// fetched/NAME:TAG, so the next rebuild from it fetches no blob again
+    /// (see stash --prune).
     #[arg(long, value_name = "REF")]
     pub root: Vec<ImageReference>,
     /// Description to build (W1)
@@ -244,10 +297,11 @@ pub struct RebuildArgs {
 /// `stash`.
 #[derive(Debug, Args)]
 #[command(
-    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash"])),
+    group(clap::ArgGroup::new("action").required(true).args(["root", "list", "rm", "check", "squash", "prune"])),
     override_usage = "kiwi-stackbuild stash [OPTIONS] --root DIR\n       kiwi-stackbuild stash --list [--json]\n       \
                       kiwi-stackbuild stash --rm NAME[:TAG]\n       kiwi-stackbuild stash --squash NAME[:TAG]\n       \
-                      kiwi-stackbuild stash --check [--repair]"
+                      kiwi-stackbuild stash --check [--repair]\n       \
+                      kiwi-stackbuild stash --prune --older-than DURATION"
 )]
 pub struct StashArgs {
     /// Root tree of a KIWI build (TARGET/build/image-root)
@@ -292,6 +346,17 @@ pub struct StashArgs {
     /// re-stash it, or stash --rm). Exits with 3 when problems remain.
     #[arg(long, requires = "check")]
     pub repair: bool,
+    /// Remove fetched images (fetched/...) that no run used for a while
+    ///
+    /// Images a rebuild, stackbuild or merge fetched from elsewhere are kept
+    /// in the store as fetched/NAME:TAG, so the next run fetches nothing.
+    /// This removes those whose last use is older than --older-than, then
+    /// the blobs no remaining stash uses. Stashes of your own stay.
+    #[arg(long, requires = "older_than")]
+    pub prune: bool,
+    /// With --prune: how long unused, a number and s, m, h, d or w (30d)
+    #[arg(long, value_name = "DURATION", requires = "prune", value_parser = crate::store::fetched::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
 }
 
 /// `stackbuild`.
@@ -485,6 +550,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
+        Command::Inputs(a) => inputs(&store, a, &cli.global),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
 }
@@ -560,6 +626,99 @@ fn with_target_dir(before: Option<PathBuf>, after: Vec<OsString>) -> Result<Vec<
     Ok(args)
 }
 
+fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
+    let auth = global.registry()?;
+    // Checked as rebuild checks them; --target-dir is not needed here.
+    let mut args = a.kiwi_args.clone();
+    if !args
+        .iter()
+        .any(|x| x == "--target-dir" || x.as_encoded_bytes().starts_with(b"--target-dir="))
+    {
+        args.extend(["--target-dir".into(), ".".into()]);
+    }
+    let pass = kiwi::PassThrough::parse(&args, true)?;
+    let given = match (&a.description, &pass.description) {
+        (Some(_), Some(_)) => {
+            return Err(eyre!("two descriptions: --description before and after --"))
+                .suggestion("give the description once")
+        }
+        (d, p) => d.clone().or(p.clone()),
+    };
+    let mut roots = a.root.clone();
+    // Where a derived description is merged, removed on the way out.
+    let mut scratch = None;
+    let dir = match &given {
+        None => None,
+        Some(given) => {
+            let file = description::find(given)?;
+            let doc = Document::parse_file(&file)?;
+            match doc.derived_from() {
+                Some(base) => {
+                    if !roots.is_empty() {
+                        return Err(eyre!(
+                            "{} is derived (derived_from), and --root names a base too",
+                            file.display()
+                        ))
+                        .suggestion("drop --root: derived_from names the base");
+                    }
+                    roots.push(base.parse::<ImageReference>()?);
+                    let made = scratch.insert(crate::fsutil::private_tempdir(None, ".kiwi-stackbuild-inputs-")?);
+                    let merged = made.path().join("merged");
+                    workflow::write_merge(store, given, &merged, None, &auth)?;
+                    Some(merged)
+                }
+                None => Some(file.parent().map(PathBuf::from).unwrap_or_else(|| ".".into())),
+            }
+        }
+    };
+    let bases = {
+        let _lock = store.lock_shared()?;
+        roots
+            .iter()
+            .map(|r| inputs::Base::of(store, r))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let record = inputs::of_build(dir.as_deref(), &global.kiwi(), &pass.rest, bases)?;
+    let Some(against) = &a.against else {
+        return listing::line(&if a.json {
+            serde_json::to_string_pretty(&record.to_json())?
+        } else {
+            record.table().trim_end().to_string()
+        });
+    };
+    let labels = match against {
+        ImageReference::Stash(r) => inputs::stash_labels(store, &r.key())?,
+        other => {
+            tools::require(&[Tool::Skopeo])?;
+            let config: serde_json::Value = serde_json::from_slice(&skopeo::inspect_config(other, &auth)?)
+                .map_err(|e| eyre!("the image config of {other} is no JSON: {e}"))?;
+            serde_json::from_value(config["config"]["Labels"].clone()).unwrap_or_default()
+        }
+    };
+    let differences = inputs::against(&labels, &against.to_string(), &record)?;
+    if a.json {
+        let out = serde_json::json!({
+            "against": against.to_string(),
+            "stored": labels.get(crate::labels::INPUTS),
+            "hash": record.hash,
+            "differences": differences,
+        });
+        listing::line(&serde_json::to_string_pretty(&out)?)?;
+    } else if differences.is_empty() {
+        listing::line(&format!("same inputs as {against}: {}", record.hash))?;
+    } else {
+        listing::line(&differences.join("\n"))?;
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(inputs::Differ(format!(
+        "the inputs differ from those of {against} in {} parts",
+        differences.len()
+    ))
+    .into())
+}
+
 fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if a.list {
         return listing::print(store, a.json);
@@ -573,9 +732,12 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
     if let Some(r) = a.squash {
         return workflow::squash(store, &r);
     }
+    if let Some(age) = a.older_than.filter(|_| a.prune) {
+        return workflow::prune(store, age);
+    }
     let root = a
         .root
-        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check or --squash"))?;
+        .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check, --squash or --prune"))?;
     let done = workflow::stash(
         store,
         &root,
@@ -585,12 +747,15 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         target_arch,
         None,
     )?;
+    let added = done.layer.as_ref().map_or_else(
+        || "no new layer".to_string(),
+        |l| format!("new layer {}", human_size(l.size)),
+    );
     eprintln!(
-        "stashed {} as {} ({} layers, new layer {}{})",
+        "stashed {} as {} ({} layers, {added}{})",
         root.display(),
         done.key,
         done.layers,
-        human_size(done.layer.size),
         done.base.as_ref().map(|b| format!(", on {b}")).unwrap_or_default()
     );
     crate::listing::line(&done.key)?;

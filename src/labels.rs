@@ -25,6 +25,10 @@ pub const DESCRIPTION_SHA256: &str = "io.kiwi-stackbuild.description.sha256";
 pub const KIWI_VERSION: &str = "io.kiwi-stackbuild.kiwi-version";
 /// The images this one was built on: `ref@digest`, space separated, lowest first.
 pub const BASES: &str = "io.kiwi-stackbuild.bases";
+/// The hash of the input record of the build that made the tree (see `inputs`).
+pub const INPUTS: &str = "io.kiwi-stackbuild.inputs";
+/// That input record, as canonical JSON.
+pub const INPUTS_RECORD: &str = "io.kiwi-stackbuild.inputs.record";
 /// OBS's label for the source a build came from.
 pub const OBS_DISTURL: &str = "org.openbuildservice.disturl";
 
@@ -51,6 +55,8 @@ pub struct Facts {
     pub bases: Vec<String>,
     /// `BUILD_DISTURL` of an OBS build.
     pub disturl: Option<String>,
+    /// The input record's hash and its JSON, of a build we ran.
+    pub inputs: Option<(String, String)>,
 }
 
 impl Facts {
@@ -73,6 +79,8 @@ impl Facts {
             (KIWI_VERSION, self.kiwi_version.clone()),
             (BASES, bases),
             (OBS_DISTURL, self.disturl.clone()),
+            (INPUTS, self.inputs.as_ref().map(|i| i.0.clone())),
+            (INPUTS_RECORD, self.inputs.as_ref().map(|i| i.1.clone())),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {

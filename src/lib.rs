@@ -9,6 +9,7 @@ pub(crate) mod derive;
 pub mod description;
 pub(crate) mod fault;
 pub(crate) mod fsutil;
+pub mod inputs;
 pub mod interrupt;
 pub(crate) mod labels;
 pub mod layer;

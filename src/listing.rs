@@ -56,6 +56,10 @@ fn print_table(entries: &[Entry]) -> Result<()> {
         if e.kind != Kind::OciImage {
             note.push_str(&format!("  ({})", e.kind));
         }
+        if let Some(from) = &e.fetched_from {
+            let used = e.last_used.as_deref().unwrap_or("-");
+            note.push_str(&format!("  fetched from {from}, last used {used}"));
+        }
         if let Some(why) = &e.broken {
             note.push_str(&format!("  broken: {why}"));
         }

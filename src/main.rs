@@ -30,6 +30,11 @@ fn main() -> Result<ExitCode> {
             eprintln!("kiwi-stackbuild: {e}");
             Ok(ExitCode::from(Damaged::EXIT_CODE))
         }
+        // `inputs --against` found differences and printed them.
+        Err(e) if e.downcast_ref::<kiwi_stackbuild::inputs::Differ>().is_some() => {
+            eprintln!("kiwi-stackbuild: {e}");
+            Ok(ExitCode::from(kiwi_stackbuild::inputs::Differ::EXIT_CODE))
+        }
         // stdout's reader went away (`stash --list | head -1`): nothing to say.
         Err(e) if kiwi_stackbuild::listing::is_closed_pipe(&e) => Ok(ExitCode::SUCCESS),
         done => done.map(|()| ExitCode::SUCCESS),

@@ -92,7 +92,10 @@ impl FetchLayout {
 }
 
 /// Brings `reference` where umoci can read it: a stash is read in place, any
-/// other reference is copied by skopeo into the layout `into`.
+/// other reference is copied by skopeo into the layout `into`. Rebuilds and
+/// merges fetch other references into the store instead
+/// (`transfer::fetch_into_store`); this copy is what they fall back to
+/// when the store cannot be written.
 pub fn fetch(
     store: &Store,
     reference: &ImageReference,

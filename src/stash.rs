@@ -9,8 +9,8 @@ use color_eyre::Section;
 
 use crate::description::Document;
 use crate::labels::Facts;
-use crate::layer::tree::{self, Tree};
-use crate::layer::{cache, write, StackedLayer};
+use crate::layer::tree::Tree;
+use crate::layer::{cache, scan, write, StackedLayer};
 use crate::listing::human_size;
 use crate::oci::{
     self, Descriptor, DescriptorExt, Digest, History, ImageConfig, ImageManifest, MediaType, RootFs, RuntimeConfig,
@@ -28,8 +28,8 @@ pub struct Stashed {
     pub also: Vec<String>,
     /// Layers of the new image.
     pub layers: usize,
-    /// The new layer.
-    pub layer: write::Layer,
+    /// The new layer; `None` when the tree was the base's, unchanged.
+    pub layer: Option<write::Layer>,
     /// The stash this one was put on, when there was one.
     pub base: Option<String>,
 }
@@ -88,6 +88,7 @@ pub fn facts_of_root(root: &Path, target_arch: Option<&str>) -> Result<Facts> {
         kiwi_version: None,
         bases: Vec::new(),
         disturl: crate::obs::disturl(),
+        inputs: None,
     })
 }
 
@@ -100,6 +101,8 @@ pub struct Base {
     pub config: ImageConfig,
     /// `ref@digest` of every image it was made of, lowest first.
     pub names: Vec<String>,
+    /// Its manifest in the store, when it is one stash of the store.
+    pub stored: Option<Descriptor>,
 }
 
 impl Base {
@@ -136,6 +139,7 @@ impl Base {
             layers,
             config,
             names: vec![format!("{}@{}", ref_name(d), d.digest())],
+            stored: Some(d.clone()),
         })
     }
 
@@ -156,19 +160,32 @@ impl Base {
                 .collect();
         }
         config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-        Ok(Base { layers, config, names })
+        Ok(Base {
+            layers,
+            config,
+            names,
+            stored: None,
+        })
     }
 }
 
 /// What a stash prepared under the shared lock: the new layer and the base
 /// layers of other layouts, as temp files of the store, and the image.
 struct Staged {
-    layer: write::Layer,
-    layer_file: TempBlob,
+    /// The new layer; `None` when the tree is the base's.
+    layer: Option<(write::Layer, TempBlob)>,
     imports: Vec<(Digest, TempBlob)>,
-    config: ImageConfig,
-    manifest: ImageManifest,
+    image: Made,
+    layers: usize,
     base_name: Option<(String, String)>,
+}
+
+/// The image a stash tags.
+enum Made {
+    /// A new config and manifest, to be written.
+    New(Box<(ImageConfig, ImageManifest)>),
+    /// The base's manifest as it is in the store.
+    Stored(Box<Descriptor>),
 }
 
 /// Stores `root` as `name:tag` (and as `name:T` for every T of `also`, the
@@ -224,22 +241,39 @@ pub fn stash(
     }
     let Staged {
         layer,
-        layer_file,
         imports,
-        config,
-        manifest,
+        image,
+        layers,
         base_name,
     } = staged;
     for (digest, file) in imports {
         file.store_as(store, &digest, &lock)?;
     }
-    layer_file.store_as(store, &layer.digest, &lock)?;
+    let layer = match layer {
+        Some((layer, file)) => {
+            file.store_as(store, &layer.digest, &lock)?;
+            Some(layer)
+        }
+        None => None,
+    };
     crate::fault::point("stash-after-layer");
-    store.put_json(&config, MediaType::ImageConfig)?;
-    crate::fault::point("stash-after-config");
-    let layers = manifest.layers().len();
-    let manifest_desc = store.put_json(&manifest, MediaType::ImageManifest)?;
-    crate::fault::point("stash-after-manifest");
+    let manifest_desc = match image {
+        Made::New(made) => {
+            let (config, manifest) = *made;
+            store.put_json(&config, MediaType::ImageConfig)?;
+            crate::fault::point("stash-after-config");
+            let desc = store.put_json(&manifest, MediaType::ImageManifest)?;
+            crate::fault::point("stash-after-manifest");
+            desc
+        }
+        Made::Stored(desc) => {
+            let desc = *desc;
+            // The base's blobs are in the store: check_base saw its layers,
+            // and its manifest and config are what the index names.
+            store.manifest(&desc.sha256()?)?;
+            desc
+        }
+    };
     for other in &also {
         Store::set_ref(&mut index, other, manifest_desc.clone());
     }
@@ -247,6 +281,10 @@ pub fn stash(
     crate::fault::point("stash-before-index");
     store.write_index(&index, &lock)?;
     crate::fault::point("stash-after-index");
+    if layer.is_none() {
+        let since = base_name.as_ref().map_or("its base", |(n, _)| n.as_str());
+        log::info!("{key} is unchanged since {since}: tagged, no layer added");
+    }
     if let Some(warning) = many_layers_warning(&key, layers) {
         log::warn!("{warning}");
     }
@@ -280,7 +318,9 @@ fn check_base(store: &Store, base: &Base) -> Result<()> {
 }
 
 /// Reads `root`, writes its layer over `base` into a temp file of the store,
-/// and makes the new image's config and manifest. Needs the shared lock.
+/// and makes the new image's config and manifest. When the tree is the
+/// base's, no layer is written and the image is the base's. Needs the
+/// shared lock.
 fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoch: Option<i64>) -> Result<Staged> {
     // First, so that a store we cannot write to fails before the slow part.
     let layer_file = store.temp_blob("layer")?;
@@ -289,55 +329,110 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         .flat_map(|b| b.layers.iter().map(|l| l.diff_id.clone()))
         .collect();
     let mut imports = Vec::new();
-    let lower = match base {
+    let mut cached = false;
+    let mut lower = match base {
         Some(b) => {
-            let tree = lower_tree(store, b, &base_ids)?;
+            let tree;
+            (tree, cached) = lower_tree(store, b, &base_ids)?;
+            // Taken even when the store has the blob now (a hard link from a
+            // pin costs nothing): a removal between the locks may free it.
             for l in b.layers.iter().filter(|l| l.layout != store.root()) {
                 let digest = l.layer.sha256()?;
-                if !store.blob_path(&digest).exists() {
-                    let file = store.temp_blob_from(&oci::blob_path(&l.layout, &digest))?;
-                    imports.push((digest, file));
-                }
+                let file = store.temp_blob_from(&oci::blob_path(&l.layout, &digest))?;
+                imports.push((digest, file));
             }
             tree
         }
         None => Tree::new(),
     };
     let started = Instant::now();
-    let scanned = tree::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
-    let plan = write::plan(&scanned, &lower);
-    let after = write::checked(&plan, &lower, &scanned).wrap_err_with(|| format!("storing {}", root.display()))?;
+    let scan = scan::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
+    log::debug!(
+        "read {} entries of {} in {:.2?}",
+        scan.len(),
+        root.display(),
+        started.elapsed()
+    );
+    if let Some(b) = base {
+        let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
+        facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        if lower.first_difference_from(&scan).is_none() {
+            if !cached {
+                // Read from the layers: kept, so that the next stash need not.
+                remember_tree(store, &base_ids, cache::prepare(store.root(), &lower));
+            }
+            let (image, base_name) = unchanged(&mut facts, b, epoch)?;
+            return Ok(Staged {
+                layer: None,
+                imports,
+                image,
+                layers: b.layers.len(),
+                base_name,
+            });
+        }
+        facts.bases.extend(b.names.iter().cloned());
+    }
+    let plan = write::plan(&scan, &lower);
+    write::checked(&plan, &mut lower).wrap_err_with(|| format!("storing {}", root.display()))?;
+    // The tree is written to the cache now, so that it is not held while the
+    // layer is compressed; it is named once the layer's diff_id is known.
+    let pending = cache::prepare(store.root(), &lower);
+    drop(lower);
     let layer = write::write(&plan, layer_file.file(), store.compression())?;
     log::info!(
         "stored {} of {} entries ({} whiteouts) of {} as a {} layer in {:.2?}",
         layer.entries - layer.whiteouts,
-        scanned.len(),
+        scan.len(),
         layer.whiteouts,
         root.display(),
         human_size(layer.size),
         started.elapsed()
     );
-    remember_tree(store, &base_ids, &layer.diff_id, &after);
-    if let Some(b) = base {
-        let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
-        facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        facts.bases.extend(b.names.iter().cloned());
-    }
+    let ids: Vec<Digest> = base_ids.iter().chain([&layer.diff_id]).cloned().collect();
+    remember_tree(store, &ids, pending);
     let (config, manifest, base_name) = image(&facts, base, &layer, epoch)?;
     Ok(Staged {
-        layer,
-        layer_file,
+        layers: manifest.layers().len(),
+        layer: Some((layer, layer_file)),
         imports,
-        config,
-        manifest,
+        image: Made::New(Box::new((config, manifest))),
         base_name,
     })
 }
 
-/// The tree of `base`: from the cache, else read from its layers.
-fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
+/// The image of a root that is `base`'s tree, unchanged: `base`'s own when
+/// the facts recorded in its config are the same (and it is a stash of the
+/// store), else a new config and manifest with the same layers and no new
+/// history entry.
+fn unchanged(facts: &mut Facts, base: &Base, epoch: Option<i64>) -> Result<(Made, Option<(String, String)>)> {
+    let mut config = base.config.clone();
+    describe(&mut config, facts);
+    let same = serde_json::to_value(&config)? == serde_json::to_value(&base.config)?;
+    let base_name = base_name(Some(base));
+    let image = match (&base.stored, same) {
+        (Some(desc), true) => Made::Stored(Box::new(desc.clone())),
+        _ => {
+            log::debug!("the facts of the unchanged tree differ from its base's: a new config");
+            facts.bases.extend(base.names.iter().cloned());
+            let created = oci::rfc3339(now(epoch));
+            config.created = Some(created.clone());
+            describe(&mut config, facts);
+            let layers = base.layers.iter().map(|l| l.layer.clone()).collect();
+            let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
+            let bn = base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str()));
+            let manifest = oci::manifest(config_desc, layers, facts.annotations(&created, bn))?;
+            Made::New(Box::new((config, manifest)))
+        }
+    };
+    Ok((image, base_name))
+}
+
+/// The tree of `base`, and whether it came from the cache (else it is read
+/// from its layers).
+fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<(Tree, bool)> {
     let started = Instant::now();
     let cached = cache::chain_id(base_ids).and_then(|c| cache::load(store.root(), &c));
+    let from_cache = cached.is_some();
     let tree = match cached {
         Some(tree) => tree,
         None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
@@ -348,12 +443,31 @@ fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<Tree> {
         b.names.join(" + "),
         started.elapsed()
     );
-    Ok(tree)
+    Ok((tree, from_cache))
 }
 
 /// An image config, its manifest, and the name and digest of the base the
 /// manifest names.
 type Image = (ImageConfig, ImageManifest, Option<(String, String)>);
+
+/// What `facts` say in a config: author, platform, labels.
+fn describe(config: &mut ImageConfig, facts: &Facts) {
+    config.author = facts.author.clone();
+    config.architecture = oci::go_arch(facts.architecture.as_deref().unwrap_or(std::env::consts::ARCH)).to_string();
+    config.os = "linux".into();
+    config.rootfs.kind = "layers".into();
+    let mut labels = config.labels();
+    labels.retain(|k, _| !k.starts_with(crate::labels::PREFIX) && k != crate::labels::OBS_DISTURL);
+    labels.extend(facts.labels());
+    config.config.labels = Some(labels);
+}
+
+/// The name and digest of the image `base` names last.
+fn base_name(base: Option<&Base>) -> Option<(String, String)> {
+    base.and_then(|b| b.names.last())
+        .and_then(|n| n.rsplit_once('@'))
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+}
 
 /// The image `layer` makes on `base`.
 fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option<i64>) -> Result<Image> {
@@ -363,10 +477,7 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
         None => (new_config(), Vec::new()),
     };
     config.created = Some(created.clone());
-    config.author = facts.author.clone();
-    config.architecture = oci::go_arch(facts.architecture.as_deref().unwrap_or(std::env::consts::ARCH)).to_string();
-    config.os = "linux".into();
-    config.rootfs.kind = "layers".into();
+    describe(&mut config, facts);
     config.rootfs.diff_ids.push(layer.diff_id.clone());
     config.history.push(History {
         created: Some(created.clone()),
@@ -382,29 +493,21 @@ fn image(facts: &Facts, base: Option<&Base>, layer: &write::Layer, epoch: Option
         ),
         empty_layer: false,
     });
-    let mut labels = config.labels();
-    labels.retain(|k, _| !k.starts_with(crate::labels::PREFIX) && k != crate::labels::OBS_DISTURL);
-    labels.extend(facts.labels());
-    config.config.labels = Some(labels);
     layers.push(Descriptor::new(layer.media_type.clone(), layer.size, &layer.digest));
     let config_desc = oci::describe_json(&config, MediaType::ImageConfig)?;
-    let base_name = base
-        .and_then(|b| b.names.last())
-        .and_then(|n| n.rsplit_once('@'))
-        .map(|(n, d)| (n.to_string(), d.to_string()));
+    let base_name = base_name(base);
     let annotations = facts.annotations(&created, base_name.as_ref().map(|(n, d)| (n.as_str(), d.as_str())));
     let manifest = oci::manifest(config_desc, layers, annotations)?;
     Ok((config, manifest, base_name))
 }
 
-/// Caches the tree the new image's layers make (the lower tree with the new
-/// layer applied), so the next stash on top of it need not read its layers
-/// back. A cache that cannot be written only costs that time.
-fn remember_tree(store: &Store, base_ids: &[Digest], new_id: &Digest, tree: &Tree) {
-    let mut ids = base_ids.to_vec();
-    ids.push(new_id.clone());
-    let Some(chain) = cache::chain_id(&ids) else { return };
-    if let Err(e) = cache::save(store.root(), &chain, tree) {
+/// Names the cache file of the tree the layers with diff_ids `ids` make
+/// (for a new image, written before its layer), so the next stash on top of
+/// it need not read its layers back. A cache that cannot be written only
+/// costs that time.
+fn remember_tree(store: &Store, ids: &[Digest], pending: Result<cache::Pending>) {
+    let Some(chain) = cache::chain_id(ids) else { return };
+    if let Err(e) = pending.and_then(|p| p.commit(store.root(), &chain)) {
         log::debug!("not caching the tree of {chain}: {e}");
     }
 }
@@ -493,21 +596,25 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
     crate::fault::point("squash-unpacked");
     let layer_file = store.temp_blob("layer")?;
     let old_ids: Vec<Digest> = old.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let mut before = lower_tree(store, &old, &old_ids)?;
+    let (mut before, _) = lower_tree(store, &old, &old_ids)?;
     if before.get(b"").is_none() {
         // Layers without a root entry: the unpacker's root is 0755 root:root.
-        before.insert(Vec::new(), default_root());
+        before.insert(b"", &default_root());
     }
-    let mut scanned = tree::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
+    let mut scanned = scan::scan(&rootfs).wrap_err_with(|| format!("reading {key} as unpacked"))?;
     keep_policy_xattrs(&mut scanned, &before);
     let plan = write::plan(&scanned, &Tree::new());
-    let after = write::checked(&plan, &Tree::new(), &scanned).wrap_err_with(|| format!("squashing {key}"))?;
+    let mut after = Tree::new();
+    write::checked(&plan, &mut after).wrap_err_with(|| format!("squashing {key}"))?;
     if let Some(path) = before.first_difference(&after) {
         return Err(eyre!(
             "squashing {key}: the unpacked tree differs from what its layers make at {}; nothing was changed",
             crate::layer::show(&path)
         ));
     }
+    drop(before);
+    let pending = cache::prepare(store.root(), &after);
+    drop(after);
     let layer = write::write(&plan, layer_file.file(), store.compression())?;
     drop(scratch);
     log::info!(
@@ -543,7 +650,7 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
         .filter(|m| m.digest() == d.digest())
         .filter_map(|m| m.ref_name().map(str::to_string))
         .collect();
-    remember_tree(store, &[], &layer.diff_id, &after);
+    remember_tree(store, std::slice::from_ref(&layer.diff_id), pending);
     // The index is written: the squash is done, whatever the cleanup finds.
     let freed = store.collect_garbage(&index, &lock).unwrap_or_else(|e| {
         log::warn!("{key} is squashed, but unused blobs were not freed: {e:#} (see kiwi-stackbuild stash --check)");
@@ -560,15 +667,18 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
 /// The xattrs no unpacker restores (`security.selinux`, ...: the host's
 /// policy) as the layers had them, not as the host labelled the unpacked
 /// tree: the squashed layer carries what the old layers carried.
-fn keep_policy_xattrs(scanned: &mut [tree::Scanned], before: &Tree) {
+fn keep_policy_xattrs(scanned: &mut scan::Scan, before: &Tree) {
     let policy = |k: &[u8]| crate::layer::IGNORED_XATTRS.contains(&k);
-    for s in scanned {
-        s.meta.xattrs.retain(|(k, _)| !policy(k));
-        if let Some(m) = before.get(&s.path) {
-            s.meta
-                .xattrs
-                .extend(m.xattrs.iter().filter(|(k, _)| policy(k)).cloned());
-            s.meta.xattrs.sort();
+    for i in 0..scanned.len() as u32 {
+        let mut meta = scanned.meta(i);
+        let mut xattrs: Vec<_> = meta.xattrs.iter().filter(|(k, _)| !policy(k)).cloned().collect();
+        if let Some(m) = before.get(scanned.path(i)) {
+            xattrs.extend(m.xattrs.iter().filter(|(k, _)| policy(k)).cloned());
+            xattrs.sort();
+        }
+        if xattrs != meta.xattrs {
+            meta.xattrs = xattrs;
+            scanned.set_meta(i, &meta);
         }
     }
 }

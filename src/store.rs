@@ -33,6 +33,7 @@ use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageConfig, ImageInde
 mod check;
 #[cfg(test)]
 mod damage_tests;
+pub mod fetched;
 pub mod walk;
 
 pub use check::{Checked, Finding, Fix};
@@ -78,6 +79,16 @@ pub struct Entry {
     /// What is wrong with it, when it cannot be used (a blob missing,
     /// corrupt or of the wrong size); `None` when it is whole.
     pub broken: Option<String>,
+    /// Where a fetched image came from (see [`fetched`]); absent for a
+    /// stash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
+    /// When a fetched image was fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<String>,
+    /// When a run last used a fetched image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
 }
 
 /// The store was read and found damaged: what is wrong has been printed,
@@ -510,6 +521,9 @@ impl Store {
                 u.raw.get("mediaType").and_then(Value::as_str).unwrap_or("none"),
             )),
             broken: Some(format!("its index entry cannot be read: {}", u.error)),
+            fetched_from: None,
+            fetched_at: None,
+            last_used: None,
         }));
         Ok(entries)
     }
@@ -529,6 +543,9 @@ impl Store {
             labels: BTreeMap::new(),
             kind: kind.clone(),
             broken: None,
+            fetched_from: fetched::annotation(d, fetched::FETCHED_FROM).map(str::to_string),
+            fetched_at: fetched::annotation(d, fetched::FETCHED_AT).map(str::to_string),
+            last_used: fetched::annotation(d, fetched::LAST_USED).map(str::to_string),
         };
         let fault_of = |role: Role| reach.problems.iter().any(|p| p.role == role);
         if kind.is_image() && !fault_of(Role::Manifest) {
@@ -805,7 +822,7 @@ impl Unreadable {
 }
 
 /// Whether `e` says this process may not write there.
-fn cannot_write(e: &io::Error) -> bool {
+pub fn cannot_write(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied

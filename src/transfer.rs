@@ -4,16 +4,18 @@
 use std::fs;
 use std::io::{self, BufReader, BufWriter};
 use std::path::Path;
+use std::time::SystemTime;
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use color_eyre::Section;
 
+use crate::fsutil::Scratch;
 use crate::layer::compress::{self, Settings};
 use crate::oci::layout::Layout;
 use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MediaType, REF_NAME};
-use crate::reference::ImageReference;
+use crate::reference::{DockerRef, ImageReference, StashName, DEFAULT_TAG};
 use crate::registry::RegistryAuth;
-use crate::store::{Lock, Store};
+use crate::store::{fetched, Lock, Store};
 use crate::tools::skopeo::{self, Compression};
 
 /// Makes `dir` an image layout that already holds every blob of `store`
@@ -179,6 +181,11 @@ fn move_in(
             .suggestion("run the pull again");
         }
     }
+    // What a source gave is checked before the store keeps it: a blob kept
+    // under a digest it does not have would stand in for the real one.
+    for digest in &new {
+        verify_blob(&oci::blob_path(staging, digest), digest, src)?;
+    }
     let mut bytes = 0;
     for (n, digest) in new.iter().enumerate() {
         let from = oci::blob_path(staging, digest);
@@ -189,6 +196,20 @@ fn move_in(
         }
     }
     Ok((new.len(), bytes))
+}
+
+/// Fails unless the file at `path` hashes to `digest`, over its whole length.
+fn verify_blob(path: &Path, digest: &Digest, src: &ImageReference) -> Result<()> {
+    let file = fs::File::open(path).wrap_err_with(|| format!("opening blob {digest}"))?;
+    let mut reader = oci::HashingReader::new(std::io::BufReader::new(file));
+    std::io::copy(&mut reader, &mut std::io::sink()).wrap_err_with(|| format!("reading blob {digest}"))?;
+    let got = reader.digest();
+    if got != *digest {
+        return Err(eyre!(
+            "the blob {digest} that {src} gave is corrupt: its content has the digest {got}"
+        ));
+    }
+    Ok(())
 }
 
 /// The name of a push's scratch layout starts so.
@@ -380,4 +401,360 @@ pub fn push(
             e
         }
     })
+}
+
+/// A fetched image in the store, held readable for the run that fetched it.
+#[derive(Debug)]
+pub struct Kept {
+    /// Its index entry.
+    pub desc: Descriptor,
+    /// What keeps its blobs there.
+    pub hold: Hold,
+}
+
+/// What keeps a fetched image's blobs readable.
+#[derive(Debug)]
+pub enum Hold {
+    /// A pin ([`Store::pin`]): no lock is needed.
+    Pin(Scratch),
+    /// The store's shared lock (a read-only store, which cannot pin).
+    Lock(Lock),
+}
+
+impl Kept {
+    /// The layout that holds its blobs.
+    pub fn layout(&self, store: &Store) -> std::path::PathBuf {
+        match &self.hold {
+            Hold::Pin(pin) => pin.path().to_path_buf(),
+            Hold::Lock(_) => store.root().to_path_buf(),
+        }
+    }
+}
+
+/// The name a fetched image gets in the store: `fetched/` and the
+/// reference without its tag (and without `docker://`), in the characters
+/// a name may have (`docker://127.0.0.1:5000/ns/debian:12` is
+/// `fetched/127-0-0-1-5000/ns/debian:12`, `oci-archive:/tmp/b.tar` is
+/// `fetched/oci-archive/tmp/b-tar:latest`), tagged with its tag, digest
+/// or archive image (else `latest`).
+pub fn fetched_name(src: &ImageReference) -> String {
+    let printed = src.to_string();
+    let (transport, rest) = printed.split_once(':').unwrap_or(("image", printed.as_str()));
+    let rest = rest.trim_start_matches('/');
+    let (path, tag) = match src {
+        ImageReference::Docker(_) => match rest.split_once('@') {
+            Some((name, digest)) => (name, Some(digest.replace(':', "-"))),
+            None => match rest.rsplit_once(':') {
+                Some((name, tag)) if !tag.contains('/') => (name, Some(tag.to_string())),
+                _ => (rest, None),
+            },
+        },
+        ImageReference::ContainersStorage(_) => match rest.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains(['/', ']']) => (name, Some(tag.to_string())),
+            _ => (rest, None),
+        },
+        ImageReference::Obs(_) | ImageReference::ObsRepositories(_) => match rest.split_once('#') {
+            Some((name, tag)) => (name, Some(tag.to_string())),
+            None => (rest, None),
+        },
+        ImageReference::Oci { .. } | ImageReference::OciArchive { .. } | ImageReference::DockerArchive { .. } => {
+            match rest.split_once(':') {
+                Some((file, image)) => (file, Some(image.to_string())),
+                None => (rest, None),
+            }
+        }
+        _ => (rest, None),
+    };
+    let mut name = match src {
+        ImageReference::Docker(_) => StashName::suggest(path),
+        _ => StashName::suggest(&format!("{transport}/{path}")),
+    };
+    name.truncate(200);
+    let name = name.trim_end_matches(['-', '/']);
+    let tag: String = tag
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let tag = tag.trim_start_matches(['.', '-']);
+    let tag = if tag.is_empty() {
+        DEFAULT_TAG
+    } else {
+        &tag[..tag.len().min(128)]
+    };
+    format!("{}{name}:{tag}", fetched::NAMESPACE)
+}
+
+/// The digest of the manifest `raw` names for this machine: its own, or
+/// for an index (manifest list) that of its `linux` entry of this
+/// machine's architecture.
+fn platform_digest(src: &ImageReference, raw: &[u8]) -> Result<Digest> {
+    let value: serde_json::Value =
+        serde_json::from_slice(raw).wrap_err_with(|| format!("parsing the manifest of {src}"))?;
+    let Some(entries) = value.get("manifests").and_then(serde_json::Value::as_array) else {
+        return Ok(Digest::of(raw));
+    };
+    let arch = oci::go_arch(std::env::consts::ARCH);
+    let entry = entries.iter().find(|e| {
+        e.pointer("/platform/os").and_then(serde_json::Value::as_str) == Some("linux")
+            && e.pointer("/platform/architecture").and_then(serde_json::Value::as_str) == Some(arch)
+    });
+    let digest = entry
+        .and_then(|e| e.get("digest"))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| eyre!("{src} has no image for linux/{arch}"))?;
+    Digest::try_from(digest.to_string()).map_err(|e| eyre!("reading the linux/{arch} image of {src}: {e}"))
+}
+
+/// `src` pinned to the manifest `digest`, so that what is copied is what
+/// was looked at: `docker://HOST/REPO@DIGEST` for a registry; other
+/// transports as they are.
+fn by_digest(src: &ImageReference, digest: &Digest) -> Result<ImageReference> {
+    let ImageReference::Docker(rest) = src else {
+        return Ok(src.clone());
+    };
+    let r = DockerRef::split(rest);
+    let host = r.host.map(|h| format!("{h}/")).unwrap_or_default();
+    format!("docker://{host}{}@{digest}", r.repository).parse()
+}
+
+/// Whether `e` says the store cannot be written (a read-only one).
+fn store_is_read_only(e: &color_eyre::Report) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(crate::store::cannot_write)
+    })
+}
+
+/// Brings `src`, which is no stash, into the store as the fetched image
+/// [`fetched_name`] names, and pins it for this run. `resolved` is what
+/// skopeo reads (`src` itself, or the archive an OBS reference names).
+///
+/// Only the manifest is asked for first (`skopeo inspect --raw`): when the
+/// store holds that image whole, nothing is copied and only its last use
+/// is recorded. Else skopeo copies it, by digest, into a staging layout
+/// holding every blob of the store, so that it fetches only the blobs the
+/// store lacks, and those are moved in. The copy holds no lock; moving in,
+/// recording and pinning take the exclusive one. `None` when the store
+/// cannot be written: the caller fetches into a scratch layout instead.
+pub fn fetch_into_store(
+    store: &Store,
+    src: &ImageReference,
+    resolved: &ImageReference,
+    auth: &RegistryAuth,
+) -> Result<Option<Kept>> {
+    let key = fetched_name(src);
+    let source = src.to_string();
+    let raw = skopeo::inspect_raw(resolved, auth)?;
+    let digest = platform_digest(src, &raw)?;
+    let staging = match store
+        .lock_for_staging()
+        .and_then(|shared| Ok((store.temp_dir("fetch")?, shared)))
+    {
+        Ok((staging, _shared)) => staging,
+        Err(e) if store_is_read_only(&e) => {
+            if let Some(lock) = store.lock_shared()? {
+                let index = store.index()?;
+                let known = fetched::find_by_source(&index, &source, &digest)
+                    .or_else(|| known_manifest(store, &digest))
+                    .filter(|d| complete(store, d));
+                if let Some(desc) = known {
+                    log::info!(
+                        "{src} is in the stash store {} ({}), which cannot be written: read from there, its use not recorded",
+                        store.root().display(),
+                        desc.sha256()?.short()
+                    );
+                    return Ok(Some(Kept {
+                        desc,
+                        hold: Hold::Lock(lock),
+                    }));
+                }
+            }
+            log::info!(
+                "the stash store {} cannot be written ({e:#}): {src} is fetched into a scratch layout, and not kept",
+                store.root().display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    {
+        let lock = store.lock_exclusive()?;
+        let mut index = store.index()?;
+        let before = refuse_a_stash(store, &index, &key)?;
+        let known = fetched::find_by_source(&index, &source, &digest)
+            .or_else(|| known_manifest(store, &digest))
+            .filter(|d| complete(store, d));
+        if let Some(mut desc) = known {
+            desc.unannotate(REF_NAME);
+            fetched::mark(&mut desc, &source, &digest, before.as_ref(), SystemTime::now());
+            Store::set_ref(&mut index, &key, desc.clone());
+            store.write_index(&index, &lock)?;
+            log::info!(
+                "{src} is in the store as {key} ({}): nothing to fetch",
+                desc.sha256()?.short()
+            );
+            free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
+            let pin = pin_fetched(store, &key, &desc, &lock)?;
+            return Ok(Some(Kept {
+                desc,
+                hold: Hold::Pin(pin),
+            }));
+        }
+    }
+    let shared = store.lock_for_staging()?;
+    staging_layout(store, staging.path())?;
+    drop(shared);
+    let dst = ImageReference::Oci {
+        dir: staging.path().to_string_lossy().into_owned(),
+        image: Some("fetched".to_string()),
+    };
+    let from = by_digest(resolved, &digest)?;
+    let progress = crate::progress::spinner(&format!("fetching {src}"));
+    let copied = skopeo::copy(&from, &dst, auth, Compression::Keep).wrap_err_with(|| format!("fetching {src}"));
+    progress.finish_and_clear();
+    copied?;
+    let staged = Layout::new(staging.path()).read_index()?;
+    let desc = store
+        .find(&staged, "fetched")
+        .ok_or_else(|| eyre!("skopeo stored no image for {src}"))?;
+    let mut blobs = Vec::new();
+    reachable(staging.path(), &desc, &mut blobs)?;
+    blobs.reverse();
+    let lock = store.lock_exclusive()?;
+    let mut index = store.index()?;
+    let before = refuse_a_stash(store, &index, &key)?;
+    let (new_blobs, new_bytes) = move_in(store, staging.path(), blobs, src, &lock)?;
+    let mut desc = desc;
+    desc.unannotate(REF_NAME);
+    fetched::mark(&mut desc, &source, &digest, before.as_ref(), SystemTime::now());
+    Store::set_ref(&mut index, &key, desc.clone());
+    store.write_index(&index, &lock)?;
+    log::info!(
+        "fetched {src} into the store as {key} ({}; {new_blobs} new blobs, {})",
+        desc.sha256()?.short(),
+        crate::listing::human_size(new_bytes)
+    );
+    free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
+    let pin = pin_fetched(store, &key, &desc, &lock)?;
+    Ok(Some(Kept {
+        desc,
+        hold: Hold::Pin(pin),
+    }))
+}
+
+/// The fetched image `key` of `index`, if any; an error when `key` is a
+/// stash of the user's, which a fetch never replaces.
+fn refuse_a_stash(store: &Store, index: &ImageIndex, key: &str) -> Result<Option<Descriptor>> {
+    match store.find(index, key) {
+        Some(d) if !fetched::is_fetched(&d) => Err(eyre!(
+            "the store has a stash {key} of its own: a fetched image is not stored over it"
+        ))
+        .suggestion(format!(
+            "rename or remove that stash (kiwi-stackbuild stash --rm {key})"
+        )),
+        found => Ok(found),
+    }
+}
+
+/// Frees the blobs that only the image `key` named `before` (another one
+/// than `desc`, its tag having moved at the source) used, so that a tag
+/// fetched again and again does not pile up images no ref names. Best
+/// effort: what stops the collection (a broken entry) is logged, and
+/// `stash --rm` or `--prune` frees them later.
+fn free_replaced(
+    store: &Store,
+    index: &ImageIndex,
+    key: &str,
+    before: Option<&Descriptor>,
+    desc: &Descriptor,
+    lock: &Lock,
+) {
+    if before.is_none_or(|b| b.digest() == desc.digest()) {
+        return;
+    }
+    match store.collect_garbage(index, lock) {
+        Ok(freed) => log::info!("{key} named another image before: {freed} blobs no ref uses any more freed"),
+        Err(e) => log::warn!("{key} named another image before, whose blobs stay: {e:#}"),
+    }
+}
+
+/// [`Store::pin`] of a fetched image, in a store known to be writable.
+fn pin_fetched(store: &Store, key: &str, desc: &Descriptor, lock: &Lock) -> Result<Scratch> {
+    store.pin(key, desc, lock)?.ok_or_else(|| {
+        eyre!(
+            "cannot pin {key}: the stash store {} cannot be written",
+            store.root().display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetched_images_are_named_after_their_reference_in_a_namespace_of_their_own() {
+        let hex = "a".repeat(64);
+        let cases = [
+            (
+                "docker://127.0.0.1:5000/ns/debian:12",
+                "fetched/127-0-0-1-5000/ns/debian:12",
+            ),
+            (
+                "docker://registry.example/kiwi/base",
+                "fetched/registry-example/kiwi/base:latest",
+            ),
+            ("docker://debian:bookworm", "fetched/debian:bookworm"),
+            (
+                &format!("docker://quay.io/a/b@sha256:{hex}"),
+                &format!("fetched/quay-io/a/b:sha256-{hex}"),
+            ),
+            (
+                "oci-archive:/var/tmp/base.tar",
+                "fetched/oci-archive/var/tmp/base-tar:latest",
+            ),
+            ("oci:/srv/layout:base:1", "fetched/oci/srv/layout:base-1"),
+            ("docker-archive:/tmp/x.tar:x:2", "fetched/docker-archive/tmp/x-tar:x-2"),
+            (
+                "containers-storage:localhost/base:3",
+                "fetched/containers-storage/localhost/base:3",
+            ),
+            ("dir:/tmp/img", "fetched/dir/tmp/img:latest"),
+        ];
+        for (reference, want) in cases {
+            let r: ImageReference = reference.parse().unwrap();
+            let got = fetched_name(&r);
+            assert_eq!(got, want, "{reference}");
+            let stash: ImageReference = got.parse().unwrap();
+            assert!(matches!(stash, ImageReference::Stash(_)), "{got} is no stash name");
+        }
+    }
+
+    #[test]
+    fn an_index_is_read_for_this_machines_image() {
+        let src: ImageReference = "docker://r.example/a:1".parse().unwrap();
+        let arch = oci::go_arch(std::env::consts::ARCH);
+        let (mine, other) = (Digest::of(b"mine"), Digest::of(b"other"));
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"digest": other.to_string(), "platform": {"os": "linux", "architecture": "s390x-not"}},
+            {"digest": mine.to_string(), "platform": {"os": "linux", "architecture": arch}},
+        ]});
+        let raw = index.to_string();
+        assert_eq!(platform_digest(&src, raw.as_bytes()).unwrap(), mine);
+        let manifest = br#"{"schemaVersion":2,"layers":[]}"#;
+        assert_eq!(platform_digest(&src, manifest).unwrap(), Digest::of(manifest));
+        let none = serde_json::json!({"manifests": []}).to_string();
+        assert!(platform_digest(&src, none.as_bytes()).is_err());
+        assert_eq!(
+            by_digest(&src, &mine).unwrap().to_string(),
+            format!("docker://r.example/a@{mine}")
+        );
+    }
 }

@@ -40,7 +40,11 @@ use crate::stash::{self, Base};
 use crate::store::Store;
 use crate::tools::kiwi::{self, Globals};
 use crate::tools::{self, Tool};
+use crate::transfer;
 pub use plan::{Plan, Workflow};
+
+/// Where a derived build keeps its merged description, in the target.
+const MERGED_DESCRIPTION: &str = "build/merged-description";
 
 /// The name of a rebuild's scratch directory (in the target, or the
 /// system's temporary directory) starts so.
@@ -79,6 +83,21 @@ pub fn stash(
 ) -> Result<stash::Stashed> {
     tools::require_root("stash")?;
     let facts = stash::facts_of_root(root, target_arch)?;
+    stash_facts(store, root, tag, also, container_name, facts, base)
+}
+
+/// [`stash`] with the `facts` of the root worked out (and an input record
+/// added to them).
+fn stash_facts(
+    store: &Store,
+    root: &Path,
+    tag: Option<&Tag>,
+    also: &[Tag],
+    container_name: Option<&str>,
+    facts: labels::Facts,
+    base: Option<Base>,
+) -> Result<stash::Stashed> {
+    tools::require_root("stash")?;
     let name = match container_name.or(facts.name.as_deref()) {
         Some(n) => n.parse::<StashName>().map_err(|e| match container_name {
             Some(_) => e,
@@ -221,19 +240,30 @@ struct Steps<'a> {
 
 impl Steps<'_> {
     /// Brings `roots` where they can be read, lowest first: stashes are
-    /// pinned ([`Store::pin`]) and other images copied into the scratch
-    /// dir, all without holding the store's lock, so stashes and removals
-    /// go on meanwhile. From a read-only store the shared lock is held
-    /// until [`Held::unpacked`].
+    /// pinned ([`Store::pin`]), other images fetched into the store (only
+    /// the blobs it lacks; see [`transfer::fetch_into_store`]) and pinned
+    /// too, all without holding the store's lock, so stashes and removals
+    /// go on meanwhile. A read-only store keeps nothing: other images are
+    /// copied into the scratch dir, and the shared lock is held until
+    /// [`Held::unpacked`].
     fn fetch(&self, roots: &[ImageReference]) -> Result<(Vec<Fetched>, Held)> {
         let mut layout = restore::FetchLayout::in_scratch(self.scratch);
         let mut held = Held::default();
         let mut images = Vec::new();
         for r in roots {
             let ImageReference::Stash(stash) = r else {
-                // Its layout links to the store's blobs, made under the
-                // lock: by hard links it needs the lock no more, by
-                // symlinks it keeps it until the unpack.
+                let resolved = crate::obs::resolve(r)?;
+                if let Some(kept) = transfer::fetch_into_store(self.store, r, &resolved, self.auth)? {
+                    images.push(restore::fetched_from(r, kept.layout(self.store), &kept.desc)?);
+                    match kept.hold {
+                        transfer::Hold::Pin(pin) => held.pins.push(pin),
+                        transfer::Hold::Lock(lock) => held.lock = Some(lock),
+                    }
+                    continue;
+                }
+                // A read-only store: a scratch copy. Its layout links to the
+                // store's blobs, made under the lock: by hard links it needs
+                // the lock no more, by symlinks it keeps it until the unpack.
                 let lock = self.store.lock_shared()?;
                 layout.prepare(self.store)?;
                 if layout.needs_the_lock() && held.lock.is_none() {
@@ -303,6 +333,22 @@ impl Steps<'_> {
         kiwi::run_kiwi(&kiwi::create_args(&self.job.globals, root, pass), &pass.target_dir)
     }
 
+    /// The input record of this build, for the image `--keep-root` stores:
+    /// over the description kiwi-ng read (the merged one of a derived
+    /// build), the arguments, and `images`, the images built on.
+    fn input_record(&self, images: &[Fetched]) -> Result<crate::inputs::Record> {
+        let dir = match &self.plan.workflow {
+            Workflow::FreshBuild { dir, .. } | Workflow::BuildOnRoots { dir, .. } => Some(dir.clone()),
+            Workflow::DerivedBuild(_) => Some(self.plan.pass.target_dir.join(MERGED_DESCRIPTION)),
+            Workflow::CreateFromRoots { .. } => None,
+        };
+        let bases = images
+            .iter()
+            .map(|i| crate::inputs::Base::resolved(&i.reference, &i.digest.to_string()))
+            .collect();
+        crate::inputs::of_build(dir.as_deref(), &self.job.globals, &self.plan.pass.rest, bases)
+    }
+
     /// Stores the built root as `--keep-root` says (nothing without it): on
     /// `images` when the root was unpacked from them.
     fn keep_root(&self, images: &[Fetched]) -> Result<()> {
@@ -312,18 +358,30 @@ impl Steps<'_> {
         let base = (!images.is_empty()).then(|| Base::from_images(images)).transpose()?;
         let root = image_root(&self.plan.pass.target_dir);
         let arch = self.job.globals.target_arch.as_deref();
+        let mut facts = stash::facts_of_root(&root, arch)?;
+        // The build is done: a record that cannot be made costs it nothing.
+        facts.inputs = match self.input_record(images) {
+            Ok(record) => Some(record.labels()),
+            Err(e) => {
+                log::warn!("keeping the root without its input record: {e:#}");
+                None
+            }
+        };
         let Some(dest) = &keep.copy_to else {
             let name = Some(keep.name.as_str());
-            let done = stash(self.store, &root, Some(&keep.tag), &keep.also, name, arch, base)?;
+            let done = stash_facts(self.store, &root, Some(&keep.tag), &keep.also, name, facts, base)?;
             let keys: Vec<&str> = std::iter::once(&done.key)
                 .chain(&done.also)
                 .map(String::as_str)
                 .collect();
+            let added = done.layer.as_ref().map_or_else(
+                || "no new layer".to_string(),
+                |l| format!("new layer {}", human_size(l.size)),
+            );
             log::info!(
-                "kept the root as {} ({} layers, new layer {})",
+                "kept the root as {} ({} layers, {added})",
                 keys.join(" and "),
-                done.layers,
-                human_size(done.layer.size)
+                done.layers
             );
             for key in keys {
                 crate::listing::line(key)?;
@@ -332,13 +390,13 @@ impl Steps<'_> {
         };
         tools::require(&[Tool::Skopeo])?;
         let staging = Store::new(self.scratch.join("keep")).with_compression(*self.store.compression());
-        let done = stash(
+        let done = stash_facts(
             &staging,
             &root,
             Some(&keep.tag),
             &[],
             Some(keep.name.as_str()),
-            arch,
+            facts,
             base,
         )?;
         crate::transfer::copy_out(
@@ -378,7 +436,7 @@ fn merge_into_target(d: &Derived, base: &Fetched, target: &Path, scratch: &Path)
     let stored = stored_description(base, scratch).suggestion(
         "derive from a stash of a KIWI build, or build on it with rebuild --root REF -- --description DIR",
     )?;
-    let out = target.join("build/merged-description");
+    let out = target.join(MERGED_DESCRIPTION);
     if out.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&out).wrap_err_with(|| format!("removing the old {}", out.display()))?;
     }
@@ -580,6 +638,19 @@ pub fn merge_preview(
     base: Option<&str>,
     auth: &RegistryAuth,
 ) -> Result<()> {
+    write_merge(store, derived, output, base, auth)?;
+    crate::listing::line(&output.display().to_string())
+}
+
+/// Writes the merged description of `derived` into `output` (a new
+/// directory), on `base` or the image `derived_from` names.
+pub fn write_merge(
+    store: &Store,
+    derived: &Path,
+    output: &Path,
+    base: Option<&str>,
+    auth: &RegistryAuth,
+) -> Result<()> {
     let file = description::find(derived)?;
     let d = Derived::new(Document::parse_file(&file)?, &file)?;
     let occupied = std::fs::read_dir(output)
@@ -609,20 +680,29 @@ pub fn merge_preview(
         }
         crate::fsutil::remove_stale(None, SCRATCH_PREFIX);
         let scratch = crate::fsutil::private_tempdir(None, SCRATCH_PREFIX)?;
-        let _lock = store.lock_shared()?;
-        let image = restore::fetch(
-            store,
-            &reference,
-            &mut restore::FetchLayout::in_scratch(scratch.path()),
-            auth,
-        )
-        .wrap_err_with(|| format!("fetching the base {reference} of {}", file.display()))?;
+        let fetching = || format!("fetching the base {reference} of {}", file.display());
+        let kept = match &reference {
+            ImageReference::Stash(_) => None,
+            // Its errors name the reference.
+            other => transfer::fetch_into_store(store, other, &crate::obs::resolve(other)?, auth)?,
+        };
+        let (image, _held) = match kept {
+            Some(kept) => (
+                restore::fetched_from(&reference, kept.layout(store), &kept.desc)?,
+                Some(kept.hold),
+            ),
+            None => {
+                let lock = store.lock_shared()?;
+                let mut layout = restore::FetchLayout::in_scratch(scratch.path());
+                let image = restore::fetch(store, &reference, &mut layout, auth).wrap_err_with(fetching)?;
+                (image, lock.map(transfer::Hold::Lock))
+            }
+        };
         let stored = stored_description(&image, scratch.path())?;
-        drop(_lock);
+        drop(_held);
         derive::write_merged(&stored, &d, output)?;
     }
     log::info!("merged {} into its base: {}", file.display(), output.display());
-    crate::listing::line(&output.display().to_string())?;
     Ok(())
 }
 
@@ -635,6 +715,21 @@ pub fn remove(store: &Store, r: &StashRef) -> Result<()> {
         None => store.remove_all_of(r.name.as_str())?,
     };
     eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
+    Ok(())
+}
+
+/// `stash --prune --older-than AGE`: removes the fetched images no run
+/// used for `age`, and the blobs no remaining stash uses.
+pub fn prune(store: &Store, age: std::time::Duration) -> Result<()> {
+    let (keys, freed) = store.prune(age, std::time::SystemTime::now())?;
+    if keys.is_empty() {
+        eprintln!("no fetched image unused for that long: nothing removed");
+    } else {
+        eprintln!("removed {} ({freed} unused blobs freed)", keys.join(", "));
+        for key in &keys {
+            crate::listing::line(key)?;
+        }
+    }
     Ok(())
 }
 

@@ -19,7 +19,11 @@
 //!   `--description` to `$FAKE_ARGV_DIR/description`, fills
 //!   `TARGET/build/image-root` from `$FAKE_KIWI_ROOT` when set, and exits
 //!   with `$FAKE_KIWI_EXIT` (default 0);
-//! - `skopeo` prints `$FAKE_SKOPEO_STDERR` and exits 1.
+//! - `skopeo` prints `$FAKE_SKOPEO_STDERR` and exits 1; with
+//!   `$FAKE_SKOPEO_IMAGE` (a layout of one image, see `fake_registry_image`)
+//!   it serves that image instead: `inspect` prints its manifest, `copy`
+//!   copies the blobs an `oci:` destination lacks (noting each in
+//!   `skopeo-copied`) and names the image there.
 //!
 //! Needs root, as the binary does for `stash` and `rebuild` (CI runs as root).
 
@@ -93,6 +97,23 @@ fi
 const FAKE_SKOPEO: &str = r#"#!/bin/sh
 PATH=/usr/bin:/bin
 printf '%s\0' "$#" "$@" >> "$FAKE_ARGV_DIR/skopeo"
+if [ -n "$FAKE_SKOPEO_IMAGE" ]; then
+    for last; do :; done
+    case $1 in
+    inspect) exec cat "$FAKE_SKOPEO_IMAGE/manifest.json" ;;
+    copy)
+        dest=${last#oci:} && dir=${dest%%:*} && name=${dest#*:}
+        mkdir -p "$dir/blobs/sha256" || exit 3
+        for blob in "$FAKE_SKOPEO_IMAGE"/blobs/sha256/*; do
+            if [ ! -e "$dir/blobs/sha256/${blob##*/}" ]; then
+                cp "$blob" "$dir/blobs/sha256/" || exit 4
+                echo "${blob##*/}" >> "$FAKE_ARGV_DIR/skopeo-copied"
+            fi
+        done
+        sed "s|@NAME@|$name|" "$FAKE_SKOPEO_IMAGE/index.json.in" > "$dir/index.json"
+        exit ;;
+    esac
+fi
 echo "${FAKE_SKOPEO_STDERR:-fake skopeo: no registry here}" >&2
 exit 1
 "#;
@@ -235,6 +256,18 @@ impl Sandbox {
     /// The store's index.json.
     fn index(&self) -> Value {
         read_json(&self.store().join("index.json"))
+    }
+
+    /// The manifest digest of the stash `key`.
+    fn manifest_digest(&self, key: &str) -> String {
+        let index = self.index();
+        let desc = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["annotations"][REF_NAME] == key)
+            .unwrap_or_else(|| panic!("no {key} in the store: {index}"));
+        desc["digest"].as_str().unwrap().to_string()
     }
 
     /// The manifest of the stash `key`.
@@ -600,6 +633,7 @@ fn man_pages_have_the_sections_a_reader_looks_for() {
         "stash",
         "stackbuild",
         "merge",
+        "inputs",
         "push",
         "pull",
         "completions",
@@ -2001,6 +2035,302 @@ fn bad_arguments_are_one_line_errors_that_change_nothing() {
     );
 }
 
+// ---------------------------------------------------------------- fetched images
+
+/// A stash `fake-base:latest` made in a store of its own, laid out as
+/// `$FAKE_SKOPEO_IMAGE` wants it: its blobs, its manifest, and an index
+/// naming it `@NAME@`. Returns the dir and the manifest's digest.
+fn fake_registry_image(sandbox: &Sandbox) -> (PathBuf, String) {
+    fake_registry_image_of(sandbox, "remote")
+}
+
+/// [`fake_registry_image`] of a tree of its own, `NAME-root`, in `NAME-image`.
+fn fake_registry_image_of(sandbox: &Sandbox, name: &str) -> (PathBuf, String) {
+    let root = sandbox.path(&format!("{name}-root"));
+    kiwi_tree(&root, "fake-base");
+    fs::write(root.join("etc/image-name"), name).unwrap();
+    let home = sandbox.path(&format!("{name}-store"));
+    let run = sandbox.run_with(&["stash", "--root", root.to_str().unwrap()], |c| {
+        c.env("KIWI_STACKBUILD_HOME", &home);
+    });
+    run.assert_ok();
+    let index = read_json(&home.join("index.json"));
+    let mut desc = index["manifests"][0].clone();
+    desc["annotations"][REF_NAME] = "@NAME@".into();
+    let digest = desc["digest"].as_str().unwrap().to_string();
+    let image = sandbox.path(&format!("{name}-image"));
+    fs::create_dir(&image).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(home.join("blobs"))
+        .arg(&image)
+        .status();
+    assert!(copied.unwrap().success());
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    fs::copy(home.join("blobs/sha256").join(hex), image.join("manifest.json")).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+    fs::write(image.join("index.json.in"), index.to_string()).unwrap();
+    (image, digest)
+}
+
+/// A rebuild from a registry keeps the image in the store: the first copies
+/// every blob, by the digest it looked at; the second asks for the manifest
+/// only and copies nothing; `stash --list` names it and its source.
+#[test]
+fn a_second_rebuild_from_a_registry_copies_no_blob() {
+    let sandbox = Sandbox::new();
+    let (image, digest) = fake_registry_image(&sandbox);
+    let remote = "docker://registry.example/kiwi/base:1";
+    let rebuild = |target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        });
+        run.assert_ok();
+        let copied = fs::read_to_string(run.calls.join("skopeo-copied")).unwrap_or_default();
+        let copied: Vec<String> = copied.lines().map(str::to_string).collect();
+        (run, copied)
+    };
+    let (first, copied) = rebuild("t1");
+    let skopeo = first.calls("skopeo");
+    assert_eq!(skopeo.len(), 2, "{skopeo:?}");
+    assert_eq!(skopeo[0], strings(&["inspect", "--raw", remote]));
+    assert_eq!(skopeo[1][0], "copy");
+    let pinned = format!("docker://registry.example/kiwi/base@{digest}");
+    assert_eq!(skopeo[1][skopeo[1].len() - 2], pinned, "{skopeo:?}");
+    let all = fs::read_dir(image.join("blobs/sha256")).unwrap().count();
+    assert_eq!(copied.len(), all, "an empty store needs every blob: {copied:?}");
+
+    let (second, copied) = rebuild("t2");
+    assert_eq!(second.calls("skopeo"), vec![strings(&["inspect", "--raw", remote])]);
+    assert!(copied.is_empty(), "the second rebuild copied {copied:?}");
+    assert!(second.stderr.contains("nothing to fetch"), "{}", second.stderr);
+    // Both unpacked the image's layers.
+    let key = "fetched/registry-example/kiwi/base:1";
+    for run in [&first, &second] {
+        let layout = run.calls.join("umoci-layout");
+        let index = read_json(&layout.join("index.json"));
+        let unpacked = read_blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+        assert_eq!(unpacked["layers"], sandbox.manifest_of(key)["layers"]);
+    }
+
+    let list = sandbox.run(&["stash", "--list", "--json"]);
+    list.assert_ok();
+    let entries: Vec<Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["reference"], key);
+    assert_eq!(entries[0]["digest"], digest.as_str());
+    assert_eq!(entries[0]["fetched_from"], remote);
+    assert!(
+        entries[0]["last_used"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{entries:?}"
+    );
+    let table = sandbox.run(&["stash", "--list"]);
+    assert!(
+        table.stdout.contains(&format!("fetched from {remote}")),
+        "{}",
+        table.stdout
+    );
+}
+
+/// A fetch never replaces a stash of the user's that has the name a
+/// fetched image would get.
+#[test]
+fn a_fetch_does_not_replace_a_stash_of_that_name() {
+    let sandbox = Sandbox::new();
+    let (image, _) = fake_registry_image(&sandbox);
+    let root = sandbox.path("mine");
+    kiwi_tree(&root, "fake-base");
+    let key = sandbox.stash(
+        &root,
+        &["--container-name", "fetched/registry-example/kiwi/base", "--tag", "1"],
+    );
+    let before = sandbox.index();
+    let target = sandbox.arg("t");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--root",
+            "docker://registry.example/kiwi/base:1",
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        },
+    );
+    run.assert_fails(1);
+    run.assert_stderr_has(&[&format!("the store has a stash {key} of its own")]);
+    assert_eq!(sandbox.index(), before, "the store changed");
+}
+
+/// `stash --prune --older-than` drops the fetched images whose last use is
+/// older than that, and the blobs only they used; stashes of the user's
+/// stay however old; `--rm` removes a fetched image by its name.
+#[test]
+fn prune_drops_only_fetched_images_unused_for_that_long() {
+    let sandbox = Sandbox::new();
+    let (image, _) = fake_registry_image(&sandbox);
+    let fetch = |remote: &str, target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("remote-root"));
+        });
+        run.assert_ok();
+        run
+    };
+    fetch("docker://registry.example/kiwi/base:1", "t1");
+    // The same image from elsewhere: the store has it, so it is only named.
+    let again = fetch("docker://mirror.example/base:1", "t2");
+    assert_eq!(again.calls("skopeo").len(), 1, "{:?}", again.calls("skopeo"));
+    let root = sandbox.path("mine");
+    kiwi_tree(&root, "mine");
+    let mine = sandbox.stash(&root, &[]);
+    let (old, recent) = ("fetched/registry-example/kiwi/base:1", "fetched/mirror-example/base:1");
+
+    // Set the old one's last use, and the user's stash's creation, 40 days back.
+    let mut index = sandbox.index();
+    for d in index["manifests"].as_array_mut().unwrap() {
+        let name = d["annotations"][REF_NAME].as_str().unwrap().to_string();
+        if name == old || name == mine {
+            d["annotations"]["io.kiwi-stackbuild.last-used"] = "2000-01-01T00:00:00Z".into();
+            d["annotations"]["io.kiwi-stackbuild.fetched-at"] = "2000-01-01T00:00:00Z".into();
+        }
+    }
+    fs::write(sandbox.store().join("index.json"), index.to_string()).unwrap();
+    let refs = |s: &Sandbox| -> Vec<String> {
+        let index = s.index();
+        let mut names: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["annotations"][REF_NAME].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let blobs = || fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().count();
+    let blobs_before = blobs();
+
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30d"]);
+    run.assert_ok();
+    assert_eq!(run.stdout.trim(), old, "{}", run.stderr);
+    let mut want = vec![mine.clone(), recent.to_string()];
+    want.sort();
+    assert_eq!(refs(&sandbox), want);
+    assert_eq!(blobs(), blobs_before, "a blob the recent fetch needs went");
+
+    // Nothing is old enough now; with 0s every fetched image is.
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30d"]);
+    run.assert_ok();
+    assert!(
+        run.stdout.is_empty() && run.stderr.contains("nothing removed"),
+        "{}",
+        run.stderr
+    );
+    let run = sandbox.run(&["stash", "--rm", recent]);
+    run.assert_ok();
+    assert_eq!(refs(&sandbox), vec![mine.clone()]);
+    assert!(blobs() < blobs_before, "the fetched image's blobs stayed");
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "0s"]);
+    run.assert_ok();
+    assert_eq!(refs(&sandbox), vec![mine], "prune removed a stash of the user's");
+
+    let run = sandbox.run(&["stash", "--prune", "--older-than", "30"]);
+    run.assert_fails(2);
+    run.assert_stderr_has(&["invalid duration \"30\""]);
+    let run = sandbox.run(&["stash", "--prune"]);
+    run.assert_fails(2);
+}
+
+/// A blob whose content is not what its digest says never enters the
+/// store: the fetch fails naming it, and no ref or blob is left.
+#[test]
+fn a_corrupt_blob_from_a_registry_is_not_kept() {
+    let sandbox = Sandbox::new();
+    let (image, digest) = fake_registry_image(&sandbox);
+    let manifest = read_json(&image.join("manifest.json"));
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let path = image.join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.push(0);
+    fs::write(&path, bytes).unwrap();
+    let target = sandbox.arg("t");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--root",
+            "docker://registry.example/kiwi/base:1",
+            "--",
+            "--target-dir",
+            &target,
+        ],
+        |c| {
+            c.env("FAKE_SKOPEO_IMAGE", &image);
+        },
+    );
+    run.assert_fails(1);
+    run.assert_stderr_has(&[&format!(
+        "the blob {layer} that docker://registry.example/kiwi/base:1 gave is corrupt"
+    )]);
+    assert_eq!(
+        sandbox.index()["manifests"],
+        serde_json::json!([]),
+        "{digest} got a ref"
+    );
+    let left: Vec<_> = fs::read_dir(sandbox.store().join("blobs/sha256")).unwrap().collect();
+    assert!(left.is_empty(), "blobs left: {left:?}");
+    let temps: Vec<String> = fs::read_dir(sandbox.store())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "left in the store: {temps:?}");
+}
+
+/// When the tag names another image at the source, the next rebuild fetches
+/// that one under the same name and frees the blobs only the old one used.
+#[test]
+fn a_tag_that_moved_is_fetched_again_and_the_old_image_freed() {
+    let sandbox = Sandbox::new();
+    let (old, _) = fake_registry_image_of(&sandbox, "old");
+    let (new, new_digest) = fake_registry_image_of(&sandbox, "new");
+    let remote = "docker://registry.example/kiwi/base:1";
+    let rebuild = |image: &Path, target: &str| {
+        let target = sandbox.arg(target);
+        let run = sandbox.run_with(&["rebuild", "--root", remote, "--", "--target-dir", &target], |c| {
+            c.env("FAKE_SKOPEO_IMAGE", image)
+                .env("FAKE_UMOCI_SEED", sandbox.path("old-root"));
+        });
+        run.assert_ok();
+        run
+    };
+    rebuild(&old, "t1");
+    let names = |dir: &Path| -> std::collections::BTreeSet<String> {
+        fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let run = rebuild(&new, "t2");
+    assert_eq!(run.calls("skopeo").len(), 2, "the moved tag was not fetched again");
+    let key = "fetched/registry-example/kiwi/base:1";
+    let index = sandbox.index();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{index}");
+    assert_eq!(entries[0]["annotations"][REF_NAME], key);
+    assert_eq!(entries[0]["digest"], new_digest.as_str());
+    assert_eq!(
+        names(&sandbox.store()),
+        names(&new),
+        "the old image's blobs were not freed"
+    );
+}
+
 /// A push sends the layers as stored unless a compression is asked for;
 /// then skopeo copies a layout we recompressed, every digest kept, and is
 /// never asked to compress itself. `--compress-format` is the same option.
@@ -2041,4 +2371,204 @@ fn a_push_asks_skopeo_to_keep_digests_and_never_to_compress() {
         );
         assert!(source.ends_with(":base:1"), "{options:?}: {source}");
     }
+}
+
+/// The hash `inputs --json` prints for `args`.
+fn inputs_json(sandbox: &Sandbox, args: &[&str]) -> Value {
+    let mut all = vec!["inputs", "--json"];
+    all.extend(args);
+    let run = sandbox.run(&all);
+    run.assert_ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn inputs_of_a_kept_root_are_stored_with_it_and_compared() {
+    let sandbox = Sandbox::new();
+    let (description, built) = sandbox.description_and_built_root();
+    fs::write(description.join("config.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    fs::create_dir_all(description.join("root/etc")).unwrap();
+    fs::write(description.join("root/etc/motd"), "hello\n").unwrap();
+    let desc = description.to_str().unwrap();
+    let before = inputs_json(&sandbox, &["--description", desc, "--", "--add-package", "vim"]);
+    let hash = before["hash"].as_str().unwrap().to_string();
+    assert!(hash.starts_with("sha256:"), "{before}");
+    assert_eq!(before["parts"]["kiwi-ng"], "9.9.9");
+    assert_eq!(before["parts"]["args"], serde_json::json!(["--add-package=vim"]));
+    assert_eq!(before["parts"]["config.sh"]["type"], "file");
+    assert_eq!(before["reusable"], true, "{before}");
+    // The table names the same hash and parts.
+    let table = sandbox.run(&["inputs", "--description", desc, "--", "--add-package", "vim"]);
+    table.assert_ok();
+    assert!(
+        table.stdout.starts_with(&format!("inputs {hash}\n")),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("\nroot/etc/motd "), "{}", table.stdout);
+
+    let target = sandbox.arg("target");
+    let run = sandbox.run_with(
+        &[
+            "rebuild",
+            "--description",
+            desc,
+            "--keep-root",
+            "kept",
+            "--",
+            "--target-dir",
+            &target,
+            "--add-package",
+            "vim",
+        ],
+        |c| {
+            c.env("FAKE_KIWI_ROOT", &built);
+        },
+    );
+    run.assert_ok();
+    let manifest = sandbox.manifest_of("kept:latest");
+    let config = read_blob(&sandbox.store(), manifest["config"]["digest"].as_str().unwrap());
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["io.kiwi-stackbuild.inputs"], hash.as_str(), "{labels}");
+    let record: Value = serde_json::from_str(labels["io.kiwi-stackbuild.inputs.record"].as_str().unwrap()).unwrap();
+    assert_eq!(record["parts"], before["parts"]);
+
+    // The same inputs (the target does not count): status 0.
+    let same = sandbox.run(&[
+        "inputs",
+        "--description",
+        desc,
+        "--against",
+        "kept",
+        "--",
+        "--target-dir",
+        "/elsewhere",
+        "--add-package",
+        "vim",
+    ]);
+    same.assert_ok();
+    assert_eq!(same.stdout, format!("same inputs as kept: {hash}\n"));
+
+    // Each change named, status 1.
+    fs::write(description.join("config.sh"), "#!/bin/sh\nfalse\n").unwrap();
+    fs::write(description.join("root/etc/issue"), "x\n").unwrap();
+    let changed = sandbox.run(&[
+        "inputs",
+        "--profile",
+        "big",
+        "--description",
+        desc,
+        "--against",
+        "kept:1.2.3",
+    ]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        "args [\"--add-package=vim\"] -> []\nconfig.sh: content, size changed\nprofiles [] -> [\"big\"]\nroot/etc/issue added\n"
+    );
+    changed.assert_stderr_has(&["the inputs differ from those of kept:1.2.3 in 4 parts"]);
+
+    // A stash without a record is an error that says so.
+    let plain = sandbox.stash(&built, &["--container-name", "plain"]);
+    let none = sandbox.run(&["inputs", "--description", desc, "--against", &plain]);
+    none.assert_fails(1);
+    none.assert_stderr_has(&["carries no input record (label io.kiwi-stackbuild.inputs.record)"]);
+}
+
+/// W3 and W4 store the record of what they built on: `inputs` with the
+/// same description (merged again for W4) and base says the same, and a
+/// new stash of the base is named.
+#[test]
+fn inputs_of_builds_on_a_stash_name_their_base() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    fs::write(root.join("image/config.sh"), "#!/bin/sh\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let derived = sandbox.path("derived");
+    fs::create_dir_all(derived.join("root/etc")).unwrap();
+    fs::write(
+        derived.join("config.xml"),
+        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+    )
+    .unwrap();
+    fs::write(derived.join("root/etc/motd"), "child\n").unwrap();
+    let (description, _) = sandbox.description_and_built_root();
+    let (d4, d3) = (derived.to_str().unwrap(), description.to_str().unwrap());
+    let seeded = |c: &mut Command| {
+        c.env("FAKE_UMOCI_SEED", &root);
+    };
+    let (t4, t3) = (sandbox.arg("t4"), sandbox.arg("t3"));
+    let w4 = [
+        "rebuild",
+        "--description",
+        d4,
+        "--keep-root",
+        "w4:1",
+        "--",
+        "--target-dir",
+        &t4,
+    ];
+    sandbox.run_with(&w4, seeded).assert_ok();
+    let w3 = [
+        "rebuild",
+        "--root",
+        "fake-base",
+        "--keep-root",
+        "w3:1",
+        "--",
+        "--description",
+        d3,
+        "--target-dir",
+        &t3,
+    ];
+    sandbox.run_with(&w3, seeded).assert_ok();
+
+    let record = inputs_json(&sandbox, &["--description", d4]);
+    // The merge: the base's config.sh and the derived root/ overlay.
+    assert_eq!(record["parts"]["config.sh"]["type"], "file", "{record}");
+    assert_eq!(record["parts"]["root/etc/motd"]["type"], "file", "{record}");
+    let base = sandbox.manifest_digest("fake-base:latest");
+    assert_eq!(
+        record["parts"]["base images"],
+        serde_json::json!([format!("fake-base:latest@{base}")])
+    );
+    for (args, kept) in [
+        (vec!["--description", d4], "w4:1"),
+        (vec!["--root", "fake-base", "--description", d3], "w3:1"),
+    ] {
+        let mut all = vec!["inputs"];
+        all.extend(&args);
+        all.extend(["--against", kept]);
+        let same = sandbox.run(&all);
+        same.assert_ok();
+        assert!(
+            same.stdout.starts_with(&format!("same inputs as {kept}: sha256:")),
+            "{}",
+            same.stdout
+        );
+    }
+
+    // A new stash of the base: both builds' base changed.
+    fs::write(root.join("etc/motd"), "new\n").unwrap();
+    sandbox.stash(&root, &[]);
+    let new_base = sandbox.manifest_digest("fake-base:latest");
+    assert_ne!(new_base, base);
+    let changed = sandbox.run(&["inputs", "--description", d4, "--against", "w4:1"]);
+    changed.assert_fails(1);
+    assert_eq!(
+        changed.stdout,
+        format!("base images [\"fake-base:latest@{base}\"] -> [\"fake-base:latest@{new_base}\"]\n")
+    );
+    // A registry image is not resolved: the record is not reusable.
+    let by_ref = inputs_json(
+        &sandbox,
+        &["--root", "docker://example.invalid/base:1", "--description", d3],
+    );
+    assert_eq!(by_ref["reusable"], false);
+    assert_eq!(
+        by_ref["not reusable"],
+        serde_json::json!(["base image docker://example.invalid/base:1: by reference, not resolved"])
+    );
 }

@@ -399,6 +399,36 @@ fn pull_interrupted_by_each_signal_leaves_no_staging_and_no_password() {
 }
 
 #[test]
+fn rebuild_interrupted_while_fetching_into_the_store_leaves_no_staging_and_no_password() {
+    let s = Sandbox::new();
+    s.with_stash();
+    let secrets = secret_forms("u", PASSWORD);
+    let index = fs::read(s.path("store/index.json")).unwrap();
+    for sig in SIGNALS {
+        let what = format!("rebuild from a registry, signal {} during copy", sig.as_raw());
+        let target = s.arg("t-fetch");
+        let args = [
+            "--creds",
+            "u",
+            "--password-stdin",
+            "rebuild",
+            "--root",
+            "docker://127.0.0.1:1/ns/y:1",
+            "--",
+            "--target-dir",
+            &target,
+        ];
+        let cmd = with_password(s.cmd(&args, "copy"), &s);
+        interrupted_cleanly(&s, cmd, "copy", sig, &secrets, &index, &what);
+        let left = names_in(Path::new(&target));
+        assert!(
+            left.iter().all(|n| !n.starts_with(".kiwi-stackbuild-") && n != "build"),
+            "{what}: the target keeps {left:?}"
+        );
+    }
+}
+
+#[test]
 fn stash_interrupted_by_each_signal_adds_nothing_and_the_next_stash_works() {
     let s = Sandbox::new();
     s.with_stash();

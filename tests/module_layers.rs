@@ -10,7 +10,9 @@ use std::path::Path;
 /// Top-level modules by layer, highest first.
 const LAYERS: &[&[&str]] = &[
     &["cli"],
-    &["workflow", "derive", "stash", "restore", "transfer", "listing"],
+    &[
+        "workflow", "derive", "stash", "restore", "transfer", "listing", "inputs",
+    ],
     &["store"],
     &["tools", "registry", "obs"],
     &["oci", "layer", "description", "reference", "labels"],

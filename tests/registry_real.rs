@@ -923,3 +923,137 @@ fn kiwi_builds_from_a_root_in_a_registry() {
         "rebuild --root docker://... built another image"
     );
 }
+
+// --- Fetched images are kept -------------------------------------------------
+
+/// A kiwi-ng that does nothing (W2's `system create` on the unpacked root).
+fn idle_kiwi(env: &Env) -> PathBuf {
+    let path = env.path("kiwi-ng");
+    fs::write(
+        &path,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'KIWI (next generation) version 9.9.9'; fi\nexit 0\n",
+    )
+    .unwrap();
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Real skopeo against the TLS registry: a stash pushed and removed from
+/// the store is fetched back by `rebuild --root docker://...`, every blob
+/// once; the second rebuild makes no blob request at all, only a manifest
+/// one, and both restore the stashed tree. The fetched image is listed
+/// with its source. From a read-only view of the store a rebuild still
+/// works, fetching into a scratch layout and saying so.
+#[test]
+fn a_second_rebuild_from_a_registry_fetches_no_blob() {
+    let env = Env::new();
+    let home = env.store("a");
+    let root = env.special_stash(&home, "x", "1");
+    let (config, layers) = blobs_of(&home, "x:1");
+    let reg = Registry::tls_auth(login());
+    let l = reg.login().unwrap();
+    let creds = format!("{}:{}", l.user, l.password);
+    let certs = reg.cert_dir();
+    let remote = reg.docker("ns/x:1");
+    let with_registry = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--cert-dir", certs.to_str().unwrap(), "--creds", &creds];
+        all.extend(args);
+        all.into_iter().map(str::to_string).collect()
+    };
+    ok(&home, &with_registry(&["push", "x:1", &remote]));
+    ok(&home, &["stash", "--rm", "x"]);
+    assert!(list(&home).is_empty());
+    let kiwi = idle_kiwi(&env);
+    let rebuild = |home: &Path, remote: &str, root: &Path, target: &str| -> (Output, Vec<String>) {
+        let target = env.path(target);
+        let before = reg.access_log().len();
+        let out = cmd(
+            home,
+            &with_registry(&[
+                "rebuild",
+                "--root",
+                remote,
+                "--",
+                "--target-dir",
+                target.to_str().unwrap(),
+            ]),
+        )
+        .env("KIWI_NG", &kiwi)
+        .env("XDG_CACHE_HOME", env.path("cache"))
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_same_tree(&snapshot(root), &snapshot(&target.join("build/image-root")));
+        (out, reg.access_log()[before..].to_vec())
+    };
+
+    let (_, log) = rebuild(&home, &remote, &root, "t1");
+    let fetched = blob_gets(&log, "ns/x");
+    assert_eq!(
+        sorted(fetched.clone()),
+        sorted(layers.iter().cloned().chain([config])),
+        "{fetched:?}"
+    );
+    assert_eq!(fetched.len(), layers.len() + 1, "a blob was fetched twice: {fetched:?}");
+
+    let (out, log) = rebuild(&home, &remote, &root, "t2");
+    assert_eq!(
+        blob_gets(&log, "ns/x"),
+        Vec::<String>::new(),
+        "the second rebuild fetched blobs"
+    );
+    let manifests: Vec<&str> = log
+        .iter()
+        .filter_map(|l| request(l))
+        .filter(|(m, p, _)| *m == "GET" && p.starts_with("/v2/ns/x/manifests/"))
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(manifests, ["/v2/ns/x/manifests/1"], "{log:#?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to fetch"));
+
+    let entries = list(&home);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let key = format!("fetched/127-0-0-1-{}/ns/x:1", reg.port());
+    assert_eq!(entries[0]["reference"], key.as_str());
+    assert_eq!(entries[0]["fetched_from"], remote.as_str());
+
+    // A read-only store: nothing can be kept, the rebuild works all the same,
+    // from the store for an image it holds, else from a scratch copy.
+    let other_home = env.store("b");
+    let other_root = env.special_stash(&other_home, "y", "1");
+    let other = reg.docker("ns/y:1");
+    ok(&other_home, &with_registry(&["push", "y:1", &other]));
+    let ro = env.path("ro-store");
+    fs::create_dir(&ro).unwrap();
+    let mount = |args: &[&str]| {
+        let status = Command::new("mount").args(args).status().expect("running mount");
+        assert!(status.success(), "mount {args:?} failed");
+    };
+    mount(&["--bind", home.to_str().unwrap(), ro.to_str().unwrap()]);
+    mount(&["-o", "remount,bind,ro", ro.to_str().unwrap()]);
+    let index = fs::read(home.join("index.json")).unwrap();
+    let got = std::panic::catch_unwind(|| {
+        (
+            rebuild(&ro, &remote, &root, "t3"),
+            rebuild(&ro, &other, &other_root, "t4"),
+        )
+    });
+    let _ = Command::new("umount").arg(&ro).status();
+    let ((held, log), (scratch, _)) = got.unwrap();
+    assert_eq!(
+        blob_gets(&log, "ns/x"),
+        Vec::<String>::new(),
+        "a blob the store has was fetched"
+    );
+    let stderr = String::from_utf8_lossy(&held.stderr);
+    assert!(stderr.contains("cannot be written: read from there"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&scratch.stderr);
+    assert!(
+        stderr.contains("cannot be written") && stderr.contains("not kept"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(home.join("index.json")).unwrap(), index);
+
+    ok(&home, &["stash", "--rm", &key]);
+    assert!(list(&home).is_empty());
+}

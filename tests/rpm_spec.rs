@@ -82,7 +82,7 @@ fn umoci_is_recommended_and_the_hook_is_the_only_kiwi_post_run() {
             "kiwi-stackbuild".to_string(),
             Relations {
                 requires: strings(&["/usr/bin/kiwi-ng", "skopeo"]),
-                recommends: strings(&["umoci"]),
+                recommends: strings(&["curl", "umoci"]),
                 provides: strings(&["kiwi-stackbuild"]),
                 conflicts: vec![],
             }

@@ -564,6 +564,87 @@ fn the_next_stash_removes_what_a_killed_one_left() {
     assert_eq!(leftovers(), Vec::<String>::new(), "the next stash kept {left:?}");
 }
 
+/// The manifest digest, layer count and history length of `key`.
+fn image_of(home: &Path, key: &str) -> (String, usize, usize) {
+    let store = Store::new(home);
+    let index = store.index().unwrap();
+    let d = store
+        .find(&index, key)
+        .unwrap_or_else(|| panic!("{key} is not in the store"));
+    let m = store.manifest(&d.sha256().unwrap()).unwrap();
+    let config = store.config(&m.config().sha256().unwrap()).unwrap();
+    (d.digest().to_string(), m.layers().len(), config.history.len())
+}
+
+fn blob_count(home: &Path) -> usize {
+    std::fs::read_dir(home.join("blobs/sha256")).unwrap().count()
+}
+
+/// Stashes `root` as `name:tag` and gives back its stderr.
+fn stash_log(home: &Path, root: &Path, name: &str, tag: &str, env: &[(&str, &str)]) -> String {
+    let out = stash_cmd(home, root, name, tag)
+        .env_remove("BUILD_DISTURL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stash {name}:{tag} failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn an_unchanged_restash_adds_no_layer_and_a_changed_one_adds_one() {
+    let (_tmp, root, home, out) = work_dirs("out");
+    make_special_tree(&root);
+    stash_log(&home, &root, "u", "latest", &[]);
+    let first = image_of(&home, "u:latest");
+    assert_eq!(first.1, 1);
+    let blobs = blob_count(&home);
+
+    let log = stash_log(&home, &root, "u", "2", &[]);
+    assert!(
+        log.contains("u:2 is unchanged since u:latest: tagged, no layer added"),
+        "{log}"
+    );
+    assert_eq!(image_of(&home, "u:2"), first, "the unchanged tree got another image");
+    assert_eq!(blob_count(&home), blobs, "an unchanged re-stash wrote blobs");
+
+    // Without the cached tree, the base's layers are read, with the same answer.
+    std::fs::remove_dir_all(home.join(".kiwi-stackbuild-trees")).unwrap();
+    stash_log(&home, &root, "u", "3", &[]);
+    assert_eq!(image_of(&home, "u:3"), first);
+    assert_eq!(blob_count(&home), blobs);
+    assert_eq!(
+        std::fs::read_dir(home.join(".kiwi-stackbuild-trees")).unwrap().count(),
+        1,
+        "the tree read from the layers was not cached again"
+    );
+
+    // Other facts, the same tree: a new config with the same layers, and no
+    // history entry that claims a layer.
+    let log = stash_log(&home, &root, "u", "obs", &[("BUILD_DISTURL", "obs://build/p/r/x-1")]);
+    assert!(log.contains("no layer added"), "{log}");
+    let relabelled = image_of(&home, "u:obs");
+    assert_ne!(relabelled.0, first.0);
+    assert_eq!((relabelled.1, relabelled.2), (first.1, first.2));
+    assert_eq!(
+        list(&home).iter().find(|s| s["reference"] == "u:obs").unwrap()["layers"],
+        1
+    );
+
+    // One file touched: exactly one layer more, and the tree comes back.
+    let touched = root.join("etc/hostname");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_234_567_890, 5);
+    let file = std::fs::File::options().write(true).open(&touched).unwrap();
+    file.set_modified(t).unwrap();
+    let log = stash_log(&home, &root, "u", "4", &[]);
+    assert!(!log.contains("no layer added"), "{log}");
+    let changed = image_of(&home, "u:4");
+    assert_eq!((changed.1, changed.2), (first.1 + 1, first.2 + 1));
+    restore(&home, "u:4", &out);
+    assert_same_tree(&snapshot(&root), &snapshot(&out));
+}
+
 /// The layer blob of the one-layer stash `key`, and its media type.
 fn only_layer(home: &Path, key: &str) -> (PathBuf, String) {
     let store = Store::new(home);

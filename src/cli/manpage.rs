@@ -17,6 +17,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "The kiwi-ng to run (e.g. a venv's), instead of the one on PATH.",
     ),
     ("SKOPEO", "The skopeo to run, instead of the one on PATH."),
+    (
+        "CURL",
+        "The curl that inputs and rebuild --keep-root fetch repository metadata with, instead of the one on PATH.",
+    ),
     ("UMOCI", "The umoci to run, instead of the one on PATH."),
     ("KIWI_STACKBUILD_HOME", "The local stash store, as --stash-home."),
     (
@@ -105,6 +109,14 @@ const EXAMPLES: &[(&str, &str)] = &[
         "kiwi-stackbuild merge --description DERIVED --output DIR [--base DIR_OR_REF]",
     ),
     (
+        "print the input record and hash of a build (what decides its root)",
+        "kiwi-stackbuild inputs --description D [--root REF] [--json] [-- ARGS]",
+    ),
+    (
+        "say what changed since a stored root was built (exit status 1 when anything did)",
+        "kiwi-stackbuild inputs --description D --against NAME[:TAG] [-- ARGS]",
+    ),
+    (
         "stash a root tree",
         "kiwi-stackbuild stash --root T/build/image-root [--tag TAG] [--container-name NAME]",
     ),
@@ -114,6 +126,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "rewrite a stash as one layer (runtimes refuse images past about 127 layers)",
         "kiwi-stackbuild stash --squash NAME[:TAG]",
+    ),
+    (
+        "drop images fetched for rebuilds that no run used for 30 days",
+        "kiwi-stackbuild stash --prune --older-than 30d",
     ),
     (
         "build from stashes, as kiwi-ng system stackbuild does",

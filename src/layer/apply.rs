@@ -80,6 +80,13 @@ pub struct Applier<'t, T: Target> {
     /// Paths the current layer wrote, and their ancestors: its whiteouts do
     /// not remove them.
     upper: HashSet<Vec<u8>>,
+    /// Set when the caller's whiteouts all come before its entries, so that
+    /// `upper` is always empty when one comes and need not be kept.
+    whiteouts_first: bool,
+    /// Whether the current layer wrote anything yet.
+    wrote: bool,
+    /// Set when a whiteout came after an entry with `whiteouts_first`.
+    late_whiteout: bool,
 }
 
 /// Applies `layers`, lowest first, to `target`, each blob verified. `keep`
@@ -89,19 +96,7 @@ pub fn apply_layers<T: Target>(
     target: &mut T,
     keep: &mut dyn FnMut(&Change) -> Result<bool>,
 ) -> Result<()> {
-    let mut applier = Applier::new(target);
-    for l in layers {
-        applier.start_layer();
-        read::read(l, &mut |change, content| match keep(&change)? {
-            true => applier.apply(&change, content),
-            false => Ok(()),
-        })?;
-        applier
-            .target
-            .settle()
-            .map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest()))?;
-    }
-    Ok(())
+    Applier::new(target).apply_layers(layers, keep)
 }
 
 impl<'t, T: Target> Applier<'t, T> {
@@ -111,16 +106,61 @@ impl<'t, T: Target> Applier<'t, T> {
             target,
             resolved: HashMap::new(),
             upper: HashSet::new(),
+            whiteouts_first: false,
+            wrote: false,
+            late_whiteout: false,
         }
+    }
+
+    /// Applies `layers`, lowest first, each blob verified. `keep` may leave
+    /// changes out (and refuse some); it sees every change first.
+    pub fn apply_layers(
+        &mut self,
+        layers: &[StackedLayer],
+        keep: &mut dyn FnMut(&Change) -> Result<bool>,
+    ) -> Result<()> {
+        for l in layers {
+            self.start_layer();
+            read::read(l, &mut |change, content| match keep(&change)? {
+                true => self.apply(&change, content),
+                false => Ok(()),
+            })?;
+            // What the target still has in flight belongs to this layer.
+            self.target
+                .settle()
+                .map_err(|e| eyre!("layer {}: {e:#}", l.layer.digest()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a whiteout came after an entry of its layer, which an applier
+    /// made with [`Applier::whiteouts_first`] refuses.
+    pub fn saw_late_whiteout(&self) -> bool {
+        self.late_whiteout
+    }
+
+    /// An applier for changes whose whiteouts and opaque markers all come
+    /// before any entry (as the layers we write have them): it keeps no set
+    /// of what the layer wrote, and refuses a whiteout after an entry.
+    pub fn whiteouts_first(mut self) -> Self {
+        self.whiteouts_first = true;
+        self
     }
 
     /// Starts a new layer: what earlier layers wrote is now lower.
     pub fn start_layer(&mut self) {
         self.upper.clear();
+        self.wrote = false;
     }
 
     /// Applies one change.
     pub fn apply(&mut self, change: &Change, content: &mut dyn Read) -> Result<()> {
+        let removes = matches!(change, Change::Whiteout(_) | Change::Opaque(_));
+        if self.whiteouts_first && removes && self.wrote {
+            self.late_whiteout = true;
+            bail!("a whiteout after an entry of the same layer");
+        }
+        self.wrote |= !removes;
         match change {
             Change::Put { path, meta } => self.put(path, meta, content),
             Change::Link { path, target } => self.link(path, target),
@@ -220,6 +260,9 @@ impl<'t, T: Target> Applier<'t, T> {
     }
 
     fn mark_upper(&mut self, path: &[u8]) {
+        if self.whiteouts_first {
+            return;
+        }
         let mut p = path;
         loop {
             if !self.upper.insert(p.to_vec()) {

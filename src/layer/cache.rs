@@ -6,8 +6,8 @@
 //! is only a shortcut: a missing or unreadable entry means reading the
 //! layers, as before.
 
-use std::collections::HashMap;
 use std::fs;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::Result;
@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::tree::Tree;
 use super::{Kind, Meta, Time};
-use crate::oci::layout::write_atomic;
+use crate::oci::layout::readable;
 use crate::oci::Digest;
 
 const DIR: &str = ".kiwi-stackbuild-trees";
@@ -45,14 +45,40 @@ fn file(store_root: &Path, chain: &Digest) -> PathBuf {
 
 /// The cached tree of the image whose chain ID is `chain`, if there is one.
 pub fn load(store_root: &Path, chain: &Digest) -> Option<Tree> {
-    let bytes = fs::read(file(store_root, chain)).ok()?;
-    decode(&bytes)
+    let file = fs::File::open(file(store_root, chain)).ok()?;
+    decode(&mut BufReader::with_capacity(1 << 16, file))
+}
+
+/// A tree written to a temp file of the cache, not named yet.
+pub struct Pending(tempfile::NamedTempFile);
+
+/// Writes `tree` to a temp file of the cache of `store_root`.
+pub fn prepare(store_root: &Path, tree: &Tree) -> Result<Pending> {
+    let dir = dir(store_root);
+    fs::create_dir_all(&dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(readable())
+        .tempfile_in(&dir)?;
+    let mut out = BufWriter::with_capacity(1 << 16, tmp);
+    encode(tree, &mut out)?;
+    let tmp = out.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    Ok(Pending(tmp))
+}
+
+impl Pending {
+    /// Caches the tree as that of the image whose chain ID is `chain`.
+    pub fn commit(self, store_root: &Path, chain: &Digest) -> Result<()> {
+        self.0.persist(file(store_root, chain)).map_err(|e| e.error)?;
+        Ok(())
+    }
 }
 
 /// Caches `tree` as the tree of the image whose chain ID is `chain`.
+#[cfg(test)]
 pub fn save(store_root: &Path, chain: &Digest, tree: &Tree) -> Result<()> {
-    fs::create_dir_all(dir(store_root))?;
-    write_atomic(&file(store_root, chain), &encode(tree))
+    prepare(store_root, tree)?.commit(store_root, chain)
 }
 
 /// Removes cached trees of images not in `keep` (chain IDs).
@@ -70,67 +96,70 @@ pub fn prune(store_root: &Path, keep: &[Digest]) -> usize {
     removed
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
+fn put_bytes(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
+    out.write_all(&(b.len() as u32).to_le_bytes())?;
+    out.write_all(b)
 }
 
-fn encode(tree: &Tree) -> Vec<u8> {
-    let mut out = MAGIC.to_vec();
-    let mut numbers: HashMap<usize, u32> = HashMap::new();
-    for (path, inode, m) in tree.entries() {
-        put_bytes(&mut out, path);
-        let next = numbers.len() as u32;
-        let n = *numbers.entry(inode).or_insert(next);
-        out.extend_from_slice(&n.to_le_bytes());
-        if n != next {
+fn encode(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
+    out.write_all(MAGIC)?;
+    // Inode numbers in the file count up in the order inodes first appear.
+    let mut numbers = vec![u32::MAX; tree.metas().len()];
+    let mut next = 0u32;
+    for (path, inode) in tree.entries() {
+        put_bytes(out, path)?;
+        let seen = numbers[inode as usize];
+        if seen != u32::MAX {
+            out.write_all(&seen.to_le_bytes())?;
             continue;
         }
+        numbers[inode as usize] = next;
+        out.write_all(&next.to_le_bytes())?;
+        next += 1;
+        let m = tree.metas().get(inode);
         match &m.kind {
             Kind::File { size } => {
-                out.push(0);
-                out.extend_from_slice(&size.to_le_bytes());
+                out.write_all(&[0])?;
+                out.write_all(&size.to_le_bytes())?;
             }
-            Kind::Dir => out.push(2),
+            Kind::Dir => out.write_all(&[2])?,
             Kind::Symlink { target } => {
-                out.push(3);
-                put_bytes(&mut out, target);
+                out.write_all(&[3])?;
+                put_bytes(out, target)?;
             }
             Kind::Char { major, minor } | Kind::Block { major, minor } => {
-                out.push(if matches!(m.kind, Kind::Char { .. }) { 4 } else { 5 });
-                out.extend_from_slice(&major.to_le_bytes());
-                out.extend_from_slice(&minor.to_le_bytes());
+                out.write_all(&[if matches!(m.kind, Kind::Char { .. }) { 4 } else { 5 }])?;
+                out.write_all(&major.to_le_bytes())?;
+                out.write_all(&minor.to_le_bytes())?;
             }
-            Kind::Fifo => out.push(6),
+            Kind::Fifo => out.write_all(&[6])?,
         }
-        out.extend_from_slice(&m.mode.to_le_bytes());
-        out.extend_from_slice(&m.uid.to_le_bytes());
-        out.extend_from_slice(&m.gid.to_le_bytes());
-        out.extend_from_slice(&m.mtime.sec.to_le_bytes());
-        out.extend_from_slice(&m.mtime.nsec.to_le_bytes());
-        out.extend_from_slice(&(m.xattrs.len() as u32).to_le_bytes());
+        out.write_all(&m.mode.to_le_bytes())?;
+        out.write_all(&m.uid.to_le_bytes())?;
+        out.write_all(&m.gid.to_le_bytes())?;
+        out.write_all(&m.mtime.sec.to_le_bytes())?;
+        out.write_all(&m.mtime.nsec.to_le_bytes())?;
+        out.write_all(&(m.xattrs.len() as u32).to_le_bytes())?;
         for (k, v) in &m.xattrs {
-            put_bytes(&mut out, k);
-            put_bytes(&mut out, v);
+            put_bytes(out, k)?;
+            put_bytes(out, v)?;
         }
     }
-    out
+    Ok(())
 }
 
-struct Cursor<'a>(&'a [u8]);
+/// Reads a cache file; `None` at any mismatch (a cut or foreign file).
+struct Cursor<R>(R);
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
+impl<R: BufRead> Cursor<R> {
+    fn at_end(&mut self) -> Option<bool> {
+        self.0.fill_buf().ok().map(<[u8]>::is_empty)
     }
 
     fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
+        let mut out = [0; N];
+        self.0.read_exact(&mut out).ok()?;
+        Some(out)
     }
 
     fn u32(&mut self) -> Option<u32> {
@@ -141,27 +170,42 @@ impl<'a> Cursor<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
-    fn bytes(&mut self) -> Option<Vec<u8>> {
+    fn bytes_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
         let n = self.u32()? as usize;
-        self.take(n).map(<[u8]>::to_vec)
+        out.clear();
+        // Read in steps, so that a crafted length cannot allocate much.
+        (&mut self.0).take(n as u64).read_to_end(out).ok()?;
+        (out.len() == n).then_some(())
+    }
+
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.bytes_into(&mut out)?;
+        Some(out)
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<Tree> {
-    let mut c = Cursor(bytes.strip_prefix(MAGIC)?);
+fn decode(input: &mut impl BufRead) -> Option<Tree> {
+    let mut magic = vec![0; MAGIC.len()];
+    input.read_exact(&mut magic).ok()?;
+    if magic != MAGIC {
+        return None;
+    }
+    let mut c = Cursor(input);
     let mut tree = Tree::new();
-    let mut inodes: Vec<usize> = Vec::new();
-    while !c.0.is_empty() {
-        let path = c.bytes()?;
+    let mut inodes: Vec<u32> = Vec::new();
+    let mut path = Vec::new();
+    while !c.at_end()? {
+        c.bytes_into(&mut path)?;
         let n = c.u32()? as usize;
         if n < inodes.len() {
-            tree.insert_link(path, inodes[n]);
+            tree.insert_link(&path, inodes[n]);
             continue;
         }
         if n != inodes.len() {
             return None;
         }
-        let kind = match c.take(1)?[0] {
+        let kind = match c.array::<1>()?[0] {
             0 => Kind::File { size: c.u64()? },
             2 => Kind::Dir,
             3 => Kind::Symlink { target: c.bytes()? },
@@ -186,17 +230,15 @@ fn decode(bytes: &[u8]) -> Option<Tree> {
         for _ in 0..count {
             xattrs.push((c.bytes()?, c.bytes()?));
         }
-        inodes.push(tree.insert(
-            path,
-            Meta {
-                kind,
-                mode,
-                uid,
-                gid,
-                mtime,
-                xattrs,
-            },
-        ));
+        let meta = Meta {
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        };
+        inodes.push(tree.insert(&path, &meta));
     }
     Some(tree)
 }
@@ -216,30 +258,60 @@ mod tests {
             xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2])],
         };
         let mut tree = Tree::new();
-        let file = tree.insert(b"caf\\xe9".to_vec(), meta(Kind::File { size: 42 }));
-        tree.insert(b"d".to_vec(), meta(Kind::Dir));
+        let file = tree.insert(b"caf\\xe9", &meta(Kind::File { size: 42 }));
+        tree.insert(b"d", &meta(Kind::Dir));
         tree.insert(
-            b"l".to_vec(),
-            meta(Kind::Symlink {
+            b"l",
+            &meta(Kind::Symlink {
                 target: b"/x\ny".to_vec(),
             }),
         );
-        tree.insert_link(b"h".to_vec(), file);
-        tree.insert(b"c".to_vec(), meta(Kind::Char { major: 1, minor: 3 }));
+        tree.insert_link(b"h", file);
+        tree.insert(b"c", &meta(Kind::Char { major: 1, minor: 3 }));
         tree.insert(
-            b"b".to_vec(),
-            meta(Kind::Block {
+            b"b",
+            &meta(Kind::Block {
                 major: 259,
                 minor: 65536,
             }),
         );
-        tree.insert(b"f".to_vec(), meta(Kind::Fifo));
-        let back = decode(&encode(&tree)).expect("decodes");
+        tree.insert(b"f", &meta(Kind::Fifo));
+        let mut bytes = Vec::new();
+        encode(&tree, &mut bytes).unwrap();
+        let back = decode(&mut bytes.as_slice()).expect("decodes");
         assert_eq!(back.first_difference(&tree), None);
-        assert_eq!(back.link_groups().len(), 2, "the hard link survives");
-        let bytes = encode(&tree);
-        assert_eq!(decode(&bytes[..bytes.len() - 1]), None, "a cut file must not decode");
-        assert_eq!(decode(b"something else"), None);
+        assert_eq!(back.link_groups().len(), 1, "the hard link survives");
+        assert_eq!(back.get(b"h"), Some(meta(Kind::File { size: 42 })));
+        assert!(
+            decode(&mut &bytes[..bytes.len() - 1]).is_none(),
+            "a cut file must not decode"
+        );
+        assert!(decode(&mut &b"something else"[..]).is_none());
+    }
+
+    #[test]
+    fn a_cache_file_of_another_format_is_ignored() {
+        let store = tempfile::tempdir().unwrap();
+        let chain = Digest::of(b"chain");
+        let mut tree = Tree::new();
+        tree.insert(
+            b"a",
+            &Meta {
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: Time::secs(1),
+                xattrs: vec![],
+            },
+        );
+        save(store.path(), &chain, &tree).unwrap();
+        assert_eq!(load(store.path(), &chain).map(|t| t.len()), Some(1));
+        // Version 1 had the same records without nanoseconds.
+        let old = fs::read(file(store.path(), &chain)).unwrap();
+        let old = [b"kiwi-stackbuild tree 1\n".as_slice(), &old[MAGIC.len()..]].concat();
+        fs::write(file(store.path(), &chain), old).unwrap();
+        assert!(load(store.path(), &chain).is_none(), "an old cache file was read");
     }
 
     #[test]

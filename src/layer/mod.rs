@@ -7,16 +7,19 @@
 //!   (umoci's semantics: whiteouts, opaque markers, `--keep-dirlinks`,
 //!   clobbering, symlinks resolved inside the root), over a [`apply::Target`];
 //! - [`extract`] is that target on disk (the confined unpacker), [`tree`] in
-//!   memory (deltas, the tree cache, replay) and the scan of a root on disk;
+//!   memory (deltas, the tree cache, replay); [`scan`] reads a root on disk,
+//!   and both keep entries packed ([`compact`]);
 //! - [`write`] writes a tree, or what changed since a lower one, as a layer,
 //!   which [`compress`] compresses (gzip or zstd) on every core;
 //! - [`cache`] keeps the trees of stored images beside the store.
 
 pub(crate) mod apply;
 pub(crate) mod cache;
+pub(crate) mod compact;
 pub mod compress;
 pub mod extract;
 pub(crate) mod read;
+pub(crate) mod scan;
 pub(crate) mod tarball;
 pub(crate) mod tree;
 pub(crate) mod write;

@@ -19,7 +19,10 @@ use super::tarball::{Header, TarReader};
 use super::{clean_path, show, split, EntryError, Kind, Meta, StackedLayer, OPAQUE, WHITEOUT};
 use crate::oci::{self, DescriptorExt, Digest};
 
-const CHUNK: usize = 1 << 20;
+/// Chunks handed between the threads: large enough that handing them over
+/// costs nothing measurable, small enough that the few in flight stay a
+/// small part of a stash's memory.
+const CHUNK: usize = 1 << 18;
 
 /// One change a layer makes, in the order the layer has it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,24 +1,25 @@
-//! Root trees in memory: what the layers of an image make (replayed with the
-//! same rules as the unpacker), and what a root on disk holds (scanned).
-//! Comparing the two tells which entries a delta layer must carry.
+//! Root trees in memory: what the layers of an image make, replayed with the
+//! same rules as the unpacker. Comparing one with a [`Scan`] of a root on
+//! disk tells which entries a delta layer must carry, and whether the layer
+//! gives back the tree that was read.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::ops::Bound;
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{eyre, Result};
 
-use super::apply::{self, Node, Target};
+use super::apply::{self, Applier, Node, Target};
+use super::compact::Metas;
+use super::scan::Scan;
 use super::{is_within, Kind, Meta, StackedLayer, Time};
 
 /// A tree: clean paths (bytes; the root is empty) to entries. Names of one
 /// hard-linked file share an inode number.
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
-    paths: BTreeMap<Vec<u8>, usize>,
-    inodes: Vec<Meta>,
+    paths: BTreeMap<Box<[u8]>, u32>,
+    metas: Metas,
 }
 
 impl Tree {
@@ -29,6 +30,16 @@ impl Tree {
 
     /// The tree `layers` make, lowest first, every blob verified.
     pub fn replay(layers: &[StackedLayer]) -> Result<Tree> {
+        // Layers with their whiteouts first (ours among them) need no record
+        // of what each layer wrote, which costs as much as the tree; others
+        // are read again with it.
+        let mut tree = Tree::new();
+        let mut applier = Applier::new(&mut tree).whiteouts_first();
+        match applier.apply_layers(layers, &mut |_| Ok(true)) {
+            Ok(()) => return Ok(tree),
+            Err(_) if applier.saw_late_whiteout() => {}
+            Err(e) => return Err(e),
+        }
         let mut tree = Tree::new();
         apply::apply_layers(layers, &mut tree, &mut |_| Ok(true))?;
         Ok(tree)
@@ -40,37 +51,47 @@ impl Tree {
     }
 
     /// The entry at `path`.
-    pub fn get(&self, path: &[u8]) -> Option<&Meta> {
-        self.paths.get(path).map(|&i| &self.inodes[i])
+    pub fn get(&self, path: &[u8]) -> Option<Meta> {
+        self.inode(path).map(|i| self.metas.get(i))
+    }
+
+    /// The inode number of the entry at `path`.
+    pub fn inode(&self, path: &[u8]) -> Option<u32> {
+        self.paths.get(path).copied()
+    }
+
+    /// The metadata of every inode, by inode number.
+    pub fn metas(&self) -> &Metas {
+        &self.metas
     }
 
     /// Every entry, in path order, with its inode number.
-    pub fn entries(&self) -> impl Iterator<Item = (&[u8], usize, &Meta)> {
-        self.paths.iter().map(|(p, &i)| (p.as_slice(), i, &self.inodes[i]))
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], u32)> {
+        self.paths.iter().map(|(p, &i)| (&**p, i))
     }
 
     /// Adds (or replaces) the entry `path` as a new inode, and returns it.
-    pub fn insert(&mut self, path: Vec<u8>, meta: Meta) -> usize {
-        self.inodes.push(meta);
-        self.paths.insert(path, self.inodes.len() - 1);
-        self.inodes.len() - 1
+    pub fn insert(&mut self, path: &[u8], meta: &Meta) -> u32 {
+        let inode = self.metas.push(meta);
+        self.paths.insert(path.into(), inode);
+        inode
     }
 
     /// Adds `path` as another name of inode `inode`.
-    pub fn insert_link(&mut self, path: Vec<u8>, inode: usize) {
-        self.paths.insert(path, inode);
+    pub fn insert_link(&mut self, path: &[u8], inode: u32) {
+        self.paths.insert(path.into(), inode);
     }
 
-    /// For every path whose inode has several names: all of them, sorted.
-    pub fn link_groups(&self) -> HashMap<&[u8], Vec<&[u8]>> {
-        let mut by_inode: HashMap<usize, Vec<&[u8]>> = HashMap::new();
-        for (p, &i) in &self.paths {
-            by_inode.entry(i).or_default().push(p);
+    /// The names of every inode that has several, each list sorted.
+    pub fn link_groups(&self) -> HashMap<u32, Vec<&[u8]>> {
+        let mut count = vec![0u8; self.metas.len()];
+        for &i in self.paths.values() {
+            count[i as usize] = count[i as usize].saturating_add(1);
         }
-        let mut out = HashMap::new();
-        for names in by_inode.into_values().filter(|n| n.len() > 1) {
-            for p in &names {
-                out.insert(*p, names.clone());
+        let mut out: HashMap<u32, Vec<&[u8]>> = HashMap::new();
+        for (p, &i) in &self.paths {
+            if count[i as usize] > 1 {
+                out.entry(i).or_default().push(p);
             }
         }
         out
@@ -80,24 +101,38 @@ impl Tree {
     /// the names its inode has; `None` when they hold the same tree.
     pub fn first_difference(&self, other: &Tree) -> Option<Vec<u8>> {
         let (ga, gb) = (self.link_groups(), other.link_groups());
-        let a = self.entries().map(|(p, _, m)| (p, m, ga.get(p)));
-        let b = other.entries().map(|(p, _, m)| (p, m, gb.get(p)));
-        let mut pairs = a.zip(b);
-        if let Some(((p, _, _), _)) = pairs.find(|(x, y)| x != y) {
-            return Some(p.to_vec());
-        }
-        match self.len().cmp(&other.len()) {
-            std::cmp::Ordering::Equal => None,
-            std::cmp::Ordering::Greater => self.entries().nth(other.len()).map(|e| e.0.to_vec()),
-            std::cmp::Ordering::Less => other.entries().nth(self.len()).map(|e| e.0.to_vec()),
-        }
+        first_difference(self.views(&ga), other.views(&gb))
     }
 
-    fn below(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+    /// The first path at which `self` and the scanned tree differ, in an
+    /// entry or in the names its inode has; `None` when they are the same.
+    pub fn first_difference_from(&self, scan: &Scan) -> Option<Vec<u8>> {
+        let ga = self.link_groups();
+        let gb = scan.link_groups();
+        let order = scan.sorted();
+        let b = order.iter().map(|&i| View {
+            path: scan.path(i),
+            metas: scan.metas(),
+            at: i,
+            names: scan.link_group(i).and_then(|g| gb.get(&g)).map(|n| n.as_slice()),
+        });
+        first_difference(self.views(&ga), b)
+    }
+
+    fn views<'a>(&'a self, groups: &'a HashMap<u32, Vec<&'a [u8]>>) -> impl Iterator<Item = View<'a>> {
+        self.entries().map(move |(path, i)| View {
+            path,
+            metas: &self.metas,
+            at: i,
+            names: groups.get(&i).map(|n| n.as_slice()),
+        })
+    }
+
+    fn below(&self, dir: &[u8]) -> Vec<Box<[u8]>> {
         self.paths
-            .range(dir.to_vec()..)
+            .range::<[u8], _>((Bound::Included(dir), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(dir))
-            .filter(|(k, _)| is_within(k, dir) && k.as_slice() != dir)
+            .filter(|(k, _)| is_within(k, dir) && &***k != dir)
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -109,15 +144,49 @@ impl PartialEq for Tree {
     }
 }
 
+/// One entry of a tree as a comparison sees it.
+struct View<'a> {
+    path: &'a [u8],
+    metas: &'a Metas,
+    at: u32,
+    /// All names of its inode, sorted, when it has several.
+    names: Option<&'a [&'a [u8]]>,
+}
+
+/// The first path at which two trees, each in path order, differ.
+fn first_difference<'a>(
+    mut a: impl Iterator<Item = View<'a>>,
+    mut b: impl Iterator<Item = View<'a>>,
+) -> Option<Vec<u8>> {
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return None,
+            (Some(x), None) | (None, Some(x)) => return Some(x.path.to_vec()),
+            (Some(x), Some(y)) => {
+                if x.path != y.path {
+                    return Some(x.path.min(y.path).to_vec());
+                }
+                if !x.metas.same(x.at, y.metas, y.at) || x.names != y.names {
+                    return Some(x.path.to_vec());
+                }
+            }
+        }
+    }
+}
+
 impl Target for Tree {
     fn node(&mut self, path: &[u8]) -> Result<Option<Node>> {
         if path.is_empty() {
             return Ok(Some(Node::Dir));
         }
-        Ok(self.get(path).map(|m| match &m.kind {
-            Kind::Dir => Node::Dir,
-            Kind::Symlink { target } => Node::Symlink(target.clone()),
-            _ => Node::Other,
+        Ok(self.inode(path).map(|i| {
+            if self.metas.is_dir(i) {
+                Node::Dir
+            } else if let Some(target) = self.metas.symlink(i) {
+                Node::Symlink(target.to_vec())
+            } else {
+                Node::Other
+            }
         }))
     }
 
@@ -140,221 +209,39 @@ impl Target for Tree {
     }
 
     fn mkdir(&mut self, path: &[u8]) -> Result<()> {
-        let _ = self.insert(
-            path.to_vec(),
-            Meta {
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: Time::default(),
-                xattrs: Vec::new(),
-            },
-        );
+        let meta = Meta {
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Time::default(),
+            xattrs: Vec::new(),
+        };
+        self.insert(path, &meta);
         Ok(())
     }
 
     fn put(&mut self, path: &[u8], meta: &Meta, _content: &mut dyn Read) -> Result<()> {
-        self.insert(path.to_vec(), meta.clone());
+        self.insert(path, meta);
         Ok(())
     }
 
     fn set_dir(&mut self, path: &[u8], meta: &Meta, _exists: bool) -> Result<()> {
-        self.insert(path.to_vec(), meta.clone());
+        self.insert(path, meta);
         Ok(())
     }
 
     fn link(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
-        let inode = self.paths[target];
-        self.insert_link(path.to_vec(), inode);
+        let inode = self.inode(target).ok_or_else(|| eyre!("no entry to link to"))?;
+        self.insert_link(path, inode);
         Ok(())
     }
 
     fn keep_dirlink(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
-        let inode = self.paths[path];
-        let link = &mut self.inodes[inode];
-        link.uid = meta.uid;
-        link.gid = meta.gid;
-        link.mtime = meta.mtime;
+        let inode = self.inode(path).ok_or_else(|| eyre!("no link to keep"))?;
+        self.metas.set_owner_and_time(inode, meta);
         Ok(())
     }
-}
-
-/// One entry found on disk, in walk order.
-#[derive(Debug, Clone)]
-pub struct Scanned {
-    /// Clean path (the root is empty).
-    pub path: Vec<u8>,
-    /// Its metadata; every name of a hard-linked file has the file's.
-    pub meta: Meta,
-    /// Where to read a regular file's content; `None` for what a mount hides.
-    pub source: Option<PathBuf>,
-    /// Identifies a hard-link group (device, inode) for files with several names.
-    pub link_group: Option<(u64, u64)>,
-}
-
-fn major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
-}
-
-fn minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
-}
-
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    let names = match xattr::list(path) {
-        Ok(names) => names,
-        // A file system without xattr support has none to keep.
-        Err(e) if e.raw_os_error() == Some(95) => return Ok(out),
-        Err(e) => return Err(e).wrap_err_with(|| format!("listing xattrs of {}", path.display())),
-    };
-    for name in names {
-        if let Some(value) =
-            xattr::get(path, &name).wrap_err_with(|| format!("reading xattrs of {}", path.display()))?
-        {
-            out.push((name.as_bytes().to_vec(), value));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The mount points below `root` (relative, clean), from the kernel's table.
-fn mounts_below(root: &Path) -> HashSet<Vec<u8>> {
-    let Ok(root) = std::fs::canonicalize(root) else {
-        return HashSet::new();
-    };
-    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = [root.as_os_str().as_bytes(), b"/"].concat();
-    table
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(unescape_mount)
-        .filter_map(|m| m.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
-        .collect()
-}
-
-/// A mount point as mountinfo writes it: space, tab, newline and backslash as
-/// `\ooo`.
-fn unescape_mount(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// Walks `root` in a stable order (names sorted bytewise, parents before
-/// children), the root itself first. What is mounted inside it (proc, sys, a
-/// bind-mounted dev or cache, any mount) is left out, decided by the mount:
-/// the mount point is kept as it appears, a directory without its contents
-/// or a file without content. Sockets cannot be stored and are left out.
-/// Times are kept as they are (`SOURCE_DATE_EPOCH` sets only the times we
-/// write ourselves), so the tree comes back exactly.
-pub fn scan(root: &Path) -> Result<Vec<Scanned>> {
-    let mounts = mounts_below(root);
-    let root_dev = std::fs::symlink_metadata(root)
-        .wrap_err_with(|| format!("reading {}", root.display()))?
-        .dev();
-    let mut out = Vec::new();
-    let mut walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
-        .into_iter();
-    while let Some(entry) = walker.next() {
-        let entry = entry.wrap_err_with(|| format!("walking {}", root.display()))?;
-        let path = entry.path();
-        let rel = path.strip_prefix(root).unwrap_or(path).as_os_str().as_bytes().to_vec();
-        let md = entry
-            .metadata()
-            .wrap_err_with(|| format!("reading {}", path.display()))?;
-        let mounted = md.dev() != root_dev || mounts.contains(&rel);
-        let ft = md.file_type();
-        if mounted && ft.is_dir() {
-            walker.skip_current_dir();
-            log::debug!("leaving out what is mounted on {}", path.display());
-        }
-        // Any non-directory can have several names: files, symlinks, nodes.
-        let link_group = (!ft.is_dir() && md.nlink() > 1 && !mounted).then(|| (md.dev(), md.ino()));
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).wrap_err_with(|| format!("reading link {}", path.display()))?;
-            Kind::Symlink {
-                target: target.as_os_str().as_bytes().to_vec(),
-            }
-        } else if ft.is_file() {
-            Kind::File {
-                size: if mounted { 0 } else { md.len() },
-            }
-        } else if ft.is_char_device() {
-            Kind::Char {
-                major: major(md.rdev()),
-                minor: minor(md.rdev()),
-            }
-        } else if ft.is_block_device() {
-            Kind::Block {
-                major: major(md.rdev()),
-                minor: minor(md.rdev()),
-            }
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            log::warn!("leaving out {}: a socket cannot be stored in a layer", path.display());
-            continue;
-        };
-        let mtime = Time {
-            sec: md.mtime(),
-            nsec: md.mtime_nsec() as u32,
-        };
-        let meta = Meta {
-            kind,
-            mode: md.mode() & 0o7777,
-            uid: md.uid().into(),
-            gid: md.gid().into(),
-            mtime,
-            xattrs: if mounted { Vec::new() } else { read_xattrs(path)? },
-        };
-        out.push(Scanned {
-            path: rel,
-            meta,
-            source: (!mounted).then(|| path.to_path_buf()),
-            link_group,
-        });
-    }
-    Ok(out)
-}
-
-/// The tree a scan found, hard links as shared inodes.
-pub fn of_scan(scanned: &[Scanned]) -> Tree {
-    let mut tree = Tree::new();
-    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
-    for s in scanned {
-        match s.link_group.and_then(|g| first.get(&g).copied()) {
-            Some(inode) => tree.insert_link(s.path.clone(), inode),
-            None => {
-                let inode = tree.insert(s.path.clone(), s.meta.clone());
-                if let Some(g) = s.link_group {
-                    first.insert(g, inode);
-                }
-            }
-        }
-    }
-    tree
 }
 
 #[cfg(test)]
@@ -376,10 +263,10 @@ mod tests {
     fn removing_spares_siblings_with_a_common_prefix() {
         let mut t = Tree::new();
         for p in ["a", "a/x", "a/y/z", "a.txt", "ab"] {
-            t.insert(p.as_bytes().to_vec(), file(0));
+            t.insert(p.as_bytes(), &file(0));
         }
         t.remove(b"a").unwrap();
-        let left: Vec<&[u8]> = t.entries().map(|(p, _, _)| p).collect();
+        let left: Vec<&[u8]> = t.entries().map(|(p, _)| p).collect();
         assert_eq!(left, vec![b"a.txt".as_slice(), b"ab".as_slice()]);
     }
 
@@ -387,26 +274,82 @@ mod tests {
     fn children_are_direct_names_only() {
         let mut t = Tree::new();
         for p in ["a", "a/x", "a/y", "a/y/z", "b"] {
-            t.insert(p.as_bytes().to_vec(), file(0));
+            t.insert(p.as_bytes(), &file(0));
         }
         assert_eq!(t.children(b"a").unwrap(), vec![b"x".to_vec(), b"y".to_vec()]);
         assert_eq!(t.children(b"").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
     }
 
-    #[test]
-    fn mountinfo_escapes_are_read() {
-        assert_eq!(unescape_mount(br"/var/tmp/a\040b\134c"), b"/var/tmp/a b\\c");
-        assert_eq!(unescape_mount(b"/plain"), b"/plain");
+    /// A gzip layer in the layout `dir` of the files `names` (a name ending
+    /// in `/` is a directory), in that order.
+    fn layer(dir: &std::path::Path, names: &[&str]) -> StackedLayer {
+        use crate::oci::{self, Descriptor, Digest, MediaType};
+        use std::io::Write as _;
+        let mut tar = tar::Builder::new(Vec::new());
+        for name in names {
+            let mut h = tar::Header::new_gnu();
+            let kind = if name.ends_with('/') {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            };
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, name, std::io::empty()).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let digest = Digest::of(&blob);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(oci::blob_path(dir, &digest), &blob).unwrap();
+        StackedLayer {
+            layout: dir.to_path_buf(),
+            layer: Descriptor::new(MediaType::ImageLayerGzip, blob.len() as u64, &digest),
+            diff_id: Digest::of(&tar),
+        }
     }
 
     #[test]
-    fn device_numbers_split_like_glibc() {
-        // glibc's makedev()
-        let makedev =
-            |ma: u64, mi: u64| ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12);
-        for (ma, mi) in [(8, 1), (259, 65536), (4095, 255), (4096, 256)] {
-            let dev = makedev(ma, mi);
-            assert_eq!((u64::from(major(dev)), u64::from(minor(dev))), (ma, mi));
+    fn a_replay_keeps_what_a_layer_wrote_before_its_own_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = layer(dir.path(), &["d/", "d/old", "e/", "e/x", "gone"]);
+        // Whiteouts after entries, as other tools write them: what the
+        // same layer wrote stays.
+        let upper = layer(dir.path(), &["d/new", "d/.wh..wh..opq", "e/x", ".wh.e", ".wh.gone"]);
+        let tree = Tree::replay(&[lower.clone(), upper]).unwrap();
+        let paths: Vec<&[u8]> = tree.entries().map(|(p, _)| p).collect();
+        assert_eq!(paths, [&b"d"[..], b"d/new", b"e", b"e/x"]);
+        // Whiteouts first: the replay needs no second pass.
+        let first = layer(dir.path(), &[".wh.gone", "d/new"]);
+        let tree = Tree::replay(&[lower, first]).unwrap();
+        let paths: Vec<&[u8]> = tree.entries().map(|(p, _)| p).collect();
+        assert_eq!(paths, [&b"d"[..], b"d/new", b"d/old", b"e", b"e/x"]);
+    }
+
+    #[test]
+    fn differences_name_the_first_path_that_differs() {
+        let mut a = Tree::new();
+        for p in ["a", "b", "c"] {
+            a.insert(p.as_bytes(), &file(0));
         }
+        let mut b = a.clone();
+        assert_eq!(a.first_difference(&b), None);
+        b.insert(b"b", &file(1));
+        assert_eq!(a.first_difference(&b), Some(b"b".to_vec()));
+        let mut c = a.clone();
+        c.remove(b"b").unwrap();
+        assert_eq!(a.first_difference(&c), Some(b"b".to_vec()));
+        assert_eq!(c.first_difference(&a), Some(b"b".to_vec()));
+        let mut d = a.clone();
+        let inode = d.inode(b"a").unwrap();
+        d.insert_link(b"c", inode);
+        assert_eq!(
+            a.first_difference(&d),
+            Some(b"a".to_vec()),
+            "a hard link is a difference"
+        );
     }
 }

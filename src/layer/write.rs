@@ -7,7 +7,7 @@
 //! Times keep their nanoseconds (PAX `mtime`), xattrs their raw names
 //! (`SCHILY.xattr.*`), and the root directory is an entry (`./`) of its own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -20,11 +20,15 @@ use sha2::{Digest as _, Sha256};
 use super::apply::Applier;
 use super::compress::{self, Settings};
 use super::read::Change;
-use super::tree::{self, Scanned, Tree};
+use super::scan::Scan;
+use super::tree::Tree;
 use super::{show, split, Kind, Meta, WHITEOUT};
 use crate::oci::{Digest, HashingWriter};
 
-const CHUNK: usize = 1 << 20;
+/// Chunks handed between the threads: large enough that handing them over
+/// costs nothing measurable, small enough that the few in flight stay a
+/// small part of a stash's memory.
+const CHUNK: usize = 1 << 18;
 
 /// A layer blob as written.
 #[derive(Debug, Clone)]
@@ -43,22 +47,25 @@ pub struct Layer {
     pub whiteouts: usize,
 }
 
-/// One thing a delta layer carries, in the order it is written.
-#[derive(Debug, Clone)]
-pub enum Planned<'a> {
+/// One thing a delta layer carries, in the order it is written; entries are
+/// named by their index in the scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
     /// A lower entry that is gone, or whose type changed.
     Whiteout(Vec<u8>),
     /// An entry, with its content for a regular file.
-    Entry(&'a Scanned),
-    /// A further name of a hard-linked file written before it.
-    Link(&'a Scanned, Vec<u8>),
+    Entry(u32),
+    /// A further name of a hard-linked file, and the entry written before it.
+    Link(u32, u32),
 }
 
 /// What a delta layer must carry to turn a lower tree into the scanned one.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Plan<'a> {
+    /// The tree that was read.
+    pub scan: &'a Scan,
     /// Whiteouts first, then entries in walk order.
-    pub items: Vec<Planned<'a>>,
+    pub items: Vec<Planned>,
 }
 
 impl Plan<'_> {
@@ -67,32 +74,32 @@ impl Plan<'_> {
         self.items.iter().filter(|i| matches!(i, Planned::Whiteout(_))).count()
     }
 
-    /// The plan as the changes a reader of its layer will see.
-    fn changes(&self) -> impl Iterator<Item = Change> + '_ {
-        self.items.iter().map(|item| match item {
+    /// One item as the change a reader of its layer will see.
+    fn change(&self, item: &Planned) -> Change {
+        match item {
             Planned::Whiteout(p) => Change::Whiteout(p.clone()),
-            Planned::Entry(s) => Change::Put {
-                path: s.path.clone(),
-                meta: s.meta.clone(),
+            Planned::Entry(i) => Change::Put {
+                path: self.scan.path(*i).to_vec(),
+                meta: self.scan.meta(*i),
             },
-            Planned::Link(s, target) => Change::Link {
-                path: s.path.clone(),
-                target: target.clone(),
+            Planned::Link(i, first) => Change::Link {
+                path: self.scan.path(*i).to_vec(),
+                target: self.scan.path(*first).to_vec(),
             },
-        })
+        }
     }
 
-    /// `lower` as the planned layer turns it, by the rules every reader of
-    /// the layer applies: the tree to cache for the image.
-    pub fn applied(&self, lower: &Tree) -> Result<Tree> {
-        let mut tree = lower.clone();
-        let mut applier = Applier::new(&mut tree);
-        for change in self.changes() {
+    /// Turns `tree` (the lower tree) as the planned layer turns it, by the
+    /// rules every reader of the layer applies: the tree to cache for the image.
+    pub fn apply_to(&self, tree: &mut Tree) -> Result<()> {
+        let mut applier = Applier::new(tree).whiteouts_first();
+        for item in &self.items {
+            let change = self.change(item);
             applier
                 .apply(&change, &mut io::empty())
                 .wrap_err_with(|| format!("planning {}", show(change.path())))?;
         }
-        Ok(tree)
+        Ok(())
     }
 }
 
@@ -101,92 +108,93 @@ impl Plan<'_> {
 /// changed, gets a whiteout (a directory entry alone would keep a lower
 /// symlink to a directory). A hard-link group is written whole when any of
 /// its names changed, or its names did.
-pub fn plan<'a>(scanned: &'a [Scanned], lower: &Tree) -> Plan<'a> {
-    let mut groups: HashMap<(u64, u64), Vec<&[u8]>> = HashMap::new();
-    for s in scanned {
-        if let Some(g) = s.link_group {
-            groups.entry(g).or_default().push(&s.path);
-        }
-    }
-    groups.retain(|_, names| names.len() > 1);
-    for names in groups.values_mut() {
-        names.sort();
-    }
+pub fn plan<'a>(scan: &'a Scan, lower: &Tree) -> Plan<'a> {
+    let order = scan.sorted();
+    let groups = scan.link_groups();
     let lower_groups = lower.link_groups();
-    let names_now = |s: &'a Scanned| -> Vec<&'a [u8]> {
-        match s.link_group.and_then(|g| groups.get(&g)) {
-            Some(names) => names.clone(),
-            None => vec![s.path.as_slice()],
-        }
+    let group_of = |i: u32| scan.link_group(i).filter(|g| groups.contains_key(g));
+    let find = |path: &[u8]| {
+        order
+            .binary_search_by(|&j| scan.path(j).cmp(path))
+            .ok()
+            .map(|k| order[k])
     };
-    let changed = |s: &'a Scanned| {
-        let names_before = lower_groups
-            .get(s.path.as_slice())
-            .cloned()
-            .unwrap_or_else(|| vec![s.path.as_slice()]);
-        lower.get(&s.path) != Some(&s.meta) || names_before != names_now(s)
-    };
-    let dirty: std::collections::HashSet<(u64, u64)> = scanned
-        .iter()
-        .filter(|s| changed(s))
-        .filter_map(|s| s.link_group.filter(|g| groups.contains_key(g)))
-        .collect();
-    let kind_now: HashMap<&[u8], &Kind> = scanned.iter().map(|s| (s.path.as_slice(), &s.meta.kind)).collect();
-    let mut whiteouts = BTreeSet::new();
-    for (path, _, meta) in lower.entries() {
-        if path.is_empty() {
+    let mut changed = vec![true; scan.len()];
+    let mut whiteouts = Vec::new();
+    let mut now = order.iter().copied().peekable();
+    for (path, inode) in lower.entries() {
+        while now.next_if(|&i| scan.path(i) < path).is_some() {}
+        let Some(i) = now.next_if(|&i| scan.path(i) == path) else {
+            whiteout_unless_covered(scan, lower, path, &find, &mut whiteouts);
             continue;
-        }
-        let retyped = match kind_now.get(path) {
-            None => true,
-            Some(k) => !k.same_type(&meta.kind),
         };
-        if !retyped {
-            continue;
+        if !lower.metas().same_type(inode, scan.metas(), i) {
+            whiteout_unless_covered(scan, lower, path, &find, &mut whiteouts);
         }
-        // Where the parent is itself gone or retyped, its whiteout covers this.
-        let parent = split(path).0;
-        let parent_lives = parent.is_empty()
-            || (kind_now.get(parent) == Some(&&Kind::Dir) && lower.get(parent).is_some_and(|m| m.kind == Kind::Dir));
-        if parent_lives {
-            whiteouts.insert(path.to_vec());
-        }
+        let names_before = lower_groups.get(&inode).map(Vec::as_slice);
+        let names_now = group_of(i).and_then(|g| groups.get(&g)).map(Vec::as_slice);
+        changed[i as usize] = !lower.metas().same(inode, scan.metas(), i) || names_before != names_now;
     }
-    let mut items: Vec<Planned<'a>> = whiteouts.into_iter().map(Planned::Whiteout).collect();
-    let mut first_names: HashMap<(u64, u64), &[u8]> = HashMap::new();
-    for s in scanned {
-        let group = s.link_group.filter(|g| groups.contains_key(g));
+    let dirty: HashSet<u64> = (0..scan.len() as u32)
+        .filter(|&i| changed[i as usize])
+        .filter_map(group_of)
+        .collect();
+    let mut items: Vec<Planned> = whiteouts.into_iter().map(Planned::Whiteout).collect();
+    let mut first_names: HashMap<u64, u32> = HashMap::new();
+    for i in 0..scan.len() as u32 {
+        let group = group_of(i);
         let write = match group {
             Some(g) => dirty.contains(&g),
-            None => changed(s),
+            None => changed[i as usize],
         };
         if !write {
             continue;
         }
         match group.and_then(|g| first_names.get(&g)) {
-            Some(first) => items.push(Planned::Link(s, first.to_vec())),
+            Some(&first) => items.push(Planned::Link(i, first)),
             None => {
                 if let Some(g) = group {
-                    first_names.insert(g, &s.path);
+                    first_names.insert(g, i);
                 }
-                items.push(Planned::Entry(s));
+                items.push(Planned::Entry(i));
             }
         }
     }
-    Plan { items }
+    Plan { scan, items }
 }
 
-/// Checks that `plan` turns `lower` into exactly the scanned tree, and gives
-/// that tree back (to cache as the new image's tree).
-pub fn checked(plan: &Plan<'_>, lower: &Tree, scanned: &[Scanned]) -> Result<Tree> {
-    let after = plan.applied(lower)?;
-    if let Some(path) = after.first_difference(&tree::of_scan(scanned)) {
+/// Adds a whiteout of the lower entry `path`, unless its parent is itself
+/// gone or retyped: the parent's whiteout covers it then.
+fn whiteout_unless_covered(
+    scan: &Scan,
+    lower: &Tree,
+    path: &[u8],
+    find: &dyn Fn(&[u8]) -> Option<u32>,
+    out: &mut Vec<Vec<u8>>,
+) {
+    if path.is_empty() {
+        return;
+    }
+    let parent = split(path).0;
+    let parent_lives = parent.is_empty()
+        || (find(parent).is_some_and(|i| scan.metas().is_dir(i))
+            && lower.inode(parent).is_some_and(|i| lower.metas().is_dir(i)));
+    if parent_lives {
+        out.push(path.to_vec());
+    }
+}
+
+/// Checks that `plan`, applied to `lower`, gives exactly the scanned tree;
+/// `lower` is then that tree (to cache as the new image's tree).
+pub fn checked(plan: &Plan<'_>, lower: &mut Tree) -> Result<()> {
+    plan.apply_to(lower)?;
+    if let Some(path) = lower.first_difference_from(plan.scan) {
         bail!(
             "the delta layer would not restore the tree as it was read (first at {}): did the root change meanwhile?",
             show(&path)
         );
     }
-    Ok(after)
+    Ok(())
 }
 
 /// Writes the planned layer into `out` (an empty file, synced when done);
@@ -200,10 +208,7 @@ pub fn write(plan: &Plan<'_>, out: &File, settings: &Settings) -> Result<Layer> 
         .items
         .iter()
         .map(|i| match i {
-            Planned::Entry(s) => match s.meta.kind {
-                Kind::File { size } => size,
-                _ => 0,
-            },
+            Planned::Entry(i) => plan.scan.metas().file_size(*i),
             _ => 0,
         })
         .sum();
@@ -361,13 +366,14 @@ fn write_tar(plan: &Plan<'_>, sink: &mut ChunkSink) -> Result<()> {
                 h.set_size(0);
                 tar.append_data(&mut h, std::ffi::OsStr::from_bytes(&name), io::empty())?;
             }
-            Planned::Entry(s) => append_entry(&mut tar, s).wrap_err_with(|| format!("storing {}", show(&s.path)))?,
-            Planned::Link(s, target) => {
-                let mut h = header_for(&s.meta, tar::EntryType::Link);
+            Planned::Entry(i) => append_entry(&mut tar, plan.scan, *i)
+                .wrap_err_with(|| format!("storing {}", show(plan.scan.path(*i))))?,
+            Planned::Link(i, first) => {
+                let mut h = header_for(&plan.scan.meta(*i), tar::EntryType::Link);
                 let mut pax = Vec::new();
-                set_link_name(&mut h, target, &mut pax);
+                set_link_name(&mut h, plan.scan.path(*first), &mut pax);
                 append_pax(&mut tar, &pax)?;
-                tar.append_data(&mut h, name_of(&s.path), io::empty())?;
+                tar.append_data(&mut h, name_of(plan.scan.path(*i)), io::empty())?;
             }
         }
     }
@@ -404,17 +410,18 @@ fn append_pax(tar: &mut tar::Builder<&mut ChunkSink>, pax: &[u8]) -> Result<()> 
     Ok(())
 }
 
-fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, s: &Scanned) -> Result<()> {
-    let mut pax = pax_records(&s.meta);
-    let mut h = header_for(&s.meta, entry_type(&s.meta.kind));
-    if let Kind::Symlink { target } = &s.meta.kind {
+fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, scan: &Scan, i: u32) -> Result<()> {
+    let meta = scan.meta(i);
+    let mut pax = pax_records(&meta);
+    let mut h = header_for(&meta, entry_type(&meta.kind));
+    if let Kind::Symlink { target } = &meta.kind {
         set_link_name(&mut h, target, &mut pax);
     }
     append_pax(tar, &pax)?;
-    let path = name_of(&s.path);
-    match (&s.meta.kind, &s.source) {
+    let path = name_of(scan.path(i));
+    match (&meta.kind, scan.source(i)) {
         (Kind::File { size }, Some(source)) if *size > 0 => {
-            let f = File::open(source)?;
+            let f = File::open(&source)?;
             // A file that grows while we read must not corrupt the archive.
             let mut counted = CountingReader {
                 inner: io::Read::take(f, *size),
@@ -447,6 +454,61 @@ impl<R: io::Read> io::Read for CountingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    use crate::layer::scan;
+
+    /// The plan's items as words: `-path` whiteouts, `+path` entries,
+    /// `path=first` further names.
+    fn words(plan: &Plan<'_>) -> Vec<String> {
+        let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+        plan.items
+            .iter()
+            .map(|item| match item {
+                Planned::Whiteout(p) => format!("-{}", show(p)),
+                Planned::Entry(i) => format!("+{}", show(plan.scan.path(*i))),
+                Planned::Link(i, first) => format!("{}={}", show(plan.scan.path(*i)), show(plan.scan.path(*first))),
+            })
+            .collect()
+    }
+
+    /// Plans `root` over `lower`, checks the plan, and gives its words and
+    /// the tree it makes.
+    fn step(root: &std::path::Path, mut lower: Tree) -> (Vec<String>, Tree) {
+        let scanned = scan::scan(root).unwrap();
+        let plan = plan(&scanned, &lower);
+        checked(&plan, &mut lower).unwrap();
+        assert_eq!(lower.first_difference_from(&scanned), None);
+        (words(&plan), lower)
+    }
+
+    #[test]
+    fn a_plan_carries_what_changed_and_whiteouts_what_went() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        fs::write(root.join("d/sub/f"), "f").unwrap();
+        fs::write(root.join("a"), "a").unwrap();
+        fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        fs::write(root.join("a-c"), "").unwrap();
+        symlink("d", root.join("l")).unwrap();
+        let (first, tree) = step(&root, Tree::new());
+        // Walk order: a directory's names sorted, parents first.
+        assert_eq!(first, ["+", "+a", "+a-c", "b=a", "+d", "+d/sub", "+d/sub/f", "+l"]);
+        let (again, tree) = step(&root, tree);
+        assert!(again.is_empty(), "an unchanged tree needs nothing: {again:?}");
+
+        // A directory that became a file: one whiteout covers what was in it.
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d"), "now a file").unwrap();
+        let times = fs::File::options().write(true).open(root.join("a")).unwrap();
+        times.set_modified(std::time::UNIX_EPOCH).unwrap();
+        fs::remove_file(root.join("a-c")).unwrap();
+        let (words, _) = step(&root, tree);
+        // The root's mtime changed too; a hard-link group goes whole.
+        assert_eq!(words, ["-a-c", "-d", "+", "+a", "b=a", "+d"]);
+    }
 
     #[test]
     fn pax_records_count_their_own_length() {

@@ -31,6 +31,8 @@ pub enum Tool {
     Umoci,
     /// kiwi-ng: builds images from descriptions and roots.
     KiwiNg,
+    /// curl: fetches repository metadata for an input record.
+    Curl,
 }
 
 impl Tool {
@@ -40,6 +42,7 @@ impl Tool {
             Tool::Skopeo => "skopeo",
             Tool::Umoci => "umoci",
             Tool::KiwiNg => "kiwi-ng",
+            Tool::Curl => "curl",
         }
     }
 
@@ -49,6 +52,7 @@ impl Tool {
             Tool::Skopeo => "SKOPEO",
             Tool::Umoci => "UMOCI",
             Tool::KiwiNg => "KIWI_NG",
+            Tool::Curl => "CURL",
         }
     }
 
@@ -56,7 +60,7 @@ impl Tool {
     fn stop(self) -> crate::interrupt::Stop {
         match self {
             Tool::KiwiNg => crate::interrupt::Stop::Int,
-            Tool::Skopeo | Tool::Umoci => crate::interrupt::Stop::Term,
+            Tool::Skopeo | Tool::Umoci | Tool::Curl => crate::interrupt::Stop::Term,
         }
     }
 
@@ -64,6 +68,7 @@ impl Tool {
         match self {
             Tool::Skopeo => "install skopeo (zypper/dnf/apt install skopeo), or set SKOPEO to its path",
             Tool::Umoci => "install umoci (zypper/dnf/apt install umoci), or set UMOCI to its path",
+            Tool::Curl => "install curl (zypper/dnf/apt install curl), or set CURL to its path",
             Tool::KiwiNg => {
                 "install kiwi (zypper install python3-kiwi, or pip install kiwi in a venv), or set KIWI_NG to its kiwi-ng"
             }

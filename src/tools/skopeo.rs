@@ -58,6 +58,25 @@ pub fn inspect_raw_args(reference: &ImageReference, auth: &RegistryAuth) -> Resu
     Ok(out)
 }
 
+/// The argv of `skopeo inspect --config REF`.
+pub fn inspect_config_args(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<OsString>> {
+    let mut out: Vec<OsString> = vec!["inspect".into(), "--config".into()];
+    out.extend(auth.args("", reference)?);
+    out.push(reference.to_string().into());
+    Ok(out)
+}
+
+/// The image config of `reference`, as JSON.
+pub fn inspect_config(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<u8>> {
+    run_explained(
+        Tool::Skopeo,
+        &inspect_config_args(reference, auth)?,
+        Output::Capture,
+        explain_skopeo,
+    )
+    .wrap_err_with(|| format!("reading the image config of {reference}"))
+}
+
 /// The raw manifest of `reference`, as the registry serves it.
 pub fn inspect_raw(reference: &ImageReference, auth: &RegistryAuth) -> Result<Vec<u8>> {
     run_explained(
