@@ -414,7 +414,7 @@ case_ours_restash() {
     printf 'kiwi-stackbuild bench run %s\n' "$1" >>"$ROOT/etc/motd"
     measure ours_restash "$1" "$bin" --debug --stash-home "$store" stash --root "$ROOT" --container-name bench
     line+="	stored=$(logged_duration "$R/logs/ours_restash.$1.log" stored)"
-    line+="	read_base=$(grep -a 'debug: read .* entries of' "$R/logs/ours_restash.$1.log" | sed -n 's/.* in \([0-9.]*[mµun]*s\)$/\1/p' | tail -n 1)"
+    line+="	read_base=$(grep -a 'debug: read .* entries of' "$R/logs/ours_restash.$1.log" | sed -n 's/.* in \([0-9.]*[mµun]*s\)$/\1/p' | head -n 1)"
     line+="	layer_bytes=$(top_layer_size "$store" bench:latest)"
     record
     discard "$store"
