@@ -144,6 +144,26 @@ impl Tag {
     pub fn latest() -> Tag {
         Tag(DEFAULT_TAG.to_string())
     }
+
+    /// The valid tag nearest to `s`: other characters as `-`, no leading
+    /// `.` or `-`, at most 128 characters; `latest` when nothing is left.
+    pub fn suggest(s: &str) -> String {
+        let tag: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let tag = tag.trim_start_matches(['.', '-']);
+        match tag {
+            "" => DEFAULT_TAG.to_string(),
+            _ => tag[..tag.len().min(128)].to_string(),
+        }
+    }
 }
 
 impl FromStr for Tag {
@@ -155,22 +175,7 @@ impl FromStr for Tag {
         let valid =
             !b.is_empty() && b.len() <= 128 && word(&b[0]) && b.iter().all(|x| word(x) || *x == b'.' || *x == b'-');
         if !valid {
-            let suggestion: String = s
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            let suggestion = suggestion.trim_start_matches(['.', '-']).to_string();
-            let suggestion = if suggestion.is_empty() {
-                DEFAULT_TAG.to_string()
-            } else {
-                suggestion
-            };
+            let suggestion = Tag::suggest(s);
             return Err(
                 eyre!("invalid tag {s:?}, use {suggestion:?}: tags are letters, digits, _ . - (at most 128)")
                     .suggestion(format!("use {suggestion:?}")),

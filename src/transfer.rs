@@ -13,7 +13,7 @@ use crate::fsutil::Scratch;
 use crate::layer::compress::{self, Settings};
 use crate::oci::layout::Layout;
 use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MediaType, REF_NAME};
-use crate::reference::{DockerRef, ImageReference, StashName, DEFAULT_TAG};
+use crate::reference::{DockerRef, ImageReference, StashName, Tag};
 use crate::registry::RegistryAuth;
 use crate::store::{fetched, Lock, Store};
 use crate::tools::skopeo::{self, Compression};
@@ -471,23 +471,7 @@ pub fn fetched_name(src: &ImageReference) -> String {
     };
     name.truncate(200);
     let name = name.trim_end_matches(['-', '/']);
-    let tag: String = tag
-        .unwrap_or_default()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let tag = tag.trim_start_matches(['.', '-']);
-    let tag = if tag.is_empty() {
-        DEFAULT_TAG
-    } else {
-        &tag[..tag.len().min(128)]
-    };
+    let tag = Tag::suggest(&tag.unwrap_or_default());
     format!("{}{name}:{tag}", fetched::NAMESPACE)
 }
 
@@ -586,26 +570,19 @@ pub fn fetch_into_store(
     };
     {
         let lock = store.lock_exclusive()?;
-        let mut index = store.index()?;
+        let index = store.index()?;
         let before = refuse_a_stash(store, &index, &key)?;
         let known = fetched::find_by_source(&index, &source, &digest)
             .or_else(|| known_manifest(store, &digest))
             .filter(|d| complete(store, d));
-        if let Some(mut desc) = known {
-            desc.unannotate(REF_NAME);
-            fetched::mark(&mut desc, &source, &digest, before.as_ref(), SystemTime::now());
-            Store::set_ref(&mut index, &key, desc.clone());
-            store.write_index(&index, &lock)?;
-            log::info!(
-                "{src} is in the store as {key} ({}): nothing to fetch",
-                desc.sha256()?.short()
-            );
-            free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
-            let pin = pin_fetched(store, &key, &desc, &lock)?;
-            return Ok(Some(Kept {
-                desc,
-                hold: Hold::Pin(pin),
-            }));
+        if let Some(desc) = known {
+            let said = |d: &Descriptor| -> Result<String> {
+                Ok(format!(
+                    "{src} is in the store as {key} ({}): nothing to fetch",
+                    d.sha256()?.short()
+                ))
+            };
+            return record_fetched(store, index, (&key, &source, &digest), before, desc, &lock, said).map(Some);
         }
     }
     let shared = store.lock_for_staging()?;
@@ -628,25 +605,42 @@ pub fn fetch_into_store(
     reachable(staging.path(), &desc, &mut blobs)?;
     blobs.reverse();
     let lock = store.lock_exclusive()?;
-    let mut index = store.index()?;
+    let index = store.index()?;
     let before = refuse_a_stash(store, &index, &key)?;
     let (new_blobs, new_bytes) = move_in(store, staging.path(), blobs, src, &lock)?;
-    let mut desc = desc;
+    let said = |d: &Descriptor| -> Result<String> {
+        Ok(format!(
+            "fetched {src} into the store as {key} ({}; {new_blobs} new blobs, {})",
+            d.sha256()?.short(),
+            crate::listing::human_size(new_bytes)
+        ))
+    };
+    record_fetched(store, index, (&key, &source, &digest), before, desc, &lock, said).map(Some)
+}
+
+/// Names `desc` `key` in `index` as fetched from `source` (whose manifest
+/// there has the digest given), in place of `before`, writes the index,
+/// logs what `said` says, frees what only `before` used, and pins it.
+fn record_fetched(
+    store: &Store,
+    mut index: ImageIndex,
+    (key, source, digest): (&str, &str, &Digest),
+    before: Option<Descriptor>,
+    mut desc: Descriptor,
+    lock: &Lock,
+    said: impl FnOnce(&Descriptor) -> Result<String>,
+) -> Result<Kept> {
     desc.unannotate(REF_NAME);
-    fetched::mark(&mut desc, &source, &digest, before.as_ref(), SystemTime::now());
-    Store::set_ref(&mut index, &key, desc.clone());
-    store.write_index(&index, &lock)?;
-    log::info!(
-        "fetched {src} into the store as {key} ({}; {new_blobs} new blobs, {})",
-        desc.sha256()?.short(),
-        crate::listing::human_size(new_bytes)
-    );
-    free_replaced(store, &index, &key, before.as_ref(), &desc, &lock);
-    let pin = pin_fetched(store, &key, &desc, &lock)?;
-    Ok(Some(Kept {
+    fetched::mark(&mut desc, source, digest, before.as_ref(), SystemTime::now());
+    Store::set_ref(&mut index, key, desc.clone());
+    store.write_index(&index, lock)?;
+    log::info!("{}", said(&desc)?);
+    free_replaced(store, &index, key, before.as_ref(), &desc, lock);
+    let pin = pin_fetched(store, key, &desc, lock)?;
+    Ok(Kept {
         desc,
         hold: Hold::Pin(pin),
-    }))
+    })
 }
 
 /// The fetched image `key` of `index`, if any; an error when `key` is a
