@@ -193,12 +193,18 @@ pub fn write(cmd: clap::Command, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn top_page(cmd: &clap::Command, commands: &[String]) -> Result<String> {
-    let man = clap_mangen::Man::new(cmd.clone());
+/// The start of every page: its title, the plain layout, and NAME.
+fn page_head(man: &clap_mangen::Man) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     out.extend(plain_layout().into_bytes());
     man.render_name_section(&mut out)?;
+    Ok(out)
+}
+
+fn top_page(cmd: &clap::Command, commands: &[String]) -> Result<String> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut out = page_head(&man)?;
     let mut roff = Roff::new();
     roff.control("SH", ["SYNOPSIS"]);
     roff.text([
@@ -238,10 +244,7 @@ fn top_page(cmd: &clap::Command, commands: &[String]) -> Result<String> {
 fn command_page(sub: clap::Command, command: &str) -> Result<String> {
     let version = format!("{BIN} {}", env!("CARGO_PKG_VERSION"));
     let man = clap_mangen::Man::new(sub.clone()).source(version);
-    let mut out = Vec::new();
-    man.render_title(&mut out)?;
-    out.extend(plain_layout().into_bytes());
-    man.render_name_section(&mut out)?;
+    let mut out = page_head(&man)?;
     let mut roff = Roff::new();
     roff.control("SH", ["SYNOPSIS"]);
     synopsis(&mut roff, &sub, command);
