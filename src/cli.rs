@@ -288,6 +288,18 @@ pub struct RebuildArgs {
     /// Build even when package manager, architecture or distribution differ
     #[arg(long)]
     pub force: bool,
+    /// Skip prepare when the --keep-root image was built from the same inputs
+    ///
+    /// Before anything is built, the input record of this build (see
+    /// kiwi-stackbuild inputs) is compared with the one the --keep-root
+    /// image carries, read from the store or the registry (a manifest and
+    /// a config request, no layer). The same: the image is built from that
+    /// root as rebuild --root REF does, without kiwi-ng's prepare, and the
+    /// log says "inputs unchanged since REF". Different, absent, or not
+    /// readable: the build runs as without --reuse, the log says why, and
+    /// the root is kept with the new record.
+    #[arg(long, requires = "keep_root")]
+    pub reuse: bool,
     /// Arguments for kiwi-ng system build/create (--target-dir is required,
     /// here or before --)
     #[arg(last = true, value_name = "KIWI ARGS")]
@@ -478,6 +490,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 globals: cli.global.kiwi(),
                 kiwi_args,
                 compression: cli.global.copy_compression()?,
+                reuse: a.reuse,
             };
             workflow::rebuild(&store, &job, &auth)
         }
@@ -499,6 +512,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 globals: cli.global.kiwi(),
                 kiwi_args,
                 compression: cli.global.copy_compression()?,
+                reuse: false,
             };
             workflow::rebuild(&store, &job, &auth)
         }
@@ -671,13 +685,7 @@ fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
             }
         }
     };
-    let bases = {
-        let _lock = store.lock_shared()?;
-        roots
-            .iter()
-            .map(|r| inputs::Base::of(store, r))
-            .collect::<Result<Vec<_>>>()?
-    };
+    let bases = inputs::resolve_bases(store, &roots, &auth)?;
     let record = inputs::of_build(dir.as_deref(), &global.kiwi(), &pass.rest, bases)?;
     let Some(against) = &a.against else {
         return listing::line(&if a.json {

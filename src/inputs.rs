@@ -28,9 +28,11 @@ use crate::description::{self, Document};
 use crate::labels;
 use crate::oci::DescriptorExt;
 use crate::reference::ImageReference;
+use crate::registry::RegistryAuth;
 use crate::store::Store;
 use crate::tools::kiwi::Globals;
 use crate::tools::{self, Output, Tool};
+use crate::transfer;
 
 /// The version of the layer format we write (tar layers with PAX records for
 /// nanosecond times and xattrs, the root directory included): a root stored
@@ -96,7 +98,7 @@ pub struct Request<'a> {
 pub enum Base {
     /// Resolved to its manifest digest.
     Resolved { reference: String, digest: String },
-    /// Known only by its reference (a registry image is not asked).
+    /// Known only by its reference (its source could not be asked).
     ByReference(String),
 }
 
@@ -739,6 +741,69 @@ pub fn against(labels: &BTreeMap<String, String>, what: &str, now: &Record) -> R
         ));
     };
     Ok(differences(&stored, now))
+}
+
+/// The bases of a build as its record names them, resolved without
+/// fetching any: a stash by its manifest digest in `store`, any other
+/// image by the digest of the manifest its source serves for this machine
+/// (one manifest request). A build and `inputs` name them alike, so that a
+/// record made on one machine is the record of the same build on another.
+/// An image that cannot be asked is named by its reference (and the
+/// record cannot vouch for a root), with a warning that says why.
+pub fn resolve_bases(store: &Store, roots: &[ImageReference], auth: &RegistryAuth) -> Result<Vec<Base>> {
+    roots
+        .iter()
+        .map(|r| match r {
+            ImageReference::Stash(_) => {
+                let _lock = store.lock_shared()?;
+                Base::of(store, r)
+            }
+            other => Ok(match transfer::remote_digest(other, auth) {
+                Ok(digest) => Base::resolved(other, &digest.to_string()),
+                Err(e) => {
+                    log::warn!("the base image {other} is named by its reference in the input record: {e:#}");
+                    Base::ByReference(other.to_string())
+                }
+            }),
+        })
+        .collect()
+}
+
+/// What an image says of the build that made it.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its input record (`None`: it carries none).
+    pub record: Option<Record>,
+    /// When it was made, as its config says.
+    pub created: Option<String>,
+    /// The image itself: a registry image pinned to the manifest read.
+    pub image: ImageReference,
+}
+
+/// Looks up the image `reference` (a stash, or any image skopeo reads)
+/// for its input record, fetching no layer: `None` when there is no such
+/// stash. An image elsewhere costs a manifest request, and a config
+/// request unless the store holds that image.
+pub fn stored(store: &Store, reference: &ImageReference, auth: &RegistryAuth) -> Result<Option<Stored>> {
+    let (config, image) = match reference {
+        ImageReference::Stash(r) => {
+            let Some(_lock) = store.lock_shared()? else {
+                return Ok(None);
+            };
+            let Some(desc) = store.find(&store.index()?, &r.key()) else {
+                return Ok(None);
+            };
+            let manifest = store.manifest(&desc.sha256()?)?;
+            (store.config(&manifest.config().sha256()?)?, reference.clone())
+        }
+        other => transfer::remote_config(store, other, auth)?,
+    };
+    let record = of_labels(&config.labels()).wrap_err_with(|| format!("reading the input record of {reference}"))?;
+    Ok(Some(Stored {
+        record,
+        created: config.created,
+        image,
+    }))
 }
 
 /// The inputs of `against` differ from those now: the command's exit status 1.

@@ -485,6 +485,20 @@ impl Store {
         self.layout.put_json(value, media_type)
     }
 
+    /// Points each of `also` at the image `key` names.
+    pub fn tag_as(&self, key: &str, also: &[String]) -> Result<()> {
+        if also.is_empty() {
+            return Ok(());
+        }
+        let lock = self.lock_exclusive()?;
+        let mut index = self.index()?;
+        let desc = self.resolve(key)?;
+        for other in also {
+            Store::set_ref(&mut index, other, desc.clone());
+        }
+        self.write_index(&index, &lock)
+    }
+
     /// Points `key` at `manifest` in `index` (replacing an old target).
     pub fn set_ref(index: &mut ImageIndex, key: &str, mut manifest: Descriptor) {
         Store::remove_ref(index, key);

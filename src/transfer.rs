@@ -12,7 +12,9 @@ use color_eyre::Section;
 use crate::fsutil::Scratch;
 use crate::layer::compress::{self, Settings};
 use crate::oci::layout::Layout;
-use crate::oci::{self, Descriptor, DescriptorExt, Digest, ImageIndex, ImageManifest, MediaType, REF_NAME};
+use crate::oci::{
+    self, Descriptor, DescriptorExt, Digest, ImageConfig, ImageIndex, ImageManifest, MediaType, REF_NAME,
+};
 use crate::reference::{DockerRef, ImageReference, StashName, Tag};
 use crate::registry::RegistryAuth;
 use crate::store::{fetched, Lock, Store};
@@ -89,6 +91,51 @@ fn known_manifest(store: &Store, digest: &Digest) -> Option<Descriptor> {
     let media_type = MediaType::from(value.get("mediaType")?.as_str()?);
     matches!(media_type, MediaType::ImageManifest | MediaType::ImageIndex)
         .then(|| Descriptor::new(media_type, bytes.len() as u64, digest))
+}
+
+/// The store's copy of the image that `source` serves as the manifest
+/// `digest`, when the store holds it whole: fetched from there, or the
+/// same manifest stored otherwise.
+fn held(store: &Store, index: &ImageIndex, source: &str, digest: &Digest) -> Option<Descriptor> {
+    fetched::find_by_source(index, source, digest)
+        .or_else(|| known_manifest(store, digest))
+        .filter(|d| complete(store, d))
+}
+
+/// The digest of the manifest `src` serves for this machine, asked with one
+/// manifest request (an OBS reference is read from its staged archive).
+pub fn remote_digest(src: &ImageReference, auth: &RegistryAuth) -> Result<Digest> {
+    let resolved = crate::obs::resolve(src)?;
+    platform_digest(src, &skopeo::inspect_raw(&resolved, auth)?)
+}
+
+/// The image config of `src`, which is no stash, and `src` pinned to the
+/// manifest it names now. A manifest request says which image that is; the
+/// config is read from the store when it holds that image whole, else
+/// asked for too.
+pub fn remote_config(
+    store: &Store,
+    src: &ImageReference,
+    auth: &RegistryAuth,
+) -> Result<(ImageConfig, ImageReference)> {
+    let digest = remote_digest(src, auth)?;
+    let pinned = by_digest(src, &digest)?;
+    let in_store = match store.lock_shared()? {
+        Some(_lock) => match held(store, &store.index()?, &src.to_string(), &digest) {
+            Some(d) => {
+                let manifest = store.manifest(&d.sha256()?)?;
+                Some(store.config(&manifest.config().sha256()?)?)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(config) = in_store {
+        return Ok((config, pinned));
+    }
+    let bytes = skopeo::inspect_config(&pinned, auth)?;
+    let config = serde_json::from_slice(&bytes).map_err(|e| eyre!("the image config of {src} is not one: {e}"))?;
+    Ok((config, pinned))
 }
 
 /// Whether the store holds `d` and every blob it reaches.
@@ -545,9 +592,7 @@ pub fn fetch_into_store(
         Err(e) if store_is_read_only(&e) => {
             if let Some(lock) = store.lock_shared()? {
                 let index = store.index()?;
-                let known = fetched::find_by_source(&index, &source, &digest)
-                    .or_else(|| known_manifest(store, &digest))
-                    .filter(|d| complete(store, d));
+                let known = held(store, &index, &source, &digest);
                 if let Some(desc) = known {
                     log::info!(
                         "{src} is in the stash store {} ({}), which cannot be written: read from there, its use not recorded",
@@ -572,9 +617,7 @@ pub fn fetch_into_store(
         let lock = store.lock_exclusive()?;
         let index = store.index()?;
         let before = refuse_a_stash(store, &index, &key)?;
-        let known = fetched::find_by_source(&index, &source, &digest)
-            .or_else(|| known_manifest(store, &digest))
-            .filter(|d| complete(store, d));
+        let known = held(store, &index, &source, &digest);
         if let Some(desc) = known {
             let said = |d: &Descriptor| -> Result<String> {
                 Ok(format!(

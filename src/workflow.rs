@@ -30,6 +30,7 @@ use color_eyre::Section;
 
 use crate::derive::{self, Derived};
 use crate::description::{self, Document};
+use crate::inputs::{self, Record};
 use crate::labels;
 use crate::layer::compress::Settings;
 use crate::listing::human_size;
@@ -68,6 +69,9 @@ pub struct Rebuild {
     /// What `--keep-root` recompresses the layers to when it copies the
     /// root out of the store (`None`: as they are).
     pub compression: Option<Settings>,
+    /// Build from the image `--keep-root` names, prepare skipped, when it
+    /// was built from the same inputs.
+    pub reuse: bool,
 }
 
 /// Stores the KIWI root tree `root` in the local store, tagged `tag` and
@@ -156,37 +160,38 @@ pub fn rebuild(store: &Store, job: &Rebuild, auth: &RegistryAuth) -> Result<()> 
 
 /// W1: run the KIWI build of the description, then keep its root.
 fn fresh_build(s: &Steps, dir: &Path) -> Result<()> {
+    let record = s.record(Some(dir), &[]);
+    if s.reused(record.as_ref())? {
+        return Ok(());
+    }
     s.kiwi_build(dir, false)?;
-    s.keep_root(&[])
+    s.keep_root(&[], record)
 }
 
-/// W2: fetch the roots, check that they fit each other and hold a
-/// description in `/image` (read from their layers), unpack them, run
-/// `kiwi-ng system create` with that description, then keep the root.
+/// W2: the steps of [`Steps::create_on`], then keep the root.
 fn create_from_roots(s: &Steps, roots: &[ImageReference]) -> Result<()> {
-    let (images, mut held) = s.fetch(roots)?;
-    s.check_fit(&images, None, images.len() > 1)?;
-    check_stored_description(&images, roots, s.scratch)?;
-    s.unpack(&images)?;
-    held.unpacked();
-    s.on_unpacked_root(|root| {
-        // umoci unpacks on its own: what it made is checked as well.
-        derive::kiwi_root_check(root, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
-        s.kiwi_create(root)
-    })?;
-    s.keep_root(&images)
+    let record = s.record(None, roots);
+    if s.reused(record.as_ref())? {
+        return Ok(());
+    }
+    let (images, _held) = s.create_on(roots, &s.plan.pass)?;
+    s.keep_root(&images, record)
 }
 
 /// W3: fetch the roots, check that they fit each other and the
 /// description, unpack them, build the description on them (a copy
 /// without `<packages type="bootstrap">`), then keep the root.
 fn build_on_roots(s: &Steps, roots: &[ImageReference], dir: &Path, doc: &Document) -> Result<()> {
+    let record = s.record(Some(dir), roots);
+    if s.reused(record.as_ref())? {
+        return Ok(());
+    }
     let (images, mut held) = s.fetch(roots)?;
     s.check_fit(&images, Some(doc), images.len() > 1)?;
     s.unpack(&images)?;
     held.unpacked();
     s.on_unpacked_root(|_| s.kiwi_build(&without_bootstrap(doc, dir, s.scratch)?, true))?;
-    s.keep_root(&images)
+    s.keep_root(&images, record)
 }
 
 /// W4: fetch the base that `derived_from` names, merge the derived
@@ -202,10 +207,14 @@ fn derived_build(s: &Steps, d: &Derived) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
+    let record = s.record(Some(&dir), std::slice::from_ref(&d.base));
+    if s.reused(record.as_ref())? {
+        return Ok(());
+    }
     s.unpack(&images)?;
     held.unpacked();
     s.on_unpacked_root(|_| s.kiwi_build(&without_bootstrap(&merged, &dir, s.scratch)?, true))?;
-    s.keep_root(&images)
+    s.keep_root(&images, record)
 }
 
 /// What W2 says when its roots hold no description.
@@ -327,31 +336,114 @@ impl Steps<'_> {
         )
     }
 
-    /// Runs `kiwi-ng system create` on the unpacked `root`.
-    fn kiwi_create(&self, root: &Path) -> Result<()> {
-        let pass = &self.plan.pass;
-        kiwi::run_kiwi(&kiwi::create_args(&self.job.globals, root, pass), &pass.target_dir)
+    /// W2's steps on `roots` with the arguments `pass`: fetch them, check
+    /// that they fit each other and hold a description in `/image` (read
+    /// from their layers), unpack them, run `kiwi-ng system create` with
+    /// that description. What holds the images is kept until the root is.
+    fn create_on(&self, roots: &[ImageReference], pass: &kiwi::PassThrough) -> Result<(Vec<Fetched>, Held)> {
+        let (images, mut held) = self.fetch(roots)?;
+        self.check_fit(&images, None, images.len() > 1)?;
+        check_stored_description(&images, roots, self.scratch)?;
+        self.unpack(&images)?;
+        held.unpacked();
+        self.on_unpacked_root(|root| {
+            // umoci unpacks on its own: what it made is checked as well.
+            derive::kiwi_root_check(root, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
+            kiwi::run_kiwi(&kiwi::create_args(&self.job.globals, root, pass), &pass.target_dir)
+        })?;
+        Ok((images, held))
     }
 
-    /// The input record of this build, for the image `--keep-root` stores:
-    /// over the description kiwi-ng read (the merged one of a derived
-    /// build), the arguments, and `images`, the images built on.
-    fn input_record(&self, images: &[Fetched]) -> Result<crate::inputs::Record> {
-        let dir = match &self.plan.workflow {
-            Workflow::FreshBuild { dir, .. } | Workflow::BuildOnRoots { dir, .. } => Some(dir.clone()),
-            Workflow::DerivedBuild(_) => Some(self.plan.pass.target_dir.join(MERGED_DESCRIPTION)),
-            Workflow::CreateFromRoots { .. } => None,
+    /// The input record of this build when it keeps its root (`None`
+    /// otherwise), made before anything is built: over the description
+    /// kiwi-ng will read in `dir` (the merged one of a derived build; none
+    /// for W2), the arguments, and `roots`, the images built on. A record
+    /// that cannot be made costs the build nothing: the root is kept
+    /// without one, and nothing is reused.
+    fn record(&self, dir: Option<&Path>, roots: &[ImageReference]) -> Option<Record> {
+        self.plan.keep.as_ref()?;
+        let made = inputs::resolve_bases(self.store, roots, self.auth)
+            .and_then(|bases| inputs::of_build(dir, &self.job.globals, &self.plan.pass.rest, bases));
+        match made {
+            Ok(record) => Some(record),
+            Err(e) => {
+                log::warn!("the root will be kept without an input record, which cannot be made: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// `--reuse`: when the image `--keep-root` names was built from the
+    /// inputs of `record`, builds from it as W2 does (no prepare), tags it
+    /// as `--keep-root` would have, and says so: true. Otherwise says why
+    /// the build runs: false.
+    fn reused(&self, record: Option<&Record>) -> Result<bool> {
+        let Some(keep) = self.plan.keep.as_ref().filter(|_| self.job.reuse) else {
+            return Ok(false);
         };
-        let bases = images
-            .iter()
-            .map(|i| crate::inputs::Base::resolved(&i.reference, &i.digest.to_string()))
-            .collect();
-        crate::inputs::of_build(dir.as_deref(), &self.job.globals, &self.plan.pass.rest, bases)
+        let reference = keep.reference();
+        let Some(stored) = self.reusable(record, &reference) else {
+            return Ok(false);
+        };
+        let built = stored.created.as_deref().unwrap_or("at a time it does not record");
+        log::info!("inputs unchanged since {reference}, built {built}: skipping prepare");
+        let (_images, _held) = self.create_on(std::slice::from_ref(&stored.image), &self.plan.pass.for_create())?;
+        let keys = match &keep.copy_to {
+            Some(dest) => vec![dest.to_string()],
+            None => {
+                let key = format!("{}:{}", keep.name, keep.tag);
+                let also: Vec<String> = keep.also.iter().map(|t| format!("{}:{t}", keep.name)).collect();
+                self.store.tag_as(&key, &also)?;
+                std::iter::once(key).chain(also).collect()
+            }
+        };
+        for key in keys {
+            crate::listing::line(&key)?;
+        }
+        Ok(true)
     }
 
-    /// Stores the built root as `--keep-root` says (nothing without it): on
-    /// `images` when the root was unpacked from them.
-    fn keep_root(&self, images: &[Fetched]) -> Result<()> {
+    /// The image `--keep-root` names, looked up for [`Steps::reused`]: when
+    /// it carries the record `record` (the same hash, and a record that can
+    /// vouch for a root), what it says; else `None`, and the log says why.
+    fn reusable(&self, record: Option<&Record>, reference: &ImageReference) -> Option<inputs::Stored> {
+        let Some(record) = record else {
+            log::info!("--reuse: this build has no input record: building");
+            return None;
+        };
+        if !record.reusable() {
+            log::info!(
+                "--reuse: the inputs cannot vouch for a root ({}): building",
+                record.not_reusable.join("; ")
+            );
+            return None;
+        }
+        let stored = match inputs::stored(self.store, reference, self.auth) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                log::info!("--reuse: there is no {reference} yet: building");
+                return None;
+            }
+            Err(e) => {
+                log::warn!("--reuse: {reference} cannot be looked up ({e:#}): building");
+                return None;
+            }
+        };
+        match &stored.record {
+            None => log::info!("--reuse: {reference} carries no input record: building"),
+            Some(old) if old.hash != record.hash => log::info!(
+                "--reuse: the inputs changed since {reference} ({}): building",
+                inputs::differences(old, record).join("; ")
+            ),
+            Some(_) => return Some(stored),
+        }
+        None
+    }
+
+    /// Stores the built root as `--keep-root` says (nothing without it),
+    /// with the input record `record`: on `images` when the root was
+    /// unpacked from them.
+    fn keep_root(&self, images: &[Fetched], record: Option<Record>) -> Result<()> {
         let Some(keep) = &self.plan.keep else {
             return Ok(());
         };
@@ -359,14 +451,7 @@ impl Steps<'_> {
         let root = image_root(&self.plan.pass.target_dir);
         let arch = self.job.globals.target_arch.as_deref();
         let mut facts = stash::facts_of_root(&root, arch)?;
-        // The build is done: a record that cannot be made costs it nothing.
-        facts.inputs = match self.input_record(images) {
-            Ok(record) => Some(record.labels()),
-            Err(e) => {
-                log::warn!("keeping the root without its input record: {e:#}");
-                None
-            }
-        };
+        facts.inputs = record.map(|r| r.labels());
         let Some(dest) = &keep.copy_to else {
             let name = Some(keep.name.as_str());
             let done = stash_facts(self.store, &root, Some(&keep.tag), &keep.also, name, facts, base)?;

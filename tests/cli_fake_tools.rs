@@ -2572,3 +2572,75 @@ fn inputs_of_builds_on_a_stash_name_their_base() {
         serde_json::json!(["base image docker://example.invalid/base:1: by reference, not resolved"])
     );
 }
+
+/// `--reuse`: the first build runs and keeps its record; the same inputs
+/// again run `system create` on the kept root (no `system build`, none of
+/// the options that prepare a root) and tag it as the build would have;
+/// a changed config.sh builds again and says what changed.
+#[test]
+fn reuse_skips_prepare_only_while_the_inputs_are_unchanged() {
+    let sandbox = Sandbox::new();
+    let (description, built) = sandbox.description_and_built_root();
+    fs::write(description.join("config.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let desc = description.to_str().unwrap();
+    let build = |target: &str| {
+        let target = sandbox.arg(target);
+        sandbox.run_with(
+            &[
+                "rebuild",
+                "--description",
+                desc,
+                "--keep-root",
+                "kept",
+                "--reuse",
+                "--",
+                "--target-dir",
+                &target,
+                "--add-package",
+                "vim",
+            ],
+            |c| {
+                c.env("FAKE_KIWI_ROOT", &built).env("FAKE_UMOCI_SEED", &built);
+            },
+        )
+    };
+    let verbs = |run: &Run| -> Vec<String> { run.calls("kiwi-ng").iter().map(|c| c[1].clone()).collect() };
+
+    let first = build("t1");
+    first.assert_ok();
+    first.assert_stderr_has(&["--reuse: there is no kept:1.2.3 yet: building"]);
+    assert_eq!(verbs(&first), ["build"]);
+    let kept = sandbox.manifest_digest("kept:1.2.3");
+
+    let second = build("t2");
+    second.assert_ok();
+    second.assert_stderr_has(&["inputs unchanged since kept:1.2.3, built ", ": skipping prepare"]);
+    let t2 = sandbox.arg("t2");
+    let root2 = format!("{t2}/build/image-root");
+    assert_eq!(
+        second.calls("kiwi-ng"),
+        vec![strings(&["system", "create", "--root", &root2, "--target-dir", &t2])],
+        "{}",
+        second.stderr
+    );
+    assert_eq!(second.stdout, "kept:1.2.3\nkept:latest\n");
+    assert_eq!(
+        sandbox.manifest_digest("kept:1.2.3"),
+        kept,
+        "a reused build stored again"
+    );
+    assert_eq!(sandbox.manifest_digest("kept:latest"), kept);
+
+    fs::write(description.join("config.sh"), "#!/bin/sh\nfalse\n").unwrap();
+    let third = build("t3");
+    third.assert_ok();
+    third.assert_stderr_has(&[
+        "--reuse: the inputs changed since kept:1.2.3 (config.sh: content, size changed): building",
+    ]);
+    assert_eq!(verbs(&third), ["build"]);
+
+    // --reuse compares with what --keep-root names: without it, nothing to compare.
+    let alone = sandbox.run(&["rebuild", "--description", desc, "--reuse", "--", "--target-dir", "/t"]);
+    alone.assert_fails(2);
+    alone.assert_stderr_has(&["--keep-root"]);
+}

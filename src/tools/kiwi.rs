@@ -269,6 +269,32 @@ impl PassThrough {
         PassThrough::parse_with(args, &Options::of(build))
     }
 
+    /// These arguments for `system create` on a root that a build with them
+    /// prepared: the options of `system build` that `system create` does
+    /// not take (those that prepare the root) left out.
+    pub fn for_create(&self) -> PassThrough {
+        let (build, create) = (Options::of(true), Options::of(false));
+        let mut rest = Vec::new();
+        let mut it = self.rest.iter();
+        while let Some(name) = it.next() {
+            let key = name.to_string_lossy();
+            let value = if build.find(&key).unwrap_or(false) {
+                it.next()
+            } else {
+                None
+            };
+            if create.find(&key).is_some() {
+                rest.push(name.clone());
+                rest.extend(value.cloned());
+            }
+        }
+        PassThrough {
+            target_dir: self.target_dir.clone(),
+            description: None,
+            rest,
+        }
+    }
+
     /// Checks `args` against `options`.
     pub fn parse_with(args: &[OsString], options: &Options) -> Result<PassThrough> {
         let command = options.command.as_str();

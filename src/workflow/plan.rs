@@ -113,6 +113,12 @@ impl Plan {
             .as_ref()
             .map(|r| keep_target(r, workflow.description()))
             .transpose()?;
+        if job.reuse && keep.is_none() {
+            return Err(eyre!(
+                "--reuse needs --keep-root: it compares the inputs with those of the image kept there"
+            ))
+            .suggestion("add --keep-root REF, the image an earlier build of the same inputs kept");
+        }
         for r in roots {
             restore::resolve_stash(store, r)?;
         }
@@ -220,6 +226,19 @@ pub struct Keep {
     pub also: Vec<Tag>,
     /// Where it is copied to, when `--keep-root` is no stash.
     pub copy_to: Option<ImageReference>,
+}
+
+impl Keep {
+    /// The image it stores: `NAME:TAG` in the store, or where it is copied to.
+    pub fn reference(&self) -> ImageReference {
+        match &self.copy_to {
+            Some(dest) => dest.clone(),
+            None => ImageReference::Stash(StashRef {
+                name: self.name.clone(),
+                tag: Some(self.tag.clone()),
+            }),
+        }
+    }
 }
 
 /// Works out the stash name and tag of `--keep-root` before anything runs:
