@@ -782,7 +782,7 @@ pub struct Stored {
 
 /// Looks up the image `reference` (a stash, or any image skopeo reads)
 /// for its input record, fetching no layer: `None` when there is no such
-/// stash. An image elsewhere costs a manifest request, and a config
+/// image. An image elsewhere costs a manifest request, and a config
 /// request unless the store holds that image.
 pub fn stored(store: &Store, reference: &ImageReference, auth: &RegistryAuth) -> Result<Option<Stored>> {
     let (config, image) = match reference {
@@ -796,7 +796,11 @@ pub fn stored(store: &Store, reference: &ImageReference, auth: &RegistryAuth) ->
             let manifest = store.manifest(&desc.sha256()?)?;
             (store.config(&manifest.config().sha256()?)?, reference.clone())
         }
-        other => transfer::remote_config(store, other, auth)?,
+        other => match transfer::remote_config(store, other, auth) {
+            Ok(found) => found,
+            Err(e) if e.chain().any(|c| c.to_string() == crate::registry::NO_SUCH_IMAGE) => return Ok(None),
+            Err(e) => return Err(e),
+        },
     };
     let record = of_labels(&config.labels()).wrap_err_with(|| format!("reading the input record of {reference}"))?;
     Ok(Some(Stored {

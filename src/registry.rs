@@ -256,6 +256,9 @@ impl Mode0600 for std::fs::OpenOptions {
     }
 }
 
+/// What [`explain_skopeo`] says of an image or tag the registry does not have.
+pub const NO_SUCH_IMAGE: &str = "the image or tag does not exist";
+
 /// What a skopeo failure means, from its last output: unreachable registry,
 /// refused credentials, unknown image, untrusted certificate.
 pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
@@ -321,7 +324,7 @@ pub fn explain_skopeo(output: &str) -> Option<(String, String)> {
         "no such image",
     ]) {
         return Some((
-            "the image or tag does not exist".into(),
+            NO_SUCH_IMAGE.into(),
             "check the name and tag; skopeo list-tags docker://REPO lists the tags".into(),
         ));
     }

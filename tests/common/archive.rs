@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -431,4 +432,33 @@ fn lines_lacking(a: &[String], b: &[String]) -> Vec<String> {
         })
         .cloned()
         .collect()
+}
+
+/// How the build in `t2` differs from the one in `t1` (whose archive is
+/// `archive1`), `None` if not at all: the result archives entry by entry,
+/// their `tar --full-time -tvJf` listings, and the image-root directory
+/// itself (KIWI's tbz archive has no `./` entry, other image types carry
+/// the root's mode, owner and mtime).
+pub fn same_build_report(t1: &Path, archive1: &Entries, t2: &Path) -> Option<String> {
+    let (file1, file2) = (result_archive(t1), result_archive(t2));
+    let mut reports = Vec::new();
+    reports.extend(archive_report(archive1, &read_archive(&file2)));
+    reports.extend(listing_report(&full_time_listing(&file1), &full_time_listing(&file2)));
+    let root = |t: &Path| {
+        let meta = fs::symlink_metadata(t.join("build/image-root")).unwrap();
+        format!(
+            "mode {:04o}, owner {}:{}, mtime {}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            show_time((meta.mtime(), meta.mtime_nsec() as u32))
+        )
+    };
+    let (root1, root2) = (root(t1), root(t2));
+    if root1 != root2 {
+        reports.push(format!(
+            "the image-root directory itself differs: W1 {root1}, W2 {root2}\n"
+        ));
+    }
+    (!reports.is_empty()).then(|| reports.concat())
 }
