@@ -499,9 +499,10 @@ impl Steps<'_> {
 
 /// W2's check before anything is unpacked: the stacked `images` hold a
 /// description in `/image` for `system create`, no symlink out of it, read
-/// from their layers into `scratch/base`.
+/// from their layers into `scratch/stored` (a derived build read its base's
+/// into `scratch/base` before it was reused).
 fn check_stored_description(images: &[Fetched], roots: &[ImageReference], scratch: &Path) -> Result<()> {
-    let dest = scratch.join("base");
+    let dest = scratch.join("stored");
     derive::unpack_image_dir(&restore::stack(images)?, &dest)?;
     derive::kiwi_root_check(&dest, &describe(roots)).suggestion(CREATE_NEEDS_IMAGE_DIR)?;
     derive::check_image_symlinks(&dest)

@@ -2644,3 +2644,64 @@ fn reuse_skips_prepare_only_while_the_inputs_are_unchanged() {
     alone.assert_fails(2);
     alone.assert_stderr_has(&["--keep-root"]);
 }
+
+/// `--reuse` on builds over stashes: W3 on a stack of two and W4 on its
+/// base reuse what they kept while their bases stay, and build again once
+/// a base is stashed anew, saying which base changed.
+#[test]
+fn reuse_of_builds_on_stashes_follows_their_bases() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path("root");
+    kiwi_tree(&root, "fake-base");
+    sandbox.stash(&root, &[]);
+    let top = sandbox.path("top");
+    kiwi_tree(&top, "fake-top");
+    sandbox.stash(&top, &[]);
+    let derived = sandbox.path("derived");
+    fs::create_dir_all(&derived).unwrap();
+    fs::write(
+        derived.join("config.xml"),
+        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+    )
+    .unwrap();
+    let (description, _) = sandbox.description_and_built_root();
+    let (d4, d3) = (
+        derived.to_str().unwrap().to_string(),
+        description.to_str().unwrap().to_string(),
+    );
+    let build = |target: &str, w4: bool| {
+        let target = sandbox.arg(target);
+        let mut args: Vec<&str> = vec!["rebuild"];
+        if w4 {
+            args.extend(["--description", &d4, "--keep-root", "w4:1"]);
+        } else {
+            args.extend(["--root", "fake-base", "--root", "fake-top", "--keep-root", "w3:1"]);
+        }
+        args.extend(["--reuse", "--", "--target-dir", &target]);
+        if !w4 {
+            args.extend(["--description", &d3]);
+        }
+        let run = sandbox.run_with(&args, |c| {
+            c.env("FAKE_UMOCI_SEED", &root);
+        });
+        run.assert_ok();
+        let verbs: Vec<String> = run.calls("kiwi-ng").iter().map(|c| c[1].clone()).collect();
+        (run, verbs)
+    };
+    for (w4, kept) in [(false, "w3:1"), (true, "w4:1")] {
+        let (_, verbs) = build(&format!("{kept}-a"), w4);
+        assert_eq!(verbs, ["build"], "{kept}");
+        let (run, verbs) = build(&format!("{kept}-b"), w4);
+        assert_eq!(verbs, ["create"], "{kept}: {}", run.stderr);
+        run.assert_stderr_has(&[&format!("inputs unchanged since {kept}, built ")]);
+    }
+    // A new stash of the base: both build again, and say why.
+    fs::write(root.join("etc/motd"), "new\n").unwrap();
+    sandbox.stash(&root, &[]);
+    for (w4, kept) in [(false, "w3:1"), (true, "w4:1")] {
+        let (run, verbs) = build(&format!("{kept}-c"), w4);
+        assert_eq!(verbs, ["build"], "{kept}: {}", run.stderr);
+        run.assert_stderr_has(&[&format!("--reuse: the inputs changed since {kept} (base images ")]);
+    }
+}
