@@ -325,6 +325,15 @@ pub struct StashArgs {
     /// Name of the stash (default: <image name> of the description)
     #[arg(long, value_name = "NAME", requires = "root")]
     pub container_name: Option<String>,
+    /// Store the input record of a build of DIR with the root
+    ///
+    /// As rebuild --keep-root does (see kiwi-stackbuild inputs): the
+    /// description and every file beside it, kiwi-ng's version, the state
+    /// of its repositories, and the profiles among the global options, else
+    /// those KIWI wrote into the root's /.profile. A later inputs --against
+    /// or rebuild --reuse compares its own inputs with it.
+    #[arg(long, value_name = "DIR", requires = "root")]
+    pub description: Option<PathBuf>,
     /// List the stashes; broken ones say what is wrong (exit status 3)
     #[arg(long)]
     pub list: bool,
@@ -563,7 +572,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             crate::listing::line(&name.key())?;
             Ok(())
         }
-        Command::Stash(a) => stash(&store, a, cli.global.target_arch.as_deref()),
+        Command::Stash(a) => stash(&store, a, &cli.global.kiwi()),
         Command::Inputs(a) => inputs(&store, a, &cli.global),
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     }
@@ -727,7 +736,7 @@ fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
     .into())
 }
 
-fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
+fn stash(store: &Store, a: StashArgs, globals: &kiwi::Globals) -> Result<()> {
     if a.list {
         return listing::print(store, a.json);
     }
@@ -748,12 +757,13 @@ fn stash(store: &Store, a: StashArgs, target_arch: Option<&str>) -> Result<()> {
         .ok_or_else(|| eyre!("stash needs --root, --list, --rm, --check, --squash or --prune"))?;
     let done = workflow::stash(
         store,
-        &root,
-        Some(&a.tag),
-        &[],
-        a.container_name.as_deref(),
-        target_arch,
-        None,
+        &workflow::StashRoot {
+            root: &root,
+            tag: &a.tag,
+            container_name: a.container_name.as_deref(),
+            description: a.description.as_deref(),
+            globals,
+        },
     )?;
     let added = done.layer.as_ref().map_or_else(
         || "no new layer".to_string(),

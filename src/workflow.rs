@@ -74,20 +74,51 @@ pub struct Rebuild {
     pub reuse: bool,
 }
 
-/// Stores the KIWI root tree `root` in the local store, tagged `tag` and
-/// every tag of `also`.
-pub fn stash(
-    store: &Store,
-    root: &Path,
-    tag: Option<&Tag>,
-    also: &[Tag],
-    container_name: Option<&str>,
-    target_arch: Option<&str>,
-    base: Option<Base>,
-) -> Result<stash::Stashed> {
+/// What `stash --root` was asked to do.
+#[derive(Debug)]
+pub struct StashRoot<'a> {
+    /// The KIWI root tree.
+    pub root: &'a Path,
+    /// The tag.
+    pub tag: &'a Tag,
+    /// The name, when not the root's `<image name>`.
+    pub container_name: Option<&'a str>,
+    /// The description a build of which prepared the root, whose input
+    /// record is stored with it (`--description`).
+    pub description: Option<&'a Path>,
+    /// kiwi-ng's global options.
+    pub globals: &'a Globals,
+}
+
+/// Stores the KIWI root tree `job.root` in the local store, with the input
+/// record of its description when it names one. Without `--profile`, the
+/// profiles are those KIWI wrote into the root's `/.profile`
+/// (`kiwi_profiles`), read, never run: what the build selected.
+pub fn stash(store: &Store, job: &StashRoot) -> Result<stash::Stashed> {
     tools::require_root("stash")?;
-    let facts = stash::facts_of_root(root, target_arch)?;
-    stash_facts(store, root, tag, also, container_name, facts, base)
+    let mut facts = stash::facts_of_root(job.root, job.globals.target_arch.as_deref())?;
+    if let Some(given) = job.description {
+        let file = description::find(given)?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let mut globals = job.globals.clone();
+        if globals.profiles.is_empty() {
+            globals.profiles = built_profiles(job.root);
+        }
+        let record = inputs::of_build(Some(dir), &globals, &[], Vec::new())?;
+        facts.inputs = Some(record.labels());
+    }
+    stash_facts(store, job.root, Some(job.tag), &[], job.container_name, facts, None)
+}
+
+/// The profiles KIWI built `root` with, as it wrote them into `/.profile`
+/// (`kiwi_profiles='a,b'`); none when it says none or is not there.
+fn built_profiles(root: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(root.join(".profile")) else {
+        return Vec::new();
+    };
+    crate::obs::buildenv_value(&String::from_utf8_lossy(&text), "kiwi_profiles")
+        .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// [`stash`] with the `facts` of the root worked out (and an input record

@@ -16,12 +16,26 @@ const CONFIG: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 </image>
 "#;
 
-fn kiwi_root(topdir: &Path, kind: &str) {
+/// A root as KIWI leaves it, built with `profiles` (its `/.profile`).
+fn kiwi_root(topdir: &Path, kind: &str, profiles: &str) {
     let root = topdir.join(format!("KIWIROOT-{kind}"));
     fs::create_dir_all(root.join("image")).unwrap();
     fs::create_dir_all(root.join("etc")).unwrap();
     fs::write(root.join("image/config.xml"), CONFIG).unwrap();
     fs::write(root.join("etc/os-release"), format!("NAME=test-{kind}\n")).unwrap();
+    fs::write(
+        root.join(".profile"),
+        format!("kiwi_iname='obs-base'\nkiwi_profiles='{profiles}'\nkiwi_type='{kind}'\n"),
+    )
+    .unwrap();
+}
+
+/// The sources OBS staged for the build: the recipe and a script beside it.
+fn sources(topdir: &Path) {
+    let dir = topdir.join("SOURCES");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("obs-base.kiwi"), CONFIG).unwrap();
+    fs::write(dir.join("config.sh"), "#!/bin/bash\n").unwrap();
 }
 
 const DISTURL: &str = "obs://build.example.invalid/openSUSE:Leap:15.6/images/0123-obs-base";
@@ -41,8 +55,9 @@ fn every_kiwi_root_becomes_a_published_oci_archive(disturl: Disturl) {
     let tmp = tempfile::tempdir().unwrap();
     let buildroot = tmp.path().join("buildroot");
     let topdir = buildroot.join("usr/src/packages");
-    kiwi_root(&topdir, "docker");
-    kiwi_root(&topdir, "oem");
+    kiwi_root(&topdir, "docker", "flavor");
+    kiwi_root(&topdir, "oem", "");
+    sources(&topdir);
     let buildenv = buildroot.join(".buildenv");
     fs::write(
         &buildenv,
@@ -96,6 +111,39 @@ fn every_kiwi_root_becomes_a_published_oci_archive(disturl: Disturl) {
         assert_eq!(e["labels"]["org.openbuildservice.disturl"], DISTURL);
         assert_eq!(e["labels"]["io.kiwi-stackbuild.distribution"], "opensuse-leap-15.6");
         assert_eq!(e["layers"], 1);
+        // The input record of what the build root held.
+        let labels = &e["labels"];
+        let record: serde_json::Value =
+            serde_json::from_str(labels["io.kiwi-stackbuild.inputs.record"].as_str().unwrap_or("null")).unwrap();
+        let parts = &record["parts"];
+        assert_eq!(parts["obs-base.kiwi"]["type"], "file", "{record}");
+        assert_eq!(parts["config.sh"]["type"], "file", "{record}");
+        let profiles = if e["reference"] == "obs-docker:1" {
+            vec!["flavor"]
+        } else {
+            vec![]
+        };
+        assert_eq!(parts["profiles"], serde_json::json!(profiles), "{record}");
+        let against = Command::new(env!("CARGO_BIN_EXE_kiwi-stackbuild"))
+            .args(profiles.iter().flat_map(|p| ["--profile", p]))
+            .arg("inputs")
+            .arg("--description")
+            .arg(topdir.join("SOURCES"))
+            .arg("--against")
+            .arg(e["reference"].as_str().unwrap())
+            .env("KIWI_STACKBUILD_HOME", &home)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&against.stdout);
+        assert!(
+            against.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&against.stderr)
+        );
+        assert!(
+            said.starts_with(&format!("same inputs as {}: sha256:", e["reference"].as_str().unwrap())),
+            "{said}"
+        );
     }
     // OBS's container post-processing reads every KIWI/*.tar (and *.tar.xz)
     // as a container image of the recipe; the stashes must not be one.
