@@ -195,26 +195,48 @@ fn a_changed_suite_is_named_and_a_silent_one_is_not_reusable() {
     assert_eq!(part["source"], url.as_str());
     assert_eq!(record["reusable"], true, "{record}");
 
-    let target = sandbox.path("target");
-    let kept = sandbox.run(&[
-        "rebuild",
-        "--description",
-        d,
-        "--keep-root",
-        "kept",
-        "--",
-        "--target-dir",
-        target.to_str().unwrap(),
-    ]);
-    assert!(kept.status.success(), "{}", text(&kept.stderr));
+    // rebuild --reuse: built and kept, then reused while the suite stays.
+    let reuse = |description: &str, target: &str| -> String {
+        let out = sandbox.run(&[
+            "rebuild",
+            "--description",
+            description,
+            "--keep-root",
+            "kept",
+            "--reuse",
+            "--",
+            "--target-dir",
+            sandbox.path(target).to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let log = reuse(d, "t1");
+    assert!(log.contains("--reuse: there is no kept:1.0.0 yet: building"), "{log}");
     let same = sandbox.run(&["inputs", "--description", d, "--against", "kept"]);
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
+    let log = reuse(d, "t2");
+    assert!(log.contains("inputs unchanged since kept:1.0.0, built "), "{log}");
 
-    // A new package: a new Packages index, so a new InRelease.
+    // A new package: a new Packages index, so a new InRelease, and a build.
     add_package(&repo, "world");
     let changed = sandbox.run(&["inputs", "--description", d, "--against", "kept"]);
     assert_eq!(changed.status.code(), Some(1), "{}", text(&changed.stderr));
     assert_eq!(text(&changed.stdout), "repository bookworm: InRelease changed\n");
+    let log = reuse(d, "t3");
+    assert!(
+        log.contains("--reuse: the inputs changed since kept:1.0.0 (repository bookworm: InRelease changed): building"),
+        "{log}"
+    );
+    let same = sandbox.run(&["inputs", "--description", d, "--against", "kept"]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "the new build was not kept: {}",
+        text(&same.stderr)
+    );
+    // One more package: what kept records is behind the suite again.
+    add_package(&repo, "again");
     // An image elsewhere carries the record too: its labels are read
     // with skopeo inspect --config.
     let layout = sandbox.path("layout");
@@ -250,6 +272,12 @@ fn a_changed_suite_is_named_and_a_silent_one_is_not_reusable() {
         "{stderr}"
     );
     assert!(stderr.contains("the record is not reusable"), "{stderr}");
+    // --reuse builds, and says why.
+    let log = reuse(gone.to_str().unwrap(), "t4");
+    assert!(
+        log.contains("--reuse: the inputs cannot vouch for a root (repository bookworm: fetching http://127.0.0.1:1/"),
+        "{log}"
+    );
     assert!(
         stderr.contains("Failed to connect") || stderr.contains("Couldn't connect"),
         "{stderr}"
