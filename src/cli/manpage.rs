@@ -89,6 +89,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "kiwi-stackbuild rebuild --description D --keep-root NAME -- --target-dir T",
     ),
     (
+        "the same, but skip prepare when the kept root was built from the same inputs",
+        "kiwi-stackbuild rebuild --description D --keep-root REF --reuse -- --target-dir T",
+    ),
+    (
         "build again from the stash alone: unpack it, kiwi-ng system create",
         "kiwi-stackbuild rebuild --root NAME:TAG -- --target-dir T",
     ),
@@ -118,7 +122,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "stash a root tree",
-        "kiwi-stackbuild stash --root T/build/image-root [--tag TAG] [--container-name NAME]",
+        "kiwi-stackbuild stash --root T/build/image-root [--tag TAG] [--container-name NAME] [--description D]",
     ),
     ("list the stashes", "kiwi-stackbuild stash --list [--json]"),
     ("remove a stash", "kiwi-stackbuild stash --rm NAME[:TAG]"),
