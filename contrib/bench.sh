@@ -49,6 +49,14 @@
 #   ours_w2          the whole W2 (kiwi-ng system create of a tbz included);
 #                    wrappers record the RSS of umoci and of kiwi-stackbuild
 #                    (its VmHWM when it starts kiwi-ng)
+#   ours_build_fresh  kiwi-stackbuild rebuild --description D --keep-root
+#                    bench-reuse --reuse -- --target-dir T into an empty
+#                    store: a whole kiwi-ng system build (prepare from the
+#                    package cache, which the first build filled) and the
+#                    stash of its root (fixture root only)
+#   ours_build_reused the same command on a store that holds what such a
+#                    build kept: inputs unchanged, so W2 from it, no prepare
+#                    (the log must say "skipping prepare"; fixture root only)
 #   kiwi_stash       kiwi-ng system stash --root ROOT (fresh stash dir and
 #                    podman storage every run)
 #   kiwi_w2          kiwi-ng system stackbuild --stash bench --target-dir T
@@ -66,7 +74,8 @@
 # On the big root kiwi_stash and floor_gzip run --slow-runs-big times only
 # (default 1: KIWI's stash of it takes minutes, gzip -1 one), ours_w2 and
 # kiwi_w2 only with --big-w2 (then --slow-runs-big times: W2 bzip2s a tbz of
-# the root), and ours_stash_stub not at all.
+# the root), and ours_stash_stub, ours_build_fresh and ours_build_reused not
+# at all (a prepare of the big root takes many minutes).
 #
 # KIWI keeps its stashes in /var/tmp/kiwi-stash (hard-coded) and loads them
 # into podman's storage. Every kiwi-ng run here is in its own mount
@@ -278,6 +287,8 @@ lacks() {
 no_zstd=$(lacks --compression || true)
 [ -n "$no_zstd" ] || no_zstd=$(lacks --compression-level || true)
 no_jobs=$(lacks --jobs || true)
+no_reuse=
+grep -qE -- '--reuse([^-a-z]|$)' <<<"$("$bin" rebuild --help)" || no_reuse="the binary has no rebuild --reuse"
 # The zstd level of both our zstd stash and the zstd floor.
 zstd_level=3
 ncores=$(nproc)
@@ -460,6 +471,26 @@ case_ours_w2() {
     record
     discard "$target"
 }
+# reuse_case CASE RUN STORE: rebuild --reuse of the root's description
+# with STORE as the store.
+reuse_case() {
+    local target=$R/reuse-$1-$2
+    measure "$1" "$2" "$bin" --stash-home "$3" --kiwi-config "$kiwi_yml" --shared-cache-dir "$W/cache" \
+        rebuild --description "$R/description" --keep-root bench-reuse --reuse -- --target-dir "$target"
+    record
+    discard "$target"
+}
+case_ours_build_fresh() {
+    if [ -n "$no_reuse" ]; then not_measured ours_build_fresh "$1" "$no_reuse"; return; fi
+    reuse_case ours_build_fresh "$1" "$R/store-fresh-$1"
+    discard "$R/store-fresh-$1"
+}
+case_ours_build_reused() {
+    if [ -n "$no_reuse" ]; then not_measured ours_build_reused "$1" "$no_reuse"; return; fi
+    reuse_case ours_build_reused "$1" "$reuse_store"
+    grep -q "skipping prepare" "$R/logs/ours_build_reused.$1.log" \
+        || die "ours_build_reused run $1 did not reuse the kept root (log: $R/logs/ours_build_reused.$1.log)"
+}
 case_kiwi_stash() {
     local d=$R/kiwi/stash-$1
     mkdir -p "$d/stash" "$d/tmp"
@@ -515,14 +546,14 @@ case_floor_unzstd() {
 
 cases=(ours_stash kiwi_stash floor_gzip ours_restash floor_tar ours_w2 floor_untar ours_stash_zstd
        floor_pigz ours_restore ours_stash_stub kiwi_w2 floor_zstd ours_restash_unchanged
-       ours_stash_jobs1 floor_unzstd ours_restore_zstd)
+       ours_stash_jobs1 floor_unzstd ours_restore_zstd ours_build_fresh ours_build_reused)
 # On the big root: KIWI's cases, our full W2 and tar | gzip -1 (one core)
 # run in the first --slow-runs-big rounds only; both W2 cases (their kiwi-ng
 # system create bzip2s a tbz of 1.5 GB: minutes, the same work on both
 # sides) only with --big-w2; the kiwi-ng stub case not at all
 # (kiwi-stackbuild starts no kiwi-ng for stash: ours_stash measures the same).
 slow_cases=" kiwi_stash kiwi_w2 ours_w2 floor_gzip "
-big_skip=" ours_stash_stub $([ -n "$big_w2" ] || echo ours_w2 kiwi_w2) "
+big_skip=" ours_stash_stub ours_build_fresh ours_build_reused $([ -n "$big_w2" ] || echo ours_w2 kiwi_w2) "
 
 # bench_root LABEL: every case on root LABEL, --runs rounds; writes
 # W/LABEL/results.tsv and W/LABEL/meta.env.
@@ -556,6 +587,15 @@ bench_root() {
             kiwi-ng --config "$kiwi_yml" --temp-dir "$W/tmp" system stash --root "$ROOT" --container-name bench \
             >"$R/logs/kiwi-base-stash.log" 2>&1 \
             || { tail -n 30 "$R/logs/kiwi-base-stash.log" >&2; die "kiwi-ng system stash failed"; }
+    fi
+    reuse_store=$R/store-reuse
+    if [ -z "$no_reuse" ] && [[ $label != big ]]; then
+        say "$label root: building its description once with rebuild --keep-root --reuse, for ours_build_reused"
+        "$bin" --stash-home "$reuse_store" --kiwi-config "$kiwi_yml" --shared-cache-dir "$W/cache" \
+            rebuild --description "$R/description" --keep-root bench-reuse --reuse -- --target-dir "$R/reuse-setup" \
+            >"$R/logs/reuse-setup.log" 2>&1 \
+            || { tail -n 30 "$R/logs/reuse-setup.log" >&2; die "the first rebuild --reuse failed"; }
+        discard "$R/reuse-setup"
     fi
     "${tar_c[@]}" | pigz -1 -p "$ncores" >"$R/untar-source.tar.gz"
     "${tar_c[@]}" | zstd "-$zstd_level" -T0 -q >"$R/untar-source.tar.zst"
@@ -592,7 +632,7 @@ prepare_us=$prepare_us
 bench_us=$(( ${EPOCHREALTIME/./} - ${t0/./} ))
 EOF
     # The root's stashes and archives go now: the next root needs the disk.
-    rm -rf "$R/store-base" "$R/store-base-zstd" "$R/kiwi" "$R/untar-source".*
+    rm -rf "$R/store-base" "$R/store-base-zstd" "$R/store-reuse" "$R/kiwi" "$R/untar-source".*
 }
 
 report_args=()

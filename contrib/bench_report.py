@@ -39,6 +39,12 @@ CASES = {
                           "(kiwi-ng create stubbed)"),
     "ours_w2": ("kiwi-stackbuild rebuild --root (W2)",
                 "kiwi-stackbuild --kiwi-config K --shared-cache-dir C rebuild --root bench -- --target-dir T"),
+    "ours_build_fresh": ("kiwi-stackbuild rebuild --reuse, nothing kept yet (a whole build)",
+                         "kiwi-stackbuild --stash-home EMPTY rebuild --description D --keep-root bench-reuse --reuse "
+                         "-- --target-dir T"),
+    "ours_build_reused": ("kiwi-stackbuild rebuild --reuse, inputs unchanged (W2, no prepare)",
+                          "kiwi-stackbuild --stash-home STORE_OF_IT rebuild --description D --keep-root bench-reuse "
+                          "--reuse -- --target-dir T"),
     "kiwi_stash": ("kiwi-ng system stash",
                    "kiwi-ng --config K --temp-dir TMP system stash --root ROOT --container-name bench"),
     "kiwi_w2": ("kiwi-ng system stackbuild (W2)",
@@ -56,7 +62,8 @@ CASES = {
 }
 ORDER = ["ours_stash", "ours_stash_stub", "ours_stash_jobs1", "ours_stash_zstd", "kiwi_stash", "floor_tar",
          "floor_gzip", "floor_pigz", "floor_zstd", "ours_restash", "ours_restash_unchanged", "ours_restore",
-         "floor_untar", "ours_restore_zstd", "floor_unzstd", "ours_w2", "kiwi_w2"]
+         "floor_untar", "ours_restore_zstd", "floor_unzstd", "ours_w2", "kiwi_w2", "ours_build_fresh",
+         "ours_build_reused"]
 # Restore cases: the time is the `unpacked` log line, the RSS the larger of
 # kiwi-stackbuild's VmHWM at the hand-over to kiwi-ng and umoci's %M.
 RESTORE = ("ours_restore", "ours_restore_zstd")
@@ -227,6 +234,7 @@ def ratios(summary, meta):
         ("stash layer (zstd) / tar | zstd archive",
          ratio(med(summary, "ours_stash_zstd", "layer_bytes"), med(summary, "floor_zstd", "archive_bytes"))),
         ("W2: kiwi-stackbuild / KIWI stackbuild", ratio(med(summary, "ours_w2"), med(summary, "kiwi_w2"))),
+        ("rebuild --reuse: reused / fresh", ratio(med(summary, "ours_build_reused"), med(summary, "ours_build_fresh"))),
     ]
     return [{"name": n, "value": v} for n, v in rows]
 
@@ -297,6 +305,10 @@ def targets(summary, meta, label, nproc):
          vs("W2: kiwi-stackbuild / KIWI stackbuild", "ours_w2", "kiwi_w2"),
          lt(r["W2: kiwi-stackbuild / KIWI stackbuild"], 1.0)),
     ]
+    if "ours_build_fresh" in summary:
+        rows.append(("rebuild --reuse with unchanged inputs ≤ 1/3 of a fresh build",
+                     vs("rebuild --reuse: reused / fresh", "ours_build_reused", "ours_build_fresh"),
+                     le(r["rebuild --reuse: reused / fresh"], 1 / 3)))
     for case, what in (("ours_stash", "stash (gzip)"), ("ours_stash_zstd", "stash (zstd)"),
                        ("ours_restash", "re-stash, one file changed"),
                        ("ours_restash_unchanged", "re-stash, nothing changed"),
