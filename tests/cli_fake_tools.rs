@@ -2583,28 +2583,34 @@ fn reuse_skips_prepare_only_while_the_inputs_are_unchanged() {
     let (description, built) = sandbox.description_and_built_root();
     fs::write(description.join("config.sh"), "#!/bin/sh\ntrue\n").unwrap();
     let desc = description.to_str().unwrap();
-    let build = |target: &str| {
+    let build_with = |target: &str, globals: &[&str], after: &[&str]| {
         let target = sandbox.arg(target);
-        sandbox.run_with(
-            &[
-                "rebuild",
-                "--description",
-                desc,
-                "--keep-root",
-                "kept",
-                "--reuse",
-                "--",
-                "--target-dir",
-                &target,
-                "--add-package",
-                "vim",
-            ],
-            |c| {
-                c.env("FAKE_KIWI_ROOT", &built).env("FAKE_UMOCI_SEED", &built);
-            },
-        )
+        let mut args = globals.to_vec();
+        args.extend([
+            "rebuild",
+            "--description",
+            desc,
+            "--keep-root",
+            "kept",
+            "--reuse",
+            "--",
+            "--target-dir",
+            &target,
+            "--add-package",
+            "vim",
+        ]);
+        args.extend(after);
+        sandbox.run_with(&args, |c| {
+            c.env("FAKE_KIWI_ROOT", &built).env("FAKE_UMOCI_SEED", &built);
+        })
     };
-    let verbs = |run: &Run| -> Vec<String> { run.calls("kiwi-ng").iter().map(|c| c[1].clone()).collect() };
+    let build = |target: &str| build_with(target, &[], &[]);
+    // The word after `system` of each kiwi-ng call.
+    let verbs = |run: &Run| -> Vec<String> {
+        let calls = run.calls("kiwi-ng");
+        let after_system = |c: &Vec<String>| c.iter().skip_while(|a| *a != "system").nth(1).cloned();
+        calls.iter().filter_map(after_system).collect()
+    };
 
     let first = build("t1");
     first.assert_ok();
@@ -2638,6 +2644,30 @@ fn reuse_skips_prepare_only_while_the_inputs_are_unchanged() {
         "--reuse: the inputs changed since kept:1.2.3 (config.sh: content, size changed): building",
     ]);
     assert_eq!(verbs(&third), ["build"]);
+    // Each other change builds in full too, and is named.
+    fs::create_dir_all(description.join("root/etc")).unwrap();
+    fs::write(description.join("root/etc/motd"), "hello\n").unwrap();
+    let changes: [(&[&str], &[&str], &str); 3] = [
+        (&[], &[], "(root added; root/etc added; root/etc/motd added)"),
+        (
+            &[],
+            &["--add-package", "xz"],
+            "(args [\"--add-package=vim\"] -> [\"--add-package=vim\",\"--add-package=xz\"])",
+        ),
+        (
+            &["--profile", "big"],
+            &["--add-package", "xz"],
+            "(profiles [] -> [\"big\"])",
+        ),
+    ];
+    for (n, (globals, after, named)) in changes.into_iter().enumerate() {
+        let run = build_with(&format!("change-{n}"), globals, after);
+        run.assert_ok();
+        run.assert_stderr_has(&[&format!(
+            "--reuse: the inputs changed since kept:1.2.3 {named}: building"
+        )]);
+        assert_eq!(verbs(&run), ["build"], "{named}");
+    }
 
     // --reuse compares with what --keep-root names: without it, nothing to compare.
     let alone = sandbox.run(&["rebuild", "--description", desc, "--reuse", "--", "--target-dir", "/t"]);
