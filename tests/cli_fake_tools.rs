@@ -253,6 +253,20 @@ impl Sandbox {
         (description, built)
     }
 
+    /// `derived/`, a description derived from the stash `fake-base` that
+    /// adds a package.
+    fn derived_from_fake_base(&self) -> PathBuf {
+        let derived = self.path("derived");
+        fs::create_dir_all(&derived).unwrap();
+        fs::write(
+            derived.join("config.xml"),
+            "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
+             <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
+        )
+        .unwrap();
+        derived
+    }
+
     /// The store's index.json.
     fn index(&self) -> Value {
         read_json(&self.store().join("index.json"))
@@ -1511,14 +1525,7 @@ fn w4_keeps_bootstrap_packages_in_the_merge_and_drops_them_from_kiwi_ngs_copy() 
         .replace("</image>", &format!("    {bootstrap}\n</image>"));
     fs::write(root.join("image/config.xml"), stored).unwrap();
     sandbox.stash(&root, &[]);
-    let derived = sandbox.path("derived");
-    fs::create_dir_all(&derived).unwrap();
-    fs::write(
-        derived.join("config.xml"),
-        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
-         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
-    )
-    .unwrap();
+    let derived = sandbox.derived_from_fake_base();
     let target = sandbox.arg("target");
     let run = sandbox.run_with(
         &[
@@ -2485,14 +2492,8 @@ fn inputs_of_builds_on_a_stash_name_their_base() {
     kiwi_tree(&root, "fake-base");
     fs::write(root.join("image/config.sh"), "#!/bin/sh\n").unwrap();
     sandbox.stash(&root, &[]);
-    let derived = sandbox.path("derived");
+    let derived = sandbox.derived_from_fake_base();
     fs::create_dir_all(derived.join("root/etc")).unwrap();
-    fs::write(
-        derived.join("config.xml"),
-        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
-         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
-    )
-    .unwrap();
     fs::write(derived.join("root/etc/motd"), "child\n").unwrap();
     let (description, _) = sandbox.description_and_built_root();
     let (d4, d3) = (derived.to_str().unwrap(), description.to_str().unwrap());
@@ -2687,14 +2688,7 @@ fn reuse_of_builds_on_stashes_follows_their_bases() {
     let top = sandbox.path("top");
     kiwi_tree(&top, "fake-top");
     sandbox.stash(&top, &[]);
-    let derived = sandbox.path("derived");
-    fs::create_dir_all(&derived).unwrap();
-    fs::write(
-        derived.join("config.xml"),
-        "<image schemaversion=\"8.5\" name=\"child\" derived_from=\"fake-base\">\n    \
-         <packages type=\"image\"><package name=\"vim\"/></packages>\n</image>\n",
-    )
-    .unwrap();
+    let derived = sandbox.derived_from_fake_base();
     let (description, _) = sandbox.description_and_built_root();
     let (d4, d3) = (
         derived.to_str().unwrap().to_string(),

@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 
 use common::archive::{read_archive, result_archive, same_build_report};
 use common::fixture::{debian_description, kiwi_config, kiwi_ng};
-use common::images::{archive_list, private_podman_storage, tail};
+use common::images::{archive_list, layer_digests, private_podman_storage, tail};
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -317,28 +317,6 @@ fn debian_build_keep_rebuild_stack() {
     if let Some(report) = w2_differs {
         panic!("W2 did not build again what W1 built:\n{report}");
     }
-}
-
-/// The layer digests of the stash `key` in the store at `home`.
-fn layer_digests(home: &Path, key: &str) -> Vec<String> {
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&fs::read(home.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();
-    let manifest = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == key)
-        .unwrap_or_else(|| panic!("{key} not in {}", home.join("index.json").display()));
-    let manifest = read(manifest["digest"].as_str().unwrap());
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Removes KIWI's stash directory of one test stash, wherever the test ends.

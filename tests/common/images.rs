@@ -74,3 +74,25 @@ pub fn private_podman_storage(dir: &Path) -> PathBuf {
     fs::write(&conf, text).unwrap();
     conf
 }
+
+/// The layer digests of the stash `key` in the store at `home`.
+pub fn layer_digests(home: &Path, key: &str) -> Vec<String> {
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&fs::read(home.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(home.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == key)
+        .unwrap_or_else(|| panic!("{key} not in {}", home.join("index.json").display()));
+    let manifest = read(manifest["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
