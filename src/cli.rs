@@ -16,7 +16,7 @@ use crate::reference::{ImageReference, StashRef, Tag};
 use crate::registry::{self, Credentials, RegistryAuth};
 use crate::store::{self, Store};
 use crate::tools::kiwi::{self, Globals};
-use crate::tools::{self, skopeo, Tool};
+use crate::tools::{self, Tool};
 use crate::transfer;
 use crate::workflow::{self, Rebuild};
 
@@ -703,20 +703,15 @@ fn inputs(store: &Store, a: InputsArgs, global: &GlobalArgs) -> Result<()> {
             record.table().trim_end().to_string()
         });
     };
-    let labels = match against {
-        ImageReference::Stash(r) => inputs::stash_labels(store, &r.key())?,
-        other => {
-            tools::require(&[Tool::Skopeo])?;
-            let config: serde_json::Value = serde_json::from_slice(&skopeo::inspect_config(other, &auth)?)
-                .map_err(|e| eyre!("the image config of {other} is no JSON: {e}"))?;
-            serde_json::from_value(config["config"]["Labels"].clone()).unwrap_or_default()
-        }
-    };
-    let differences = inputs::against(&labels, &against.to_string(), &record)?;
+    if !matches!(against, ImageReference::Stash(_)) {
+        tools::require(&[Tool::Skopeo])?;
+    }
+    let stored = inputs::against(store, against, &auth)?;
+    let differences = inputs::differences(&stored, &record);
     if a.json {
         let out = serde_json::json!({
             "against": against.to_string(),
-            "stored": labels.get(crate::labels::INPUTS),
+            "stored": stored.hash,
             "hash": record.hash,
             "differences": differences,
         });

@@ -722,25 +722,20 @@ pub fn of_labels(labels: &BTreeMap<String, String>) -> Result<Option<Record>> {
     Ok(Some(record))
 }
 
-/// The labels of the stash `key` in `store`.
-pub fn stash_labels(store: &Store, key: &str) -> Result<BTreeMap<String, String>> {
-    let _lock = store.lock_shared()?;
-    let desc = store.resolve(key)?;
-    let manifest = store.manifest(&desc.sha256()?)?;
-    let config = store.config(&manifest.config().sha256()?)?;
-    Ok(config.labels())
-}
-
-/// The input record and hash a stored root was built from, and the
-/// command's `--against`: what differs, or an error when it carries none.
-pub fn against(labels: &BTreeMap<String, String>, what: &str, now: &Record) -> Result<Vec<String>> {
-    let Some(stored) = of_labels(labels).wrap_err_with(|| format!("reading the input record of {what}"))? else {
-        return Err(eyre!(
-            "{what} carries no input record (label {})",
-            labels::INPUTS_RECORD
-        ));
+/// The input record the image `reference` carries, for `--against`
+/// (looked up as [`stored`] does): an error when there is no such image,
+/// or it carries none.
+pub fn against(store: &Store, reference: &ImageReference, auth: &RegistryAuth) -> Result<Record> {
+    let Some(found) = stored(store, reference, auth)? else {
+        if let ImageReference::Stash(r) = reference {
+            // Says what there is instead.
+            store.resolve(&r.key())?;
+        }
+        return Err(eyre!("there is no image {reference}"));
     };
-    Ok(differences(&stored, now))
+    found
+        .record
+        .ok_or_else(|| eyre!("{reference} carries no input record (label {})", labels::INPUTS_RECORD))
 }
 
 /// The bases of a build as its record names them, resolved without
