@@ -3,17 +3,19 @@
 //! hundred thousand entries and more.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CStr, OsStr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
-use rustix::fs::{self, AtFlags, Dir, FileType, OFlags, Statx, StatxFlags};
+use rustix::fs::{self, AtFlags, Dir, OFlags};
 
 use super::compact::Metas;
 use super::tree::Tree;
-use super::{Kind, Meta, Time};
+use super::{Meta, Time};
+
+mod walk;
 
 /// The entries found under a root, in walk order: parents before children,
 /// names sorted bytewise. An entry is named by its index.
@@ -277,236 +279,57 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
 /// Times are kept as they are (`SOURCE_DATE_EPOCH` sets only the times we
 /// write ourselves), so the tree comes back exactly.
 pub fn scan(root: &Path) -> Result<Scan> {
-    scan_since(root, None)
+    scan_since(root, None, 1)
 }
 
-/// Scans `root` as [`scan`] does, taking what `previous` recorded of an
-/// entry whose inode has not changed since (see [`Record`]) instead of
-/// reading its xattrs and link target again.
-pub fn scan_since(root: &Path, previous: Option<Previous<'_>>) -> Result<Scan> {
+/// Scans `root` as [`scan`] does, on `jobs` threads, taking what
+/// `previous` recorded of an entry whose inode has not changed since (see
+/// [`Record`]) instead of reading its xattrs and link target again.
+pub fn scan_since(root: &Path, previous: Option<Previous<'_>>, jobs: usize) -> Result<Scan> {
     let started = Time::now();
-    let canonical = std::fs::canonicalize(root).wrap_err_with(|| format!("reading {}", root.display()))?;
+    let reading = || format!("reading {}", root.display());
+    let canonical = std::fs::canonicalize(root).wrap_err_with(reading)?;
     let mounts = mounts_below(&canonical);
-    let fd = fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        fs::Mode::empty(),
-    )
-    .wrap_err_with(|| format!("reading {}", root.display()))?;
-    let st = stat(fd.as_fd(), c"", AtFlags::EMPTY_PATH).wrap_err_with(|| format!("reading {}", root.display()))?;
-    let dev = device(st.stx_dev_major, st.stx_dev_minor);
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = fs::open(root, flags, fs::Mode::empty()).wrap_err_with(reading)?;
+    let st = walk::stat(fd.as_fd(), c"", AtFlags::EMPTY_PATH).wrap_err_with(reading)?;
+    let dev = walk::device(st.stx_dev_major, st.stx_dev_minor);
     let previous = previous.filter(|p| {
         let r = p.record;
         r.root == canonical.as_os_str().as_bytes() && r.dev == dev && r.root_ino == st.stx_ino
     });
-    let mut walker = Walker {
+    let cx = walk::Context {
         root,
         root_dev: dev,
         mounts: &mounts,
         previous,
-        rel: Vec::new(),
-        out: Scan {
-            root: root.to_path_buf(),
-            canonical: canonical.as_os_str().as_bytes().to_vec(),
-            root_dev: dev,
-            root_ino: st.stx_ino,
-            started,
-            ..Scan::default()
-        },
     };
-    if walker.entry(fd.as_fd(), c"", &st)? {
-        let dir = Dir::new(fd).wrap_err_with(|| format!("walking {}", root.display()))?;
-        walker.walk(dir)?;
-    }
-    Ok(walker.out)
-}
-
-fn device(major: u32, minor: u32) -> u64 {
-    (u64::from(major) << 32) | u64::from(minor)
-}
-
-fn stat(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> std::io::Result<Statx> {
-    let want = StatxFlags::TYPE
-        | StatxFlags::MODE
-        | StatxFlags::NLINK
-        | StatxFlags::UID
-        | StatxFlags::GID
-        | StatxFlags::MTIME
-        | StatxFlags::CTIME
-        | StatxFlags::INO
-        | StatxFlags::SIZE;
-    Ok(fs::statx(dir, name, flags | AtFlags::SYMLINK_NOFOLLOW, want)?)
-}
-
-/// A scan under way. Each entry is read relative to its directory's open
-/// handle, so no path is resolved from the root again but for xattrs.
-struct Walker<'a> {
-    root: &'a Path,
-    root_dev: u64,
-    mounts: &'a HashSet<Vec<u8>>,
-    previous: Option<Previous<'a>>,
-    /// The clean path of the entry at hand.
-    rel: Vec<u8>,
-    out: Scan,
-}
-
-impl Walker<'_> {
-    /// The entry at hand on disk, for messages and for what has no call
-    /// relative to a directory handle (xattrs).
-    fn path(&self) -> PathBuf {
-        if self.rel.is_empty() {
-            self.root.to_path_buf()
-        } else {
-            self.root.join(OsStr::from_bytes(&self.rel))
+    let mut out = Scan {
+        root: root.to_path_buf(),
+        canonical: canonical.as_os_str().as_bytes().to_vec(),
+        root_dev: dev,
+        root_ino: st.stx_ino,
+        started,
+        ..Scan::default()
+    };
+    let mut add = |rel: &[u8], read: walk::Read| {
+        if read.reused {
+            out.reused += 1;
+        } else if !read.hidden {
+            out.fresh += 1;
         }
+        out.push(rel, &read.meta, read.hidden, read.link, read.stamp)
+    };
+    let top = cx.read(fd.as_fd(), b"", c"", &st)?;
+    let descend = top.as_ref().is_some_and(|r| r.descend);
+    if let Some(read) = top {
+        add(b"", read)?;
     }
-
-    /// Reads the entries of `dir` (the entry at hand), sorted bytewise,
-    /// and goes into each directory among them that is not mounted.
-    fn walk(&mut self, mut dir: Dir) -> Result<()> {
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.wrap_err_with(|| format!("walking {}", self.path().display()))?;
-            let name = entry.file_name();
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort_unstable();
-        let at = dir
-            .fd()
-            .wrap_err_with(|| format!("walking {}", self.path().display()))?;
-        let parent = self.rel.len();
-        for name in &names {
-            if parent > 0 {
-                self.rel.push(b'/');
-            }
-            self.rel.extend_from_slice(name.to_bytes());
-            let st = stat(at, name, AtFlags::empty()).wrap_err_with(|| format!("reading {}", self.path().display()))?;
-            if self.entry(at, name, &st)? {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let sub = fs::openat(at, name.as_c_str(), flags, fs::Mode::empty())
-                    .and_then(Dir::new)
-                    .wrap_err_with(|| format!("walking {}", self.path().display()))?;
-                self.walk(sub)?;
-            }
-            self.rel.truncate(parent);
-        }
-        Ok(())
+    if descend {
+        let dir = Dir::new(fd).wrap_err_with(reading)?;
+        walk::walk(&cx, dir, jobs, &mut add)?;
     }
-
-    /// Reads the entry at hand, `name` in `dir`, whose status is `st`,
-    /// into the scan; says whether it is a directory to go into. What is
-    /// mounted is kept as its mount point: a directory without its contents
-    /// or a file without content. Sockets cannot be stored and are left out.
-    fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, st: &Statx) -> Result<bool> {
-        let rel = self.rel.as_slice();
-        let mounted = device(st.stx_dev_major, st.stx_dev_minor) != self.root_dev || self.mounts.contains(rel);
-        let ft = FileType::from_raw_mode(st.stx_mode.into());
-        let is_dir = ft == FileType::Directory;
-        if mounted && is_dir {
-            log::debug!("leaving out what is mounted on {}", self.path().display());
-        }
-        let stamp = Stamp {
-            ino: st.stx_ino,
-            ctime: Time {
-                sec: st.stx_ctime.tv_sec,
-                nsec: st.stx_ctime.tv_nsec,
-            },
-        };
-        let known = self.known(rel, stamp, st).filter(|_| !mounted);
-        // Any non-directory can have several names: files, symlinks, nodes.
-        let link_group = (!is_dir && st.stx_nlink > 1 && !mounted).then_some(st.stx_ino);
-        let kind = match ft {
-            FileType::Directory => Kind::Dir,
-            FileType::Symlink => match &known {
-                Some(Meta {
-                    kind: Kind::Symlink { target },
-                    ..
-                }) => Kind::Symlink { target: target.clone() },
-                _ => Kind::Symlink {
-                    target: fs::readlinkat(dir, name, Vec::new())
-                        .wrap_err_with(|| format!("reading link {}", self.path().display()))?
-                        .into_bytes(),
-                },
-            },
-            FileType::RegularFile => Kind::File {
-                size: if mounted { 0 } else { st.stx_size },
-            },
-            FileType::CharacterDevice => Kind::Char {
-                major: st.stx_rdev_major,
-                minor: st.stx_rdev_minor,
-            },
-            FileType::BlockDevice => Kind::Block {
-                major: st.stx_rdev_major,
-                minor: st.stx_rdev_minor,
-            },
-            FileType::Fifo => Kind::Fifo,
-            _ => {
-                log::warn!(
-                    "leaving out {}: a socket cannot be stored in a layer",
-                    self.path().display()
-                );
-                return Ok(false);
-            }
-        };
-        let xattrs = match known {
-            _ if mounted => Vec::new(),
-            Some(meta) => {
-                self.out.reused += 1;
-                meta.xattrs
-            }
-            None => {
-                self.out.fresh += 1;
-                read_xattrs(&self.path())?
-            }
-        };
-        let meta = Meta {
-            kind,
-            mode: u32::from(st.stx_mode) & 0o7777,
-            uid: st.stx_uid.into(),
-            gid: st.stx_gid.into(),
-            mtime: Time {
-                sec: st.stx_mtime.tv_sec,
-                nsec: st.stx_mtime.tv_nsec,
-            },
-            xattrs,
-        };
-        let rel = std::mem::take(&mut self.rel);
-        let pushed = self
-            .out
-            .push(&rel, &meta, mounted, link_group, (!mounted).then_some(stamp));
-        self.rel = rel;
-        pushed?;
-        Ok(is_dir && !mounted)
-    }
-
-    /// What the previous scan recorded of the entry `rel`, when its inode
-    /// (number, change time, type and size) is as it was then and changed
-    /// well before that scan began.
-    fn known(&self, rel: &[u8], now: Stamp, st: &Statx) -> Option<Meta> {
-        let p = self.previous.as_ref()?;
-        let inode = p.tree.inode(rel)?;
-        let then = (*p.record.stamps.get(inode as usize)?)?;
-        if then != now || then.ctime >= p.record.trusted_before {
-            return None;
-        }
-        let meta = p.tree.metas().get(inode);
-        let ft = FileType::from_raw_mode(st.stx_mode.into());
-        let size = if ft == FileType::RegularFile { st.stx_size } else { 0 };
-        (file_type(&meta.kind) == ft && p.tree.metas().file_size(inode) == size).then_some(meta)
-    }
-}
-
-fn file_type(kind: &Kind) -> FileType {
-    match kind {
-        Kind::File { .. } => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink { .. } => FileType::Symlink,
-        Kind::Char { .. } => FileType::CharacterDevice,
-        Kind::Block { .. } => FileType::BlockDevice,
-        Kind::Fifo => FileType::Fifo,
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -527,6 +350,47 @@ mod tests {
         assert_eq!(paths(a), paths(b));
         for i in 0..a.len() as u32 {
             assert_eq!(a.meta(i), b.meta(i), "{}", crate::layer::show(a.path(i)));
+        }
+    }
+
+    #[test]
+    fn every_number_of_threads_walks_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["a/x/y", "a.b", "a-c/z", "b/1/2/3", "b/1/4", "c"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["a/f", "a/x/y/f", "a.b/f", "a-c/z/f", "b/1/2/3/f", "b/1/f", "c/f", "f"] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        let one = scan_since(root, None, 1).unwrap();
+        let paths: Vec<&[u8]> = (0..one.len() as u32).map(|i| one.path(i)).collect();
+        let want: [&[u8]; 21] = [
+            b"",
+            b"a",
+            b"a/f",
+            b"a/x",
+            b"a/x/y",
+            b"a/x/y/f",
+            b"a-c",
+            b"a-c/z",
+            b"a-c/z/f",
+            b"a.b",
+            b"a.b/f",
+            b"b",
+            b"b/1",
+            b"b/1/2",
+            b"b/1/2/3",
+            b"b/1/2/3/f",
+            b"b/1/4",
+            b"b/1/f",
+            b"c",
+            b"c/f",
+            b"f",
+        ];
+        assert_eq!(paths, want);
+        for jobs in [2, 3, 8] {
+            assert_same_scan(&scan_since(root, None, jobs).unwrap(), &one);
         }
     }
 
@@ -558,7 +422,7 @@ mod tests {
             })
         };
 
-        let again = scan_since(root, previous()).unwrap();
+        let again = scan_since(root, previous(), 2).unwrap();
         assert_eq!((again.reused(), again.fresh()), (again.len(), 0));
         assert_same_scan(&again, &first);
         let racy = scan_since(
@@ -567,6 +431,7 @@ mod tests {
                 tree: &tree,
                 record: &honest,
             }),
+            2,
         )
         .unwrap();
         assert_eq!(racy.reused(), 0, "an inode changed just before the scan was trusted");
@@ -587,7 +452,7 @@ mod tests {
             .set_modified(mtime)
             .unwrap();
 
-        let changed = scan_since(root, previous()).unwrap();
+        let changed = scan_since(root, previous(), 2).unwrap();
         assert_same_scan(&changed, &scan(root).unwrap());
         // The root changed too: a name in it was made anew.
         assert_eq!(
@@ -607,6 +472,7 @@ mod tests {
                 tree: &tree,
                 record: &other,
             }),
+            2,
         )
         .unwrap();
         assert_eq!(elsewhere.reused(), 0);
