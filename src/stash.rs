@@ -350,6 +350,8 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     let previous = record.as_ref().map(|record| scan::Previous { tree: &lower, record });
     let scan = scan::scan_since(root, previous, store.compression().jobs)
         .wrap_err_with(|| format!("reading {}", root.display()))?;
+    // Only the scan's own record is written again.
+    drop(record);
     log::debug!(
         "read {} entries of {} in {:.2?} ({} as the last scan of it recorded)",
         scan.len(),

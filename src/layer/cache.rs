@@ -162,9 +162,10 @@ fn encode(tree: &Tree, record: Option<&Record>, out: &mut impl Write) -> io::Res
         if let Some(r) = record {
             match r.stamps.get(inode as usize).copied().flatten() {
                 Some(stamp) => {
+                    let (ino, ctime) = stamp.parts();
                     out.write_all(&[1])?;
-                    out.write_all(&stamp.ino.to_le_bytes())?;
-                    put_time(out, stamp.ctime)?;
+                    out.write_all(&ino.to_le_bytes())?;
+                    out.write_all(&ctime.to_le_bytes())?;
                 }
                 None => out.write_all(&[0])?,
             }
@@ -288,10 +289,7 @@ fn decode(input: &mut impl BufRead) -> Option<(Tree, Option<Record>)> {
         let inode = tree.insert(&path, &meta);
         if let Some(r) = &mut record {
             let stamp = match c.flag()? {
-                true => Some(Stamp {
-                    ino: c.u64()?,
-                    ctime: c.time()?,
-                }),
+                true => Some(Stamp::from_parts(c.u64()?, c.u64()? as i64)?),
                 false => None,
             };
             // Inodes are numbered as they are inserted, from 0.
@@ -366,19 +364,21 @@ mod tests {
         let d = tree.insert(b"d", &meta(Kind::Dir));
         tree.insert(b"a", &meta(Kind::Fifo));
         tree.insert_link(b"y", d);
-        let stamp = |ino| Stamp {
-            ino,
-            ctime: Time {
-                sec: -3,
-                nsec: ino as u32,
-            },
+        let stamp = |ino| {
+            Stamp::new(
+                ino,
+                Time {
+                    sec: -3,
+                    nsec: ino as u32,
+                },
+            )
         };
         let record = Record {
             root: b"/r\xff".to_vec(),
             dev: 1 << 40,
             root_ino: 2,
             trusted_before: Time { sec: 99, nsec: 5 },
-            stamps: vec![Some(stamp(10)), Some(stamp(11)), None],
+            stamps: vec![stamp(10), stamp(11), None],
         };
         let mut bytes = Vec::new();
         encode(&tree, Some(&record), &mut bytes).unwrap();

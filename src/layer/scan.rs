@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::num::NonZeroU64;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -46,12 +47,43 @@ pub struct Scan {
 /// An inode as the kernel last changed it: its number and change time,
 /// which every write, chmod, chown, xattr change and rename moves and
 /// which no caller can set back.
+/// 16 bytes, and as many in an `Option`: a scan holds one per entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
-    /// The inode number.
-    pub ino: u64,
-    /// The change time (ctime).
-    pub ctime: Time,
+    ino: NonZeroU64,
+    /// The change time (ctime), in nanoseconds since the epoch.
+    ctime: i64,
+}
+
+impl Stamp {
+    /// The stamp of inode `ino` last changed at `ctime`; `None` for inode
+    /// number 0 or a time out of the range of 64-bit nanoseconds (before
+    /// 1678, after 2261): such an inode is read every time.
+    pub fn new(ino: u64, ctime: Time) -> Option<Stamp> {
+        let nanos = ctime.sec.checked_mul(1_000_000_000)?.checked_add(ctime.nsec.into())?;
+        Stamp::from_parts(ino, nanos)
+    }
+
+    /// The stamp of inode `ino` last changed `ctime` nanoseconds after the epoch.
+    pub fn from_parts(ino: u64, ctime: i64) -> Option<Stamp> {
+        Some(Stamp {
+            ino: NonZeroU64::new(ino)?,
+            ctime,
+        })
+    }
+
+    /// The inode number and the change time in nanoseconds since the epoch.
+    pub fn parts(&self) -> (u64, i64) {
+        (self.ino.get(), self.ctime)
+    }
+
+    /// Whether the inode last changed before `t`.
+    pub fn changed_before(&self, t: Time) -> bool {
+        match t.sec.checked_mul(1_000_000_000) {
+            Some(ns) => self.ctime < ns.saturating_add(t.nsec.into()),
+            None => t.sec > 0,
+        }
+    }
 }
 
 /// What one scan of a root saw of the inodes of the tree it read, so that
@@ -351,6 +383,23 @@ mod tests {
         for i in 0..a.len() as u32 {
             assert_eq!(a.meta(i), b.meta(i), "{}", crate::layer::show(a.path(i)));
         }
+    }
+
+    #[test]
+    fn stamps_keep_nanoseconds_and_compare_with_any_time() {
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 16);
+        let t = Time {
+            sec: -2,
+            nsec: 999_999_999,
+        };
+        let stamp = Stamp::new(7, t).unwrap();
+        assert_eq!(stamp.parts(), (7, -1_000_000_001));
+        assert!(stamp.changed_before(Time { sec: -1, nsec: 0 }));
+        assert!(!stamp.changed_before(t));
+        assert!(stamp.changed_before(Time::secs(i64::MAX)));
+        assert!(!stamp.changed_before(Time::secs(i64::MIN)));
+        assert_eq!(Stamp::new(0, t), None, "inode 0 is never trusted");
+        assert_eq!(Stamp::new(7, Time::secs(i64::MAX)), None);
     }
 
     #[test]

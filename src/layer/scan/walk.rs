@@ -78,14 +78,12 @@ impl Context<'_> {
         if mounted && is_dir {
             log::debug!("leaving out what is mounted on {}", self.path(rel).display());
         }
-        let stamp = Stamp {
-            ino: st.stx_ino,
-            ctime: Time {
-                sec: st.stx_ctime.tv_sec,
-                nsec: st.stx_ctime.tv_nsec,
-            },
+        let ctime = Time {
+            sec: st.stx_ctime.tv_sec,
+            nsec: st.stx_ctime.tv_nsec,
         };
-        let known = self.known(rel, stamp, st).filter(|_| !mounted);
+        let stamp = Stamp::new(st.stx_ino, ctime).filter(|_| !mounted);
+        let known = stamp.and_then(|stamp| self.known(rel, stamp, st));
         // Any non-directory can have several names: files, symlinks, nodes.
         let link = (!is_dir && st.stx_nlink > 1 && !mounted).then_some(st.stx_ino);
         let kind = match ft {
@@ -142,7 +140,7 @@ impl Context<'_> {
             meta,
             hidden: mounted,
             link,
-            stamp: (!mounted).then_some(stamp),
+            stamp,
             reused,
             descend: is_dir && !mounted,
         }))
@@ -155,7 +153,7 @@ impl Context<'_> {
         let p = self.previous.as_ref()?;
         let inode = p.tree.inode(rel)?;
         let then = (*p.record.stamps.get(inode as usize)?)?;
-        if then != now || then.ctime >= p.record.trusted_before {
+        if then != now || !then.changed_before(p.record.trusted_before) {
             return None;
         }
         let meta = p.tree.metas().get(inode);
@@ -176,6 +174,11 @@ fn file_type(kind: &Kind) -> FileType {
     }
 }
 
+/// At most this many entries read ahead of the one the walk hands over
+/// next are held before helper threads wait: the walk is not to hold a
+/// second copy of a large tree.
+const AHEAD: usize = 8192;
+
 /// A directory to read: `name` in the directory `at` (held open by every
 /// job of its children, and closed with the last).
 struct Job {
@@ -194,10 +197,14 @@ struct State {
     /// Directories to read, the next in walk order last.
     stack: Vec<Job>,
     done: HashMap<u32, Result<Listing>>,
-    /// Threads reading a directory now, and threads still running.
-    busy: usize,
-    alive: usize,
+    /// Entries in `done`.
+    buffered: usize,
+    /// Threads waiting for a change.
+    sleeping: usize,
+    /// The walk is over (or failed): helper threads end.
     stop: bool,
+    /// A helper thread panicked: what it was reading will not come.
+    broken: bool,
 }
 
 struct Walk<'a> {
@@ -208,8 +215,8 @@ struct Walk<'a> {
 }
 
 /// Reads everything below the directory `root` (the walk's root, open) on
-/// `jobs` threads, and hands every entry to `f` in walk order (names
-/// sorted bytewise, parents before children) with its path.
+/// `jobs` threads, this one among them, and hands every entry to `f` in walk
+/// order (names sorted bytewise, parents before children) with its path.
 pub(super) fn walk(
     cx: &Context<'_>,
     root: Dir,
@@ -222,41 +229,53 @@ pub(super) fn walk(
         changed: Condvar::new(),
         next_id: AtomicU32::new(1),
     };
-    let jobs = jobs.max(1);
-    {
-        let mut s = w.lock();
-        s.alive = jobs;
-        s.stack.push(Job {
-            id: 0,
-            rel: Vec::new(),
-            at: Arc::new(root),
-            name: c".".to_owned(),
-        });
-    }
+    w.lock().stack.push(Job {
+        id: 0,
+        rel: Vec::new(),
+        at: Arc::new(root),
+        name: c".".to_owned(),
+    });
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| w.work());
+        for _ in 1..jobs.max(1) {
+            scope.spawn(|| w.help());
         }
-        let emitted = w.emit(0, &mut Vec::new(), f);
-        w.lock().stop = true;
-        w.changed.notify_all();
-        emitted
+        let _over = Over(&w);
+        w.emit(0, &mut Vec::new(), f)
     })
 }
 
-/// Marks a thread of the walk as ended, however it ends.
-struct Alive<'a, 'b>(&'a Walk<'b>);
+/// Ends the helper threads when the walk is over, however it ends.
+struct Over<'a, 'b>(&'a Walk<'b>);
 
-impl Drop for Alive<'_, '_> {
+impl Drop for Over<'_, '_> {
     fn drop(&mut self) {
-        self.0.lock().alive -= 1;
+        self.0.lock().stop = true;
         self.0.changed.notify_all();
+    }
+}
+
+/// Marks the walk as broken when a helper thread panics.
+struct Helper<'a, 'b>(&'a Walk<'b>);
+
+impl Drop for Helper<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().broken = true;
+            self.0.changed.notify_all();
+        }
     }
 }
 
 impl Walk<'_> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sleep<'g>(&self, mut s: std::sync::MutexGuard<'g, State>) -> std::sync::MutexGuard<'g, State> {
+        s.sleeping += 1;
+        let mut s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        s.sleeping -= 1;
+        s
     }
 
     /// Hands over the entries of the directory job `id` reads, each
@@ -280,49 +299,71 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// The listing of job `id`, reading directories meanwhile (that one
+    /// first, when no thread has taken it yet).
     fn wait(&self, id: u32) -> Result<Listing> {
         let mut s = self.lock();
         loop {
             if let Some(done) = s.done.remove(&id) {
+                let len = done.as_ref().map_or(0, Vec::len);
+                let was_full = s.buffered > AHEAD;
+                s.buffered -= len;
+                if was_full && s.buffered <= AHEAD && s.sleeping > 0 {
+                    self.changed.notify_all();
+                }
                 return done;
             }
-            if s.alive == 0 {
+            if s.broken {
                 return Err(eyre!(
                     "walking {}: a thread of the scan stopped",
                     self.cx.root.display()
                 ));
             }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            match s.stack.pop() {
+                Some(job) => {
+                    drop(s);
+                    self.run(job);
+                    s = self.lock();
+                }
+                None => s = self.sleep(s),
+            }
         }
     }
 
-    /// One thread of the walk: reads directories until none are left.
-    fn work(&self) {
-        let _alive = Alive(self);
+    /// A helper thread: reads directories until the walk is over.
+    fn help(&self) {
+        let _helper = Helper(self);
+        let mut s = self.lock();
         loop {
-            let job = {
-                let mut s = self.lock();
-                loop {
-                    if s.stop {
-                        return;
-                    }
-                    if let Some(job) = s.stack.pop() {
-                        s.busy += 1;
-                        break job;
-                    }
-                    if s.busy == 0 {
-                        return;
-                    }
-                    s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            if s.stop {
+                return;
+            }
+            if s.buffered > AHEAD {
+                s = self.sleep(s);
+                continue;
+            }
+            match s.stack.pop() {
+                Some(job) => {
+                    drop(s);
+                    self.run(job);
+                    s = self.lock();
                 }
-            };
-            let mut children = Vec::new();
-            let listing = self.list(&job, &mut children);
-            let mut s = self.lock();
-            s.stack.extend(children.into_iter().rev());
-            s.done.insert(job.id, listing);
-            s.busy -= 1;
-            drop(s);
+                None => s = self.sleep(s),
+            }
+        }
+    }
+
+    /// Reads the directory of `job` and publishes its listing.
+    fn run(&self, job: Job) {
+        let mut children = Vec::new();
+        let listing = self.list(&job, &mut children);
+        let mut s = self.lock();
+        s.stack.extend(children.into_iter().rev());
+        s.buffered += listing.as_ref().map_or(0, Vec::len);
+        s.done.insert(job.id, listing);
+        let wake = s.sleeping > 0;
+        drop(s);
+        if wake {
             self.changed.notify_all();
         }
     }
