@@ -82,7 +82,9 @@ impl Context<'_> {
             sec: st.stx_ctime.tv_sec,
             nsec: st.stx_ctime.tv_nsec,
         };
-        let stamp = Stamp::new(st.stx_ino, ctime).filter(|_| !mounted);
+        // A file system that does not give both is read every time.
+        let stamped = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::INO | StatxFlags::CTIME);
+        let stamp = Stamp::new(st.stx_ino, ctime).filter(|_| stamped && !mounted);
         let known = stamp.and_then(|stamp| self.known(rel, stamp, st));
         // Any non-directory can have several names: files, symlinks, nodes.
         let link = (!is_dir && st.stx_nlink > 1 && !mounted).then_some(st.stx_ino);
