@@ -30,7 +30,8 @@ pub struct Scan {
     metas: Metas,
     /// The inode numbers of files with several names, by entry.
     links: HashMap<u32, u64>,
-    /// Entry `i`'s inode as it was read (`None` for what a mount hides).
+    /// Entry `i`'s inode as it was read (`None` for what a mount hides, and
+    /// where the file system gives no stamp).
     stamps: Vec<Option<Stamp>>,
     /// The root as [`Record::root`] names it, and its device and inode.
     canonical: Vec<u8>,
@@ -47,6 +48,7 @@ pub struct Scan {
 /// An inode as the kernel last changed it: its number and change time,
 /// which every write, chmod, chown, xattr change and rename moves and
 /// which no caller can set back.
+///
 /// 16 bytes, and as many in an `Option`: a scan holds one per entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -206,8 +208,8 @@ impl Scan {
         self.fresh
     }
 
-    /// The record of this scan for `tree`, the tree it read (a tree that
-    /// holds other paths gets none).
+    /// The record of this scan for `tree`, the tree it read; a tree that
+    /// holds other paths, or says other things of one, gets none.
     pub fn record_for(&self, tree: &Tree) -> Option<Record> {
         let mut stamps = vec![None; tree.metas().len()];
         let order = self.sorted();
@@ -215,7 +217,7 @@ impl Scan {
             return None;
         }
         for ((path, inode), i) in tree.entries().zip(order) {
-            if path != self.path(i) {
+            if path != self.path(i) || !tree.metas().same(inode, &self.metas, i) {
                 return None;
             }
             stamps[inode as usize] = self.stamps[i as usize];
@@ -460,6 +462,12 @@ mod tests {
         assert_eq!((first.reused(), first.fresh()), (0, first.len()));
         let tree = tree_of(&first);
         let mut record = first.record_for(&tree).expect("the scan's own tree");
+        let mut other = tree.clone();
+        let mut meta = other.get(b"x").unwrap();
+        meta.xattrs.clear();
+        other.insert(b"x", &meta);
+        assert!(first.record_for(&other).is_none(), "a record for another tree");
+        assert!(first.record_for(&Tree::new()).is_none());
         // Everything just changed, so nothing would be trusted yet: as if the
         // scan had begun much later.
         let honest = record.clone();
