@@ -102,8 +102,8 @@ pub struct GlobalArgs {
         allow_negative_numbers = true
     )]
     pub compression_level: Option<i32>,
-    /// Threads that compress a layer, 1-256 (default: the available
-    /// cores); the layer is the same for any number
+    /// Threads that read a root and compress a layer, 1-256 (default: the
+    /// available cores); the layer is the same for any number
     #[arg(long, global = true, env = "KIWI_STACKBUILD_JOBS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,

@@ -330,10 +330,11 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         .collect();
     let mut imports = Vec::new();
     let mut cached = false;
+    let mut record = None;
     let mut lower = match base {
         Some(b) => {
             let tree;
-            (tree, cached) = lower_tree(store, b, &base_ids)?;
+            (tree, cached, record) = lower_tree(store, b, &base_ids)?;
             // Taken even when the store has the blob now (a hard link from a
             // pin costs nothing): a removal between the locks may free it.
             for l in b.layers.iter().filter(|l| l.layout != store.root()) {
@@ -346,20 +347,27 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
         None => Tree::new(),
     };
     let started = Instant::now();
-    let scan = scan::scan(root).wrap_err_with(|| format!("reading {}", root.display()))?;
+    let previous = record.as_ref().map(|record| scan::Previous { tree: &lower, record });
+    let scan = scan::scan_since(root, previous, store.compression().jobs)
+        .wrap_err_with(|| format!("reading {}", root.display()))?;
+    // Only the scan's own record is written again.
+    drop(record);
     log::debug!(
-        "read {} entries of {} in {:.2?}",
+        "read {} entries of {} in {:.2?} ({} as the last scan of it recorded)",
         scan.len(),
         root.display(),
-        started.elapsed()
+        started.elapsed(),
+        scan.reused()
     );
     if let Some(b) = base {
         let older = b.config.labels().get(crate::labels::BASES).cloned().unwrap_or_default();
         facts.bases = older.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
         if lower.first_difference_from(&scan).is_none() {
-            if !cached {
-                // Read from the layers: kept, so that the next stash need not.
-                remember_tree(store, &base_ids, cache::prepare(store.root(), &lower));
+            if !cached || scan.fresh() > 0 {
+                // Read from the layers, or from another root, or with
+                // entries read anew: kept, so that the next stash need not.
+                let record = scan.record_for(&lower);
+                remember_tree(store, &base_ids, cache::prepare(store.root(), &lower, record.as_ref()));
             }
             let (image, base_name) = unchanged(&mut facts, b, epoch)?;
             return Ok(Staged {
@@ -376,7 +384,7 @@ fn stage(store: &Store, root: &Path, base: Option<&Base>, mut facts: Facts, epoc
     write::checked(&plan, &mut lower).wrap_err_with(|| format!("storing {}", root.display()))?;
     // The tree is written to the cache now, so that it is not held while the
     // layer is compressed; it is named once the layer's diff_id is known.
-    let pending = cache::prepare(store.root(), &lower);
+    let pending = cache::prepare(store.root(), &lower, scan.record_for(&lower).as_ref());
     drop(lower);
     let layer = write::write(&plan, layer_file.file(), store.compression())?;
     log::info!(
@@ -427,15 +435,19 @@ fn unchanged(facts: &mut Facts, base: &Base, epoch: Option<i64>) -> Result<(Made
     Ok((image, base_name))
 }
 
-/// The tree of `base`, and whether it came from the cache (else it is read
-/// from its layers).
-fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<(Tree, bool)> {
+/// The tree of `base`, whether it came from the cache (else it is read
+/// from its layers), and the record of the scan that read it, if the cache
+/// has one.
+fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<(Tree, bool, Option<scan::Record>)> {
     let started = Instant::now();
     let cached = cache::chain_id(base_ids).and_then(|c| cache::load(store.root(), &c));
     let from_cache = cached.is_some();
-    let tree = match cached {
-        Some(tree) => tree,
-        None => Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
+    let (tree, record) = match cached {
+        Some(found) => found,
+        None => (
+            Tree::replay(&b.layers).wrap_err_with(|| format!("reading {}", b.names.join(" + ")))?,
+            None,
+        ),
     };
     log::debug!(
         "read {} entries of {} in {:.2?}",
@@ -443,7 +455,7 @@ fn lower_tree(store: &Store, b: &Base, base_ids: &[Digest]) -> Result<(Tree, boo
         b.names.join(" + "),
         started.elapsed()
     );
-    Ok((tree, from_cache))
+    Ok((tree, from_cache, record))
 }
 
 /// An image config, its manifest, and the name and digest of the base the
@@ -596,7 +608,7 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
     crate::fault::point("squash-unpacked");
     let layer_file = store.temp_blob("layer")?;
     let old_ids: Vec<Digest> = old.layers.iter().map(|l| l.diff_id.clone()).collect();
-    let (mut before, _) = lower_tree(store, &old, &old_ids)?;
+    let (mut before, _, _) = lower_tree(store, &old, &old_ids)?;
     if before.get(b"").is_none() {
         // Layers without a root entry: the unpacker's root is 0755 root:root.
         before.insert(b"", &default_root());
@@ -613,7 +625,8 @@ pub fn squash(store: &Store, key: &str) -> Result<Squash> {
         ));
     }
     drop(before);
-    let pending = cache::prepare(store.root(), &after);
+    // Read from a scratch directory: no record of a root.
+    let pending = cache::prepare(store.root(), &after, None);
     drop(after);
     let layer = write::write(&plan, layer_file.file(), store.compression())?;
     drop(scratch);

@@ -645,6 +645,61 @@ fn an_unchanged_restash_adds_no_layer_and_a_changed_one_adds_one() {
     assert_same_tree(&snapshot(&root), &snapshot(&out));
 }
 
+/// The numbers of a re-stash's debug line "read N entries of ROOT in T (M
+/// as the last scan of it recorded)": N and M.
+fn entries_read(log: &str) -> (usize, usize) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("as the last scan of it recorded"))
+        .unwrap_or_else(|| panic!("no line about the scan in {log}"));
+    let number = |after: &str, before: &str| -> usize {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest[..rest.find(before).unwrap()].parse().unwrap()
+    };
+    (number("read ", " entries"), number("(", " as the last"))
+}
+
+/// A re-stash takes from the record of the root's last scan only inodes
+/// that have not changed, and finds every change made since: an xattr, a
+/// link target, a mode, and content whose mtime was set back.
+#[test]
+fn a_restash_finds_every_change_made_since_the_recorded_scan() {
+    let (_tmp, root, home, out) = work_dirs("out");
+    make_special_tree(&root);
+    let at = |p: &str| root.join(p);
+    std::fs::write(at("etc/data"), b"one").unwrap();
+    xattr::set(at("etc/empty"), "user.note", b"1").unwrap();
+    std::os::unix::fs::symlink("one", at("etc/pointer")).unwrap();
+    // The record trusts only inodes that changed a few seconds before the
+    // scan that recorded them.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let debug = [("RUST_LOG", "debug")];
+    stash_log(&home, &root, "r", "1", &[]);
+    let log = stash_log(&home, &root, "r", "2", &debug);
+    assert!(log.contains("no layer added"), "{log}");
+    let (entries, reused) = entries_read(&log);
+    assert_eq!(reused, entries, "an unchanged root was read anew: {log}");
+
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    xattr::set(at("etc/empty"), "user.note", b"2").unwrap();
+    std::fs::remove_file(at("etc/pointer")).unwrap();
+    std::os::unix::fs::symlink("two", at("etc/pointer")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(at("etc/hostname"), mode).unwrap();
+    let mtime = std::fs::metadata(at("etc/data")).unwrap().modified().unwrap();
+    std::fs::write(at("etc/data"), b"three").unwrap();
+    let data = std::fs::File::options().write(true).open(at("etc/data")).unwrap();
+    data.set_modified(mtime).unwrap();
+    // etc itself changed too: a name in it was made anew.
+    let log = stash_log(&home, &root, "r", "3", &debug);
+    assert!(!log.contains("no layer added"), "{log}");
+    assert_eq!(entries_read(&log), (entries, entries - 5), "{log}");
+    restore(&home, "r:3", &out);
+    assert_same_tree(&snapshot(&root), &snapshot(&out));
+    let log = stash_log(&home, &root, "r", "4", &debug);
+    assert!(log.contains("no layer added"), "{log}");
+}
+
 /// The layer blob of the one-layer stash `key`, and its media type.
 fn only_layer(home: &Path, key: &str) -> (PathBuf, String) {
     let store = Store::new(home);

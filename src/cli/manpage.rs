@@ -32,7 +32,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "KIWI_STACKBUILD_COMPRESSION_LEVEL",
         "The compression level, as --compression-level.",
     ),
-    ("KIWI_STACKBUILD_JOBS", "Threads that compress a layer, as --jobs."),
+    (
+        "KIWI_STACKBUILD_JOBS",
+        "Threads that read a root and compress a layer, as --jobs.",
+    ),
     (
         "KIWI_STACKBUILD_PASSWORD",
         "The registry password of --creds USER given without one and without --password-stdin.",

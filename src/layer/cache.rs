@@ -13,15 +13,17 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::Result;
 use sha2::{Digest as _, Sha256};
 
+use super::scan::{Record, Stamp};
 use super::tree::Tree;
 use super::{Kind, Meta, Time};
 use crate::oci::layout::readable;
 use crate::oci::Digest;
 
 const DIR: &str = ".kiwi-stackbuild-trees";
-/// Version 2 keeps nanoseconds and hard links as shared inodes; files of
-/// version 1 are simply not read (the layers are, instead).
-const MAGIC: &[u8] = b"kiwi-stackbuild tree 2\n";
+/// Version 2 keeps nanoseconds and hard links as shared inodes, version 3
+/// the record of the scan the tree was read by, if it was; files of older
+/// versions are simply not read (the layers are, instead).
+const MAGIC: &[u8] = b"kiwi-stackbuild tree 3\n";
 
 /// The chain ID of a stack of layers: the first diff_id, then
 /// sha256("<chain> <diff_id>") for each further layer.
@@ -43,8 +45,9 @@ fn file(store_root: &Path, chain: &Digest) -> PathBuf {
     dir(store_root).join(chain.hex())
 }
 
-/// The cached tree of the image whose chain ID is `chain`, if there is one.
-pub fn load(store_root: &Path, chain: &Digest) -> Option<Tree> {
+/// The cached tree of the image whose chain ID is `chain`, if there is one,
+/// with the record of the scan of a root that read it, if one did.
+pub fn load(store_root: &Path, chain: &Digest) -> Option<(Tree, Option<Record>)> {
     let file = fs::File::open(file(store_root, chain)).ok()?;
     decode(&mut BufReader::with_capacity(1 << 16, file))
 }
@@ -52,8 +55,9 @@ pub fn load(store_root: &Path, chain: &Digest) -> Option<Tree> {
 /// A tree written to a temp file of the cache, not named yet.
 pub struct Pending(tempfile::NamedTempFile);
 
-/// Writes `tree` to a temp file of the cache of `store_root`.
-pub fn prepare(store_root: &Path, tree: &Tree) -> Result<Pending> {
+/// Writes `tree`, with the record of the scan that read it if there is one,
+/// to a temp file of the cache of `store_root`.
+pub fn prepare(store_root: &Path, tree: &Tree, record: Option<&Record>) -> Result<Pending> {
     let dir = dir(store_root);
     fs::create_dir_all(&dir)?;
     let tmp = tempfile::Builder::new()
@@ -61,7 +65,7 @@ pub fn prepare(store_root: &Path, tree: &Tree) -> Result<Pending> {
         .permissions(readable())
         .tempfile_in(&dir)?;
     let mut out = BufWriter::with_capacity(1 << 16, tmp);
-    encode(tree, &mut out)?;
+    encode(tree, record, &mut out)?;
     let tmp = out.into_inner().map_err(|e| e.into_error())?;
     tmp.as_file().sync_all()?;
     Ok(Pending(tmp))
@@ -78,7 +82,7 @@ impl Pending {
 /// Caches `tree` as the tree of the image whose chain ID is `chain`.
 #[cfg(test)]
 pub fn save(store_root: &Path, chain: &Digest, tree: &Tree) -> Result<()> {
-    prepare(store_root, tree)?.commit(store_root, chain)
+    prepare(store_root, tree, None)?.commit(store_root, chain)
 }
 
 /// Removes cached trees of images not in `keep` (chain IDs).
@@ -101,8 +105,20 @@ fn put_bytes(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
     out.write_all(b)
 }
 
-fn encode(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
+fn put_time(out: &mut impl Write, t: Time) -> io::Result<()> {
+    out.write_all(&t.sec.to_le_bytes())?;
+    out.write_all(&t.nsec.to_le_bytes())
+}
+
+fn encode(tree: &Tree, record: Option<&Record>, out: &mut impl Write) -> io::Result<()> {
     out.write_all(MAGIC)?;
+    out.write_all(&[u8::from(record.is_some())])?;
+    if let Some(r) = record {
+        put_bytes(out, &r.root)?;
+        out.write_all(&r.dev.to_le_bytes())?;
+        out.write_all(&r.root_ino.to_le_bytes())?;
+        put_time(out, r.trusted_before)?;
+    }
     // Inode numbers in the file count up in the order inodes first appear.
     let mut numbers = vec![u32::MAX; tree.metas().len()];
     let mut next = 0u32;
@@ -137,12 +153,22 @@ fn encode(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
         out.write_all(&m.mode.to_le_bytes())?;
         out.write_all(&m.uid.to_le_bytes())?;
         out.write_all(&m.gid.to_le_bytes())?;
-        out.write_all(&m.mtime.sec.to_le_bytes())?;
-        out.write_all(&m.mtime.nsec.to_le_bytes())?;
+        put_time(out, m.mtime)?;
         out.write_all(&(m.xattrs.len() as u32).to_le_bytes())?;
         for (k, v) in &m.xattrs {
             put_bytes(out, k)?;
             put_bytes(out, v)?;
+        }
+        if let Some(r) = record {
+            match r.stamps.get(inode as usize).copied().flatten() {
+                Some(stamp) => {
+                    let (ino, ctime) = stamp.parts();
+                    out.write_all(&[1])?;
+                    out.write_all(&ino.to_le_bytes())?;
+                    out.write_all(&ctime.to_le_bytes())?;
+                }
+                None => out.write_all(&[0])?,
+            }
         }
     }
     Ok(())
@@ -170,6 +196,21 @@ impl<R: BufRead> Cursor<R> {
         self.array().map(u64::from_le_bytes)
     }
 
+    fn time(&mut self) -> Option<Time> {
+        Some(Time {
+            sec: self.u64()? as i64,
+            nsec: self.u32()?,
+        })
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.array::<1>()?[0] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
     fn bytes_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
         let n = self.u32()? as usize;
         out.clear();
@@ -185,13 +226,23 @@ impl<R: BufRead> Cursor<R> {
     }
 }
 
-fn decode(input: &mut impl BufRead) -> Option<Tree> {
+fn decode(input: &mut impl BufRead) -> Option<(Tree, Option<Record>)> {
     let mut magic = vec![0; MAGIC.len()];
     input.read_exact(&mut magic).ok()?;
     if magic != MAGIC {
         return None;
     }
     let mut c = Cursor(input);
+    let mut record = match c.flag()? {
+        true => Some(Record {
+            root: c.bytes()?,
+            dev: c.u64()?,
+            root_ino: c.u64()?,
+            trusted_before: c.time()?,
+            stamps: Vec::new(),
+        }),
+        false => None,
+    };
     let mut tree = Tree::new();
     let mut inodes: Vec<u32> = Vec::new();
     let mut path = Vec::new();
@@ -221,10 +272,7 @@ fn decode(input: &mut impl BufRead) -> Option<Tree> {
             _ => return None,
         };
         let (mode, uid, gid) = (c.u32()?, c.u64()?, c.u64()?);
-        let mtime = Time {
-            sec: c.u64()? as i64,
-            nsec: c.u32()?,
-        };
+        let mtime = c.time()?;
         let count = c.u32()?;
         let mut xattrs = Vec::new();
         for _ in 0..count {
@@ -238,9 +286,19 @@ fn decode(input: &mut impl BufRead) -> Option<Tree> {
             mtime,
             xattrs,
         };
-        inodes.push(tree.insert(&path, &meta));
+        let inode = tree.insert(&path, &meta);
+        if let Some(r) = &mut record {
+            let stamp = match c.flag()? {
+                true => Some(Stamp::from_parts(c.u64()?, c.u64()? as i64)?),
+                false => None,
+            };
+            // Inodes are numbered as they are inserted, from 0.
+            debug_assert_eq!(r.stamps.len(), inode as usize);
+            r.stamps.push(stamp);
+        }
+        inodes.push(inode);
     }
-    Some(tree)
+    Some((tree, record))
 }
 
 #[cfg(test)]
@@ -277,8 +335,9 @@ mod tests {
         );
         tree.insert(b"f", &meta(Kind::Fifo));
         let mut bytes = Vec::new();
-        encode(&tree, &mut bytes).unwrap();
-        let back = decode(&mut bytes.as_slice()).expect("decodes");
+        encode(&tree, None, &mut bytes).unwrap();
+        let (back, record) = decode(&mut bytes.as_slice()).expect("decodes");
+        assert_eq!(record, None);
         assert_eq!(back.first_difference(&tree), None);
         assert_eq!(back.link_groups().len(), 1, "the hard link survives");
         assert_eq!(back.get(b"h"), Some(meta(Kind::File { size: 42 })));
@@ -287,6 +346,54 @@ mod tests {
             "a cut file must not decode"
         );
         assert!(decode(&mut &b"something else"[..]).is_none());
+    }
+
+    #[test]
+    fn a_record_round_trips_by_path() {
+        let meta = |kind| Meta {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Time::secs(1),
+            xattrs: vec![],
+        };
+        let mut tree = Tree::new();
+        // Inserted out of path order, so the file numbers its inodes anew.
+        tree.insert(b"z", &meta(Kind::File { size: 1 }));
+        let d = tree.insert(b"d", &meta(Kind::Dir));
+        tree.insert(b"a", &meta(Kind::Fifo));
+        tree.insert_link(b"y", d);
+        let stamp = |ino| {
+            Stamp::new(
+                ino,
+                Time {
+                    sec: -3,
+                    nsec: ino as u32,
+                },
+            )
+        };
+        let record = Record {
+            root: b"/r\xff".to_vec(),
+            dev: 1 << 40,
+            root_ino: 2,
+            trusted_before: Time { sec: 99, nsec: 5 },
+            stamps: vec![stamp(10), stamp(11), None],
+        };
+        let mut bytes = Vec::new();
+        encode(&tree, Some(&record), &mut bytes).unwrap();
+        let (back, got) = decode(&mut bytes.as_slice()).expect("decodes");
+        let got = got.expect("a record");
+        assert_eq!(back.first_difference(&tree), None);
+        assert_eq!(
+            (&got.root, got.dev, got.root_ino, got.trusted_before),
+            (&record.root, record.dev, record.root_ino, record.trusted_before)
+        );
+        for path in [&b"a"[..], b"d", b"y", b"z"] {
+            let want = record.stamps[tree.inode(path).unwrap() as usize];
+            assert_eq!(got.stamps[back.inode(path).unwrap() as usize], want, "{path:?}");
+        }
+        assert!(decode(&mut &bytes[..bytes.len() - 1]).is_none());
     }
 
     #[test]
@@ -306,7 +413,7 @@ mod tests {
             },
         );
         save(store.path(), &chain, &tree).unwrap();
-        assert_eq!(load(store.path(), &chain).map(|t| t.len()), Some(1));
+        assert_eq!(load(store.path(), &chain).map(|(t, _)| t.len()), Some(1));
         // Version 1 had the same records without nanoseconds.
         let old = fs::read(file(store.path(), &chain)).unwrap();
         let old = [b"kiwi-stackbuild tree 1\n".as_slice(), &old[MAGIC.len()..]].concat();

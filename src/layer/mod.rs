@@ -71,6 +71,17 @@ impl Time {
     pub fn secs(sec: i64) -> Time {
         Time { sec, nsec: 0 }
     }
+
+    /// The time of the system clock now.
+    pub fn now() -> Time {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Time {
+            sec: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            nsec: since.subsec_nanos(),
+        }
+    }
 }
 
 /// The kind of an entry, with what only that kind has.
