@@ -438,7 +438,7 @@ impl Store {
             Some(entries) => entries.extend(kept),
             None => value["manifests"] = Value::Array(kept),
         }
-        oci::layout::write_atomic(&self.root().join("index.json"), &oci::canonical_json(&value)?)
+        oci::layout::write_index_bytes(&self.root().join("index.json"), &oci::canonical_json(&value)?)
             .wrap_err("updating the store index")
     }
 

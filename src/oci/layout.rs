@@ -76,7 +76,7 @@ impl Layout {
 
     /// Replaces `index.json` by rename, as canonical JSON.
     pub fn write_index(&self, index: &ImageIndex) -> Result<()> {
-        write_atomic(&self.index_path(), &canonical_json(index)?)
+        write_index_bytes(&self.index_path(), &canonical_json(index)?)
     }
 
     /// Reads a blob and checks that its content matches its digest.
@@ -184,6 +184,16 @@ pub fn read_blob(layout: &Path, digest: &Digest) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Writes the index `bytes` to `path` as [`write_atomic`] does, unless it
+/// holds them already: an index that says what it said (an unchanged
+/// re-stash tags the image it had) is neither written nor synced again.
+pub fn write_index_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    write_atomic(path, bytes)
+}
+
 /// Writes `bytes` to a temp file beside `path`, syncs it and renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -259,5 +269,19 @@ mod tests {
         w.write_all(b"abc").unwrap();
         let (digest, size) = w.commit(Some((&Digest::of(b"abc"), 3))).unwrap();
         assert_eq!((layout.read_blob(&digest).unwrap(), size), (b"abc".to_vec(), 3));
+    }
+
+    #[test]
+    fn an_index_is_written_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        write_index_bytes(&path, b"{}").unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let first = inode(&path);
+        write_index_bytes(&path, b"{}").unwrap();
+        assert_eq!(inode(&path), first, "the same index was written again");
+        write_index_bytes(&path, b"{\"a\":1}").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"{\"a\":1}");
+        assert_ne!(inode(&path), first, "a changed index is renamed into place");
     }
 }
