@@ -273,6 +273,19 @@ impl Walk<'_> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs the next directory on the stack, the lock let go meanwhile, or
+    /// sleeps when there is none; returns with the lock held again.
+    fn step<'g>(&'g self, mut s: std::sync::MutexGuard<'g, State>) -> std::sync::MutexGuard<'g, State> {
+        match s.stack.pop() {
+            Some(job) => {
+                drop(s);
+                self.run(job);
+                self.lock()
+            }
+            None => self.sleep(s),
+        }
+    }
+
     fn sleep<'g>(&self, mut s: std::sync::MutexGuard<'g, State>) -> std::sync::MutexGuard<'g, State> {
         s.sleeping += 1;
         let mut s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -321,14 +334,7 @@ impl Walk<'_> {
                     self.cx.root.display()
                 ));
             }
-            match s.stack.pop() {
-                Some(job) => {
-                    drop(s);
-                    self.run(job);
-                    s = self.lock();
-                }
-                None => s = self.sleep(s),
-            }
+            s = self.step(s);
         }
     }
 
@@ -344,14 +350,7 @@ impl Walk<'_> {
                 s = self.sleep(s);
                 continue;
             }
-            match s.stack.pop() {
-                Some(job) => {
-                    drop(s);
-                    self.run(job);
-                    s = self.lock();
-                }
-                None => s = self.sleep(s),
-            }
+            s = self.step(s);
         }
     }
 
