@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -26,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::description::{self, Document};
 use crate::labels;
-use crate::oci::DescriptorExt;
+use crate::oci::{DescriptorExt, Digest};
 use crate::reference::ImageReference;
 use crate::registry::RegistryAuth;
 use crate::store::Store;
@@ -460,20 +459,9 @@ fn file_sha256(path: &Path) -> Result<String> {
     let mut f = rustix::fs::open(path, flags, Mode::empty())
         .map(std::fs::File::from)
         .wrap_err_with(|| format!("reading {}", path.display()))?;
-    sha256_of(&mut f).wrap_err_with(|| format!("reading {}", path.display()))
-}
-
-fn sha256_of(r: &mut dyn Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{:x}", h.finalize()))
+    std::io::copy(&mut f, &mut h).wrap_err_with(|| format!("reading {}", path.display()))?;
+    Ok(Digest::from_hasher(h).to_string())
 }
 
 /// The arguments after `--` split into those that decide the root and the
@@ -569,24 +557,20 @@ impl Repository {
                     .ok_or_else(|| eyre!("an apt-deb repository without distribution"))?;
                 let base = format!("{path}/dists/{dist}");
                 match fetch(&format!("{base}/InRelease")) {
-                    Ok(bytes) => Ok(("InRelease", bytes_sha256(&bytes))),
+                    Ok(bytes) => Ok(("InRelease", Digest::of(&bytes).to_string())),
                     Err(first) => match fetch(&format!("{base}/Release")) {
-                        Ok(bytes) => Ok(("Release", bytes_sha256(&bytes))),
+                        Ok(bytes) => Ok(("Release", Digest::of(&bytes).to_string())),
                         Err(_) => Err(first),
                     },
                 }
             }
             "rpm-md" => Ok((
                 "repomd.xml",
-                bytes_sha256(&fetch(&format!("{path}/repodata/repomd.xml"))?),
+                Digest::of(&fetch(&format!("{path}/repodata/repomd.xml"))?).to_string(),
             )),
             other => Err(eyre!("a repository of type {other} is not read")),
         }
     }
-}
-
-fn bytes_sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// `url` fetched with curl: a child process like skopeo, so no HTTP and TLS
@@ -637,7 +621,7 @@ fn listing_sha256(dir: &Path) -> Result<String> {
         ));
     }
     lines.sort();
-    Ok(bytes_sha256(lines.concat().as_bytes()))
+    Ok(Digest::of(lines.concat().as_bytes()).to_string())
 }
 
 /// The repositories the build reads: the description's, selected by the
