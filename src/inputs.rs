@@ -102,15 +102,6 @@ pub enum Base {
 }
 
 impl Base {
-    /// A stash resolved in `store`; any other reference as it is written
-    /// (resolving it would ask a registry).
-    pub fn of(store: &Store, reference: &ImageReference) -> Result<Base> {
-        Ok(match reference {
-            ImageReference::Stash(r) => Base::resolved(reference, &store.resolve(&r.key())?.sha256()?.to_string()),
-            other => Base::ByReference(other.to_string()),
-        })
-    }
-
     /// `reference` at the manifest `digest` (a stash as `NAME:TAG`).
     pub fn resolved(reference: &ImageReference, digest: &str) -> Base {
         let reference = match reference {
@@ -733,9 +724,9 @@ pub fn resolve_bases(store: &Store, roots: &[ImageReference], auth: &RegistryAut
     roots
         .iter()
         .map(|r| match r {
-            ImageReference::Stash(_) => {
+            ImageReference::Stash(stash) => {
                 let _lock = store.lock_shared()?;
-                Base::of(store, r)
+                Ok(Base::resolved(r, &store.resolve(&stash.key())?.sha256()?.to_string()))
             }
             other => Ok(match transfer::remote_digest(other, auth) {
                 Ok(digest) => Base::resolved(other, &digest.to_string()),
