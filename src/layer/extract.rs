@@ -29,15 +29,15 @@ use rustix::io::Errno;
 use super::apply::{self, Node, Target};
 use super::read::Change;
 use super::{is_within, join, show, split, Kind, Meta, StackedLayer, Time, IGNORED_XATTRS};
-use crate::fsutil::kept_mode;
+use crate::fsutil::{kept_mode, Pieces};
 
 mod writer;
 
 /// Directory handles kept open at most; the rest are opened again on use.
 const HANDLES: usize = 32;
 
-/// How much of a file's content one write hands the kernel at most: far
-/// fewer calls than `io::copy`'s 8 KiB, and as much as a decompressed chunk.
+/// How much of a large file's content is read at once, as much as a
+/// decompressed chunk; it reaches the kernel in [`Pieces`].
 const WRITE_BUFFER: usize = 1 << 20;
 
 /// Unpacks `layers`, lowest first, into `rootfs`, which must not exist.
@@ -328,7 +328,7 @@ fn copy(content: &mut dyn Read, file: &mut File, buffer: &mut Vec<u8>) -> io::Re
         if n == 0 {
             return Ok(copied);
         }
-        file.write_all(&buffer[..n])?;
+        Pieces(&mut *file).write_all(&buffer[..n])?;
         copied += n as u64;
     }
 }

@@ -23,6 +23,7 @@ use super::read::Change;
 use super::scan::Scan;
 use super::tree::Tree;
 use super::{show, split, Kind, Meta, WHITEOUT};
+use crate::fsutil::Pieces;
 use crate::oci::{Digest, HashingWriter};
 
 /// Chunks handed between the threads: large enough that handing them over
@@ -282,13 +283,13 @@ impl Write for ChunkSink {
 }
 
 fn compress(rx: Receiver<Vec<u8>>, file: File, settings: &Settings) -> Result<(Digest, u64)> {
-    let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+    let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, Pieces(file)));
     let mut z = compress::Writer::new(out, settings)?;
     for chunk in rx {
         z.write_all(&chunk)?;
     }
     let (file, digest, size) = z.finish()?.finish()?;
-    file.get_ref().sync_all()?;
+    file.get_ref().0.sync_all()?;
     Ok((digest, size))
 }
 

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use serde::Serialize;
 
+use crate::fsutil::Pieces;
+
 use super::{canonical_json, describe, empty_index, Descriptor, Digest, HashingWriter, ImageIndex, MediaType};
 
 /// The content of `oci-layout`.
@@ -113,7 +115,7 @@ impl Layout {
             .wrap_err_with(|| format!("creating a blob in {}", self.blob_dir().display()))?;
         Ok(BlobWriter {
             dir: self.blob_dir(),
-            inner: HashingWriter::new(file),
+            inner: HashingWriter::new(Pieces(file)),
         })
     }
 }
@@ -122,7 +124,7 @@ impl Layout {
 /// is written; removed when dropped uncommitted.
 pub struct BlobWriter {
     dir: PathBuf,
-    inner: HashingWriter<tempfile::NamedTempFile>,
+    inner: HashingWriter<Pieces<tempfile::NamedTempFile>>,
 }
 
 impl BlobWriter {
@@ -135,7 +137,7 @@ impl BlobWriter {
     /// it against `expected` (digest and size) when given. Returns its
     /// digest and size.
     pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64)> {
-        let (file, digest, size) = self.inner.finish()?;
+        let (Pieces(file), digest, size) = self.inner.finish()?;
         if let Some((want, want_size)) = expected {
             if *want != digest || want_size != size {
                 bail!("the blob written is {digest} of {size} bytes, not {want} of {want_size} bytes");

@@ -21,6 +21,7 @@ use color_eyre::eyre::{eyre, Report, Result};
 use rustix::fs::{self as rfs, Mode, OFlags};
 
 use super::{os, set_owner_mode_xattrs, times};
+use crate::fsutil::Pieces;
 use crate::layer::{show, split, EntryError, Meta};
 
 /// Bytes of file content in flight at most, and the largest file handed
@@ -147,7 +148,7 @@ fn write(job: Job) -> Result<()> {
     let name = split(&job.path).1;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut file = File::from(rfs::openat(&*job.parent, os(name), flags, Mode::from_raw_mode(0o600))?);
-    file.write_all(&job.data)?;
+    Pieces(&mut file).write_all(&job.data)?;
     set_owner_mode_xattrs(&file, &job.meta, false, job.owners)?;
     rfs::futimens(&file, &times(job.meta.mtime))?;
     Ok(())
