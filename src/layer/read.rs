@@ -4,12 +4,14 @@
 //! of everything it decompresses to against the diff_id, trailing data
 //! included. The caller's work counts only when [`read`] returns `Ok`.
 //!
-//! Decompression and hashing run on a second thread while the caller's
-//! thread handles the entries.
+//! Decompression and the blob's hash run on a second thread, the hash of
+//! what it decompresses to on a third, while the caller's thread handles
+//! the entries.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::thread;
 
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
@@ -93,10 +95,20 @@ fn open(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Result<()>>
     let compression =
         oci::LayerCompression::of(l.layer.media_type()).wrap_err_with(|| format!("reading layer {digest}"))?;
     let diff_id = l.diff_id.clone();
-    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(4);
     let worker = thread::spawn(move || -> Result<()> {
         let mut hashed = oci::HashingReader::new(io::BufReader::with_capacity(CHUNK, file));
-        let mut uncompressed = Sha256::new();
+        // The decompressed stream is hashed beside the decompression: on a
+        // zstd layer the two take about as long, and the unpack waits for
+        // the slower thread.
+        let (to_hash, chunks) = sync_channel::<Arc<Vec<u8>>>(4);
+        let hasher = thread::spawn(move || {
+            let mut uncompressed = Sha256::new();
+            for chunk in chunks {
+                uncompressed.update(&*chunk);
+            }
+            Digest::from_hasher(uncompressed)
+        });
         {
             let mut plain = oci::decompress(io::BufReader::new(&mut hashed), compression)?;
             loop {
@@ -106,13 +118,18 @@ fn open(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Result<()>>
                     break;
                 }
                 chunk.truncate(n);
-                uncompressed.update(&chunk);
-                if tx.send(chunk).is_err() {
-                    // The entries failed; their error is reported.
+                let chunk = Arc::new(chunk);
+                // Either send fails only once its receiver has stopped: the
+                // entries failed, and their error is reported.
+                if to_hash.send(chunk.clone()).is_err() || tx.send(chunk).is_err() {
                     return Ok(());
                 }
             }
         }
+        drop(to_hash);
+        let uncompressed = hasher
+            .join()
+            .map_err(|_| eyre!("the hasher of layer {digest} panicked"))?;
         let rest = io::copy(&mut hashed, &mut io::sink()).wrap_err_with(|| format!("reading layer {digest}"))?;
         if rest > 0 {
             bail!("layer {digest} is corrupt: {rest} bytes follow its compressed stream");
@@ -124,7 +141,7 @@ fn open(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Result<()>>
         if got != digest {
             bail!("layer {digest} is corrupt: its content does not match its digest");
         }
-        if Digest::from_hasher(uncompressed) != diff_id {
+        if uncompressed != diff_id {
             bail!("layer {digest} is corrupt: it does not decompress to its diff_id {diff_id}");
         }
         Ok(())
@@ -132,7 +149,7 @@ fn open(l: &StackedLayer) -> Result<(ChunkReader, thread::JoinHandle<Result<()>>
     Ok((
         ChunkReader {
             rx,
-            buf: Vec::new(),
+            buf: Arc::default(),
             pos: 0,
         },
         worker,
@@ -153,8 +170,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 struct ChunkReader {
-    rx: Receiver<Vec<u8>>,
-    buf: Vec<u8>,
+    rx: Receiver<Arc<Vec<u8>>>,
+    buf: Arc<Vec<u8>>,
     pos: usize,
 }
 
