@@ -382,7 +382,8 @@ def target_table(rows):
 
 def machine_line(meta):
     return (f"{meta.get('date')}: {meta.get('nproc')} CPUs ({meta.get('cpu')}), "
-            f"{int(meta.get('mem_kib', 0)) / 1024 / 1024:.1f} GiB RAM, disk type unknown, kernel {meta.get('kernel')}; "
+            f"{int(meta.get('mem_kib', 0)) / 1024 / 1024:.1f} GiB RAM, kernel {meta.get('kernel')}, "
+            f"the work dir on {meta.get('work_fs', 'the file system of its parent')}; "
             f"kiwi-ng {meta.get('kiwi_ng')}, umoci {meta.get('umoci')}, podman {meta.get('podman')}, "
             f"tar {meta.get('tar')}, gzip {meta.get('gzip')}, pigz {meta.get('pigz')}, zstd {meta.get('zstd')} "
             f"(level {meta.get('zstd_level')}); kiwi-stackbuild {meta.get('commit')}.")
