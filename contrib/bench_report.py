@@ -264,6 +264,15 @@ def targets(summary, meta, label, nproc):
     def vs(name, a, b):
         return why_not(a, b) or f"{fmt_ratio(r[name])} ({secs(med(summary, a))} vs {secs(med(summary, b))})"
 
+    def cpu_vs(what, ours, floor, floor_name):
+        """The target row: CPU seconds per GB of tree of `ours` at most `floor`'s."""
+        a, b = med(summary, ours, "cpu_s"), med(summary, floor, "cpu_s")
+        gb = number(meta.get("tree_bytes")) / 1e9 if number(meta.get("tree_bytes")) else None
+        per = (lambda c: f"{c / gb:.2f}" if c is not None and gb else "–")
+        measured = why_not(ours, floor) or f"{per(a)} vs {per(b)} s per GB"
+        return (f"CPU per GB of tree: {what} ≤ {floor_name}'s", measured,
+                le(a / b, 1.0) if a is not None and b else None)
+
     delta_ratio = r["re-stash layer / tree (du --apparent-size)"]
     restash_ratio = r["re-stash / stash"]
     both = None if restash_ratio is None or delta_ratio is None else (restash_ratio <= 0.3 and delta_ratio < 0.01)
@@ -279,6 +288,8 @@ def targets(summary, meta, label, nproc):
         ("stash (zstd) ≤ 1.2x tar | zstd -T0 at the same level",
          vs("stash (zstd) / tar | zstd -T0", "ours_stash_zstd", "floor_zstd"),
          le(r["stash (zstd) / tar | zstd -T0"], 1.2)),
+        cpu_vs("stash (gzip)", "ours_stash", "floor_pigz", "tar | pigz -1"),
+        cpu_vs("stash (zstd)", "ours_stash_zstd", "floor_zstd", "tar | zstd -T0"),
         ("stash ≤ 1.3x tar | gzip -1", vs("stash / tar | gzip -1", "ours_stash", "floor_gzip"),
          le(r["stash / tar | gzip -1"], 1.3)),
         (f"stash --jobs 1 / all {nproc} cores (report): the compression part's scaling",
@@ -400,12 +411,24 @@ def root_line(label, meta):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--meta", required=True, help="the machine facts")
-    p.add_argument("--root", nargs=3, action="append", required=True, metavar=("LABEL", "META", "RESULTS"),
+    p.add_argument("--meta", help="the machine facts")
+    p.add_argument("--root", nargs=3, action="append", metavar=("LABEL", "META", "RESULTS"),
                    help="a root: its label, its facts and its run records")
     p.add_argument("--json", required=True)
+    p.add_argument("--from-json", metavar="FILE",
+                   help="print the tables again from the runs in FILE, a JSON this script wrote")
     a = p.parse_args()
-    machine = read_meta(a.meta)
+    if a.from_json:
+        with open(a.from_json, encoding="utf-8") as f:
+            old = json.load(f)
+        machine = old["machine"]
+        roots = [(label, r["root"], r["cases"]) for label, r in old["roots"].items()]
+    elif a.meta and a.root:
+        machine = read_meta(a.meta)
+        roots = [(label, read_meta(m), summarise(*read_runs(results), {**machine, **read_meta(m)}))
+                 for label, m, results in a.root]
+    else:
+        p.error("give --meta and --root, or --from-json")
     doc = {"machine": machine, "roots": {},
            "notes": {"wall_s": "wall-clock seconds; median/min/max over the runs",
                      "peak_rss_kib": "GNU time %M in KiB; for the restore cases the larger of kiwi-stackbuild's "
@@ -414,9 +437,8 @@ def main():
                      "ratios": "of medians"}}
     print()
     print(machine_line(machine))
-    for label, meta_path, results in a.root:
-        meta = {**machine, **read_meta(meta_path)}
-        summary = summarise(*read_runs(results), meta)
+    for label, root, summary in roots:
+        meta = {**machine, **root}
         rows = ratios(summary, meta)
         goals = targets(summary, meta, label, machine.get("nproc"))
         cpu = cpu_per_gb(summary, meta)
@@ -427,7 +449,7 @@ def main():
         for text in (table(summary, meta), cpu_table(cpu, meta), ratio_table(rows), target_table(goals)):
             print()
             print(text)
-        doc["roots"][label] = {"root": read_meta(meta_path), "cases": summary, "cpu_per_gb": cpu,
+        doc["roots"][label] = {"root": root, "cases": summary, "cpu_per_gb": cpu,
                                "ratios": rows, "targets": goals}
     with open(a.json, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2, ensure_ascii=False)
