@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::scan::{Record, Stamp};
 use super::tree::Tree;
 use super::{Kind, Meta, Time};
+use crate::fsutil::Pieces;
 use crate::oci::layout::readable;
 use crate::oci::Digest;
 
@@ -64,9 +65,9 @@ pub fn prepare(store_root: &Path, tree: &Tree, record: Option<&Record>) -> Resul
         .prefix(".tmp-")
         .permissions(readable())
         .tempfile_in(&dir)?;
-    let mut out = BufWriter::with_capacity(1 << 16, tmp);
+    let mut out = BufWriter::with_capacity(1 << 16, Pieces(tmp));
     encode(tree, record, &mut out)?;
-    let tmp = out.into_inner().map_err(|e| e.into_error())?;
+    let Pieces(tmp) = out.into_inner().map_err(|e| e.into_error())?;
     tmp.as_file().sync_all()?;
     Ok(Pending(tmp))
 }
