@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
@@ -30,6 +30,9 @@ use crate::oci::{Digest, HashingWriter};
 /// costs nothing measurable, small enough that the few in flight stay a
 /// small part of a stash's memory.
 const CHUNK: usize = 1 << 18;
+
+/// A tar block: every entry's content is padded to a whole one.
+const BLOCK: usize = 512;
 
 /// A layer blob as written.
 #[derive(Debug, Clone)]
@@ -262,14 +265,45 @@ impl ChunkSink {
     }
 }
 
-impl Write for ChunkSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.tx.is_none() {
-            return Err(io::Error::new(
+impl ChunkSink {
+    /// Copies `size` bytes of `file` straight into the chunks, then the
+    /// zeros that pad them to a tar block: no copy through a small buffer.
+    /// A file that ends early must not leave the archive short.
+    fn copy_file(&mut self, file: File, size: u64) -> io::Result<u64> {
+        let mut file = file.take(size);
+        let mut copied = 0u64;
+        loop {
+            self.running()?;
+            // Never past the chunk's capacity: the buffer is not grown.
+            let room = (CHUNK - self.buf.len()) as u64;
+            let n = (&mut file).take(room).read_to_end(&mut self.buf)?;
+            copied += n as u64;
+            if self.buf.len() >= CHUNK {
+                self.flush_chunk();
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let pad = (BLOCK - (copied % BLOCK as u64) as usize) % BLOCK;
+        self.write_all(&[0; BLOCK][..pad])?;
+        Ok(copied)
+    }
+
+    fn running(&self) -> io::Result<()> {
+        match self.tx {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the layer compressor stopped",
-            ));
+            )),
         }
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.running()?;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.flush_chunk();
@@ -423,33 +457,18 @@ fn append_entry(tar: &mut tar::Builder<&mut ChunkSink>, scan: &Scan, i: u32) -> 
     match (&meta.kind, scan.source(i)) {
         (Kind::File { size }, Some(source)) if *size > 0 => {
             let f = File::open(&source)?;
-            // A file that grows while we read must not corrupt the archive.
-            let mut counted = CountingReader {
-                inner: io::Read::take(f, *size),
-                n: 0,
-            };
             h.set_size(*size);
-            tar.append_data(&mut h, path, &mut counted)?;
-            if counted.n != *size {
+            // The header says the size; the content follows it directly.
+            tar.append_data(&mut h, path, io::empty())?;
+            // A file that shrinks while we read must not corrupt the archive
+            // (one that grows is cut at the size the header says).
+            if tar.get_mut().copy_file(f, *size)? != *size {
                 return Err(eyre!("{} changed size while it was stored", source.display()));
             }
         }
         _ => tar.append_data(&mut h, path, io::empty())?,
     }
     Ok(())
-}
-
-struct CountingReader<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: io::Read> io::Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -523,5 +542,74 @@ mod tests {
             .map(|e| e.unwrap().key_bytes().to_vec())
             .collect();
         assert_eq!(parsed, vec![b"a".to_vec()]);
+    }
+
+    /// Writes the first layer of `root` as gzip; its tar stream, and the
+    /// layer (or the error).
+    fn layer_of(scanned: &Scan) -> (Vec<u8>, Result<Layer>) {
+        let plan = plan(scanned, &Tree::new());
+        let out = tempfile::tempfile().unwrap();
+        let layer = write(&plan, &out, &Settings::default());
+        let mut tar = Vec::new();
+        let file = out.try_clone().unwrap();
+        io::Seek::rewind(&mut &file).unwrap();
+        let _ = flate2::read::MultiGzDecoder::new(file).read_to_end(&mut tar);
+        (tar, layer)
+    }
+
+    #[test]
+    fn file_contents_follow_their_headers_whole_and_padded_at_any_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        let sizes = [0, 1, 511, 512, 513, CHUNK - 1, CHUNK, CHUNK + 700, 3 * CHUNK + 5];
+        let body = |n: usize| (0..n).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>();
+        for n in sizes {
+            fs::write(root.join(format!("f{n}")), body(n)).unwrap();
+        }
+        let scanned = scan::scan(&root).unwrap();
+        let (tar, layer) = layer_of(&scanned);
+        let layer = layer.unwrap();
+        assert_eq!(tar.len() % BLOCK, 0);
+        assert_eq!(layer.diff_id, Digest::from_hasher(Sha256::new_with_prefix(&tar)));
+        let mut found = Vec::new();
+        for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_prefix('f') {
+                let mut got = Vec::new();
+                entry.read_to_end(&mut got).unwrap();
+                assert!(got == body(n.parse().unwrap()), "{name}: other content");
+                found.push(name);
+            }
+        }
+        assert_eq!(found.len(), sizes.len(), "{found:?}");
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_the_scan_fails_the_layer_and_one_that_grows_is_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("grows"), vec![b'g'; 1000]).unwrap();
+        fs::write(root.join("shrinks"), vec![b's'; CHUNK + 10]).unwrap();
+        let scanned = scan::scan(&root).unwrap();
+        fs::write(root.join("grows"), vec![b'g'; 5000]).unwrap();
+        let (tar, layer) = layer_of(&scanned);
+        layer.unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let grows = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("grows"));
+        assert_eq!(grows.map(|e| e.size()), Some(1000));
+
+        fs::write(root.join("shrinks"), vec![b's'; 100]).unwrap();
+        let err = layer_of(&scanned).1.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("shrinks changed size while it was stored"),
+            "{err:#}"
+        );
     }
 }
