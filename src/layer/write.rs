@@ -263,9 +263,7 @@ impl ChunkSink {
             }
         }
     }
-}
 
-impl ChunkSink {
     /// Copies `size` bytes of `file` straight into the chunks, then the
     /// zeros that pad them to a tar block: no copy through a small buffer.
     /// A file that ends early must not leave the archive short.
