@@ -10,7 +10,9 @@ use std::process::{Command, ExitStatus, Stdio};
 
 /// Packages of the made root, 100 entries each.
 const PACKAGES: usize = 1340;
-const LIMIT_KB: i64 = 64 * 1024;
+/// 64 MB as the benchmark counts them (1,000,000 bytes each), in the KiB
+/// that the kernel's peak is given in.
+const LIMIT_KIB: i64 = 64_000_000 / 1024;
 /// Files of incompressible data, and their size.
 const BIG_FILES: usize = 16;
 const BIG_FILE: usize = 4 << 20;
@@ -63,7 +65,7 @@ fn make_root(root: &Path) -> usize {
 }
 
 /// Runs kiwi-stackbuild to its end; its exit status and peak resident
-/// size in KB, as the kernel counted it for that one process.
+/// size in KiB, as the kernel counted it for that one process.
 // The child is reaped by wait4, which std's wait cannot stand in for.
 #[allow(clippy::zombie_processes)]
 fn run_measured(home: &Path, args: &[&str]) -> (ExitStatus, i64, String) {
@@ -117,7 +119,7 @@ fn a_stash_and_a_restash_of_134k_entries_stay_under_64_mb() {
 
     let (status, peak, stderr) = run_measured(&home, &stash);
     assert!(status.success(), "stash failed: {stderr}");
-    assert!(peak <= LIMIT_KB, "the stash of {entries} entries peaked at {peak} KB");
+    assert!(peak <= LIMIT_KIB, "the stash of {entries} entries peaked at {peak} KiB");
 
     // A re-stash holds the cached tree of the image before, and the scan.
     fs::write(
@@ -128,9 +130,12 @@ fn a_stash_and_a_restash_of_134k_entries_stay_under_64_mb() {
     fs::remove_dir_all(root.join("usr/lib/python3/dist-packages/package-0100")).unwrap();
     let (status, peak, stderr) = run_measured(&home, &stash);
     assert!(status.success(), "re-stash failed: {stderr}");
-    assert!(stderr.contains("whiteouts"), "not a delta: {stderr}");
     assert!(
-        peak <= LIMIT_KB,
-        "the re-stash of {entries} entries peaked at {peak} KB"
+        stderr.contains("(1 whiteouts)"),
+        "not the delta of one removal: {stderr}"
+    );
+    assert!(
+        peak <= LIMIT_KIB,
+        "the re-stash of {entries} entries peaked at {peak} KiB"
     );
 }
