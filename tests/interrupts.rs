@@ -291,18 +291,22 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// What no interrupted run may leave: the password in a file of TMPDIR or
-/// the store, anything at all in TMPDIR, a staging area in the store.
+/// the store, anything at all in TMPDIR, a staging area or temp file in the
+/// store or its cache of trees.
 fn assert_nothing_left(sandbox: &Sandbox, secrets: &[String], what: &str) {
     for dir in ["tmp", "store"] {
         let leaks = files_holding(&sandbox.path(dir), secrets);
         assert!(leaks.is_empty(), "{what}: the password is in {leaks:?}");
     }
     assert_eq!(names_in(&sandbox.path("tmp")), Vec::<String>::new(), "{what}: TMPDIR");
-    let staging: Vec<String> = names_in(&sandbox.path("store"))
-        .into_iter()
-        .filter(|n| n.starts_with(".tmp"))
-        .collect();
-    assert!(staging.is_empty(), "{what}: the store keeps {staging:?}");
+    // The store's own temp files, and those of its cache of trees.
+    for dir in ["store", "store/.kiwi-stackbuild-trees"] {
+        let staging: Vec<String> = names_in(&sandbox.path(dir))
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp"))
+            .collect();
+        assert!(staging.is_empty(), "{what}: {dir} keeps {staging:?}");
+    }
 }
 
 const SIGNALS: [Signal; 3] = [Signal::INT, Signal::TERM, Signal::HUP];

@@ -53,29 +53,39 @@ pub fn load(store_root: &Path, chain: &Digest) -> Option<(Tree, Option<Record>)>
     decode(&mut BufReader::with_capacity(1 << 16, file))
 }
 
-/// A tree written to a temp file of the cache, not named yet.
-pub struct Pending(tempfile::NamedTempFile);
+/// A tree written to a temp file of the cache, not named yet, which an
+/// interrupt removes.
+pub struct Pending {
+    // Removed before it is unregistered: fields drop in order.
+    file: tempfile::NamedTempFile,
+    _registered: crate::interrupt::Registered,
+}
 
 /// Writes `tree`, with the record of the scan that read it if there is one,
 /// to a temp file of the cache of `store_root`.
 pub fn prepare(store_root: &Path, tree: &Tree, record: Option<&Record>) -> Result<Pending> {
     let dir = dir(store_root);
     fs::create_dir_all(&dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(readable())
-        .tempfile_in(&dir)?;
+    let (tmp, _registered) = crate::interrupt::create(
+        || {
+            tempfile::Builder::new()
+                .prefix(".tmp-")
+                .permissions(readable())
+                .tempfile_in(&dir)
+        },
+        |t| t.path().to_path_buf(),
+    )?;
     let mut out = BufWriter::with_capacity(1 << 16, Pieces(tmp));
     encode(tree, record, &mut out)?;
     let Pieces(tmp) = out.into_inner().map_err(|e| e.into_error())?;
     tmp.as_file().sync_all()?;
-    Ok(Pending(tmp))
+    Ok(Pending { file: tmp, _registered })
 }
 
 impl Pending {
     /// Caches the tree as that of the image whose chain ID is `chain`.
     pub fn commit(self, store_root: &Path, chain: &Digest) -> Result<()> {
-        self.0.persist(file(store_root, chain)).map_err(|e| e.error)?;
+        self.file.persist(file(store_root, chain)).map_err(|e| e.error)?;
         Ok(())
     }
 }
